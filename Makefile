@@ -1,0 +1,40 @@
+# Two commands a newcomer needs: `make demo` and `make test`. Both set themselves up from nothing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-all lint proto bench clean
+
+setup: $(STAMP)
+
+# torch is installed first and pinned: a looser requirement would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	echo "torch==2.13.0" > $(VENV)/constraints.txt
+	$(PIP) install -q -c $(VENV)/constraints.txt -e ".[all]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/autohas demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m ""
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+proto: $(STAMP)
+	$(PY) -m proto.generate
+
+bench: $(STAMP)
+	$(PY) -m bench.run_all
+
+clean:
+	rm -rf $(VENV) runs dist var report

@@ -1,0 +1,1 @@
+"""Benchmarks: each writes its own section of bench/RESULTS.md."""
