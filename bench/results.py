@@ -35,7 +35,10 @@ def write_section(name: str, command: str, body: str, path: Path = RESULTS) -> N
     )
     text = path.read_text() if path.exists() else _HEADER
     pattern = re.compile(rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->\n?", re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text)
 
 
