@@ -8,6 +8,10 @@ import platform
 import re
 from pathlib import Path
 
+from server.demo.report import markdown_table
+
+__all__ = ["machine_description", "markdown_table", "write_section"]
+
 RESULTS = Path(__file__).with_name("RESULTS.md")
 _HEADER = "# Benchmark results\n\nEach section is written by the command it names; rerun it to refresh.\n"
 
@@ -40,10 +44,3 @@ def write_section(name: str, command: str, body: str, path: Path = RESULTS) -> N
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text)
-
-
-def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
-    """A GitHub-flavoured Markdown table."""
-    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(out)

@@ -1,0 +1,76 @@
+"""autohas-edge device SDK: run, share and personalise exported models on a device, without torch.
+
+One `Hub` per device owns the models (a directory); every app asks it for a task's model::
+
+    from device_sdk import Hub, ServerClient
+
+    hub = Hub("/data/autohas")
+    with ServerClient("server:50051", "/data/autohas/state", app_id="com.example.keyboard",
+                      user_id="u-123") as client:
+        client.register()                         # once; the token is kept on the device
+        client.fetch_model("gestures", hub)       # resumable, hash-checked, verified, atomic
+        client.grant_consent()                    # the user agreed to share examples
+        client.upload("gestures", x_new, y_new)   # queued durably; sent now or on a later flush()
+
+    model = hub.model("gestures", app_id="com.example.keyboard")  # shared with other apps
+    probs = model.predict(x)                      # [C] for one example, [n, C] for a batch
+    feats = model.embed(x)                        # [D] or [n, D]
+    result = model.fine_tune(x_user, y_user)      # kept only if held-out accuracy improves
+    model.reset()                                 # back to the downloaded head
+
+Predict and fine-tune never touch the network. Every failure is an `SDKError` subclass that
+names the problem (`InvalidInputError`, `BundleVerificationError`, `ConsentRequiredError`,
+`ServerUnavailableError`, ...); none of them loses what is stored on the device.
+"""
+
+from device_sdk._serde import ConsentInfo, TaskInfo
+from device_sdk.bundle import Artifact, Manifest
+from device_sdk.client import FetchResult, ServerClient, UploadReport
+from device_sdk.errors import (
+    AuthenticationError,
+    BundleError,
+    BundleVerificationError,
+    ConsentRequiredError,
+    DownloadError,
+    InvalidInputError,
+    LabelError,
+    ModelNotFoundError,
+    NotFoundError,
+    RuntimeUnavailableError,
+    SDKError,
+    ServerError,
+    ServerUnavailableError,
+)
+from device_sdk.hub import Hub
+from device_sdk.model import FineTuneResult, Model
+from device_sdk.runtime import available_runtimes
+from device_sdk.verify import VerificationReport, verify_bundle
+
+__all__ = [
+    "Artifact",
+    "AuthenticationError",
+    "BundleError",
+    "BundleVerificationError",
+    "ConsentInfo",
+    "ConsentRequiredError",
+    "DownloadError",
+    "FetchResult",
+    "FineTuneResult",
+    "Hub",
+    "InvalidInputError",
+    "LabelError",
+    "Manifest",
+    "Model",
+    "ModelNotFoundError",
+    "NotFoundError",
+    "RuntimeUnavailableError",
+    "SDKError",
+    "ServerClient",
+    "ServerError",
+    "ServerUnavailableError",
+    "TaskInfo",
+    "UploadReport",
+    "VerificationReport",
+    "available_runtimes",
+    "verify_bundle",
+]

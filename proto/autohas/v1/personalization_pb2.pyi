@@ -338,12 +338,16 @@ class WatchJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class UserExampleCount(_message.Message):
-    __slots__ = ("user_id", "examples")
+    __slots__ = ("user_id", "examples", "app_id", "consent_text_version")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    APP_ID_FIELD_NUMBER: _ClassVar[int]
+    CONSENT_TEXT_VERSION_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     examples: int
-    def __init__(self, user_id: _Optional[str] = ..., examples: _Optional[int] = ...) -> None: ...
+    app_id: str
+    consent_text_version: str
+    def __init__(self, user_id: _Optional[str] = ..., examples: _Optional[int] = ..., app_id: _Optional[str] = ..., consent_text_version: _Optional[str] = ...) -> None: ...
 
 class JobAudit(_message.Message):
     __slots__ = ("job_id", "task_id", "purpose", "snapshot_at", "users", "total_examples")

@@ -1,0 +1,88 @@
+"""Conversions between the SDK's values and the gRPC messages (proto/autohas/v1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from proto.autohas.v1 import personalization_pb2 as pb
+
+_DTYPES = {
+    "float32": pb.DTYPE_FLOAT32,
+    "float16": pb.DTYPE_FLOAT16,
+    "int8": pb.DTYPE_INT8,
+    "uint8": pb.DTYPE_UINT8,
+    "int32": pb.DTYPE_INT32,
+}
+_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What the server says about a task: the examples it takes and the consent purpose it needs."""
+
+    task_id: str
+    purpose: str
+    input_shape: tuple[int, ...]
+    input_dtype: str
+    num_classes: int
+    label_names: tuple[str, ...]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TaskInfo:
+        """Inverse of `dataclasses.asdict` after a JSON round trip (lists back to tuples)."""
+        return cls(
+            d["task_id"],
+            d["purpose"],
+            tuple(d["input_shape"]),
+            d["input_dtype"],
+            int(d["num_classes"]),
+            tuple(d["label_names"]),
+        )
+
+
+@dataclass(frozen=True)
+class ConsentInfo:
+    """One consent record of this device's user."""
+
+    purpose: str
+    text_version: str
+    active: bool
+    granted_at: float
+    revoked_at: float | None
+
+
+def tensor_to_proto(x: np.ndarray) -> pb.Tensor:
+    """A numpy array as a little-endian row-major `Tensor`."""
+    name = np.dtype(x.dtype).name
+    if name not in _DTYPES:
+        raise ValueError(f"dtype {name} cannot be uploaded; use one of {sorted(_DTYPES)}")
+    data = np.ascontiguousarray(x, dtype=np.dtype(name).newbyteorder("<")).tobytes()
+    return pb.Tensor(dtype=_DTYPES[name], shape=list(x.shape), data=data)
+
+
+def tensor_from_proto(t: pb.Tensor) -> np.ndarray:
+    """Inverse of `tensor_to_proto`."""
+    dtype = np.dtype(_NAMES[t.dtype]).newbyteorder("<")
+    return np.frombuffer(t.data, dtype=dtype).reshape(tuple(t.shape)).astype(dtype.newbyteorder("="))
+
+
+def task_from_proto(t: pb.Task) -> TaskInfo:
+    """A `Task` message as a `TaskInfo`."""
+    return TaskInfo(
+        t.task_id,
+        t.purpose,
+        tuple(int(d) for d in t.input_shape),
+        _NAMES.get(t.input_dtype, "float32"),
+        int(t.num_classes),
+        tuple(t.label_names),
+    )
+
+
+def consent_from_proto(c: pb.Consent) -> ConsentInfo:
+    """A `Consent` message as a `ConsentInfo`."""
+    revoked = c.revoked_at.ToSeconds() + c.revoked_at.nanos / 1e9 if c.HasField("revoked_at") else None
+    granted = c.granted_at.ToSeconds() + c.granted_at.nanos / 1e9
+    return ConsentInfo(c.purpose, c.consent_text_version, bool(c.active), granted, revoked)

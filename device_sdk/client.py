@@ -1,0 +1,354 @@
+"""Talk to the personalization server: register, consent, queued uploads, model downloads."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from device_sdk._serde import ConsentInfo, TaskInfo, consent_from_proto, task_from_proto, tensor_to_proto
+from device_sdk._validate import as_examples, as_labels
+from device_sdk.download import download_bundle
+from device_sdk.errors import (
+    AuthenticationError,
+    ConsentRequiredError,
+    InvalidInputError,
+    ModelNotFoundError,
+    NotFoundError,
+    ServerError,
+    ServerUnavailableError,
+)
+from device_sdk.hub import Hub
+from device_sdk.outbox import Outbox, QueuedBatch
+from proto.autohas.v1 import personalization_pb2 as pb
+from proto.autohas.v1 import personalization_pb2_grpc as pb_grpc
+
+DEFAULT_PURPOSE = "personalization"
+_REVOKE = "revoke-pending/"
+#: one upload stream carries at most this many bytes of example data (gRPC's default limit is 4 MiB)
+STREAM_BYTES = 3 << 20
+#: status codes with which the server refuses one batch for good (it would refuse every retry too)
+_REFUSED = ("INVALID_ARGUMENT", "ALREADY_EXISTS")
+
+
+@dataclass(frozen=True)
+class UploadReport:
+    """What one `flush` achieved."""
+
+    stored: tuple[str, ...]
+    duplicates: tuple[str, ...]
+    rejected: tuple[str, ...]
+    pending: int
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """The outcome of `fetch_model`: the model id now installed and whether it changed."""
+
+    model_id: str
+    updated: bool
+
+
+class ServerClient:
+    """One app's connection for one user; its durable state lives in `state_dir` (survives restarts)."""
+
+    def __init__(
+        self,
+        address: str,
+        state_dir: str | os.PathLike[str],
+        *,
+        app_id: str,
+        user_id: str,
+        device_name: str = "",
+        timeout: float = 10.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        self.address, self.app_id, self.user_id = address, app_id, user_id
+        self.device_name, self.timeout = device_name, timeout
+        key = hashlib.sha256(f"{app_id}\0{user_id}".encode()).hexdigest()[:16]
+        self.outbox = Outbox(Path(state_dir) / f"device-{key}.sqlite")
+        options = [("grpc.max_receive_message_length", 16 << 20)]
+        self._channel = (
+            grpc.secure_channel(address, credentials, options)
+            if credentials
+            else grpc.insecure_channel(address, options)
+        )
+        self._stub = pb_grpc.DeviceServiceStub(self._channel)
+
+    def __enter__(self) -> ServerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel and the local database (queued batches stay on disk)."""
+        self._channel.close()
+        self.outbox.close()
+
+    # -- registration and consent -------------------------------------------------------------------
+
+    @property
+    def device_id(self) -> str | None:
+        """This device's id once registered (kept across restarts)."""
+        return self.outbox.get("device_id")
+
+    def register(self, *, force: bool = False) -> str:
+        """Register this device (once; kept across restarts unless `force`); returns the device id."""
+        if self.device_id and not force:
+            return self.device_id
+        request = pb.RegisterDeviceRequest(
+            app_id=self.app_id, user_id=self.user_id, device_name=self.device_name
+        )
+        reply = self._call("RegisterDevice", request, auth=False)
+        self.outbox.set("device_id", reply.device_id)
+        self.outbox.set("device_token", reply.device_token)
+        return reply.device_id
+
+    def grant_consent(self, purpose: str = DEFAULT_PURPOSE, text_version: str = "1") -> ConsentInfo:
+        """Record the user's consent to upload examples for `purpose`."""
+        reply = self._call(
+            "GrantConsent", pb.GrantConsentRequest(purpose=purpose, consent_text_version=text_version)
+        )
+        return self._remember(consent_from_proto(reply))
+
+    def revoke_consent(self, purpose: str = DEFAULT_PURPOSE) -> int:
+        """Withdraw consent: unsent batches for `purpose` are deleted here, stored ones on the server.
+
+        Returns the number of examples the server deleted. Offline, the local part happens at once
+        and the revocation is sent before any later call (ServerUnavailableError is raised now).
+        """
+        # Local effects first and durably, so nothing more is uploaded even if the server is away.
+        self.outbox.set(f"consent/{purpose}", False)
+        self.outbox.purge(purpose)
+        self.outbox.set(f"{_REVOKE}{purpose}", True)
+        return self._send_revocation(purpose)
+
+    def _send_revocation(self, purpose: str) -> int:
+        reply = self._call("RevokeConsent", pb.RevokeConsentRequest(purpose=purpose), resend=False)
+        self.outbox.set(f"{_REVOKE}{purpose}", False)
+        self._remember(consent_from_proto(reply.consent))
+        return int(reply.examples_deleted)
+
+    def _resend_revocations(self) -> None:
+        for key in self.outbox.keys(_REVOKE):
+            if self.outbox.get(key):
+                self._send_revocation(key.removeprefix(_REVOKE))
+
+    def consents(self) -> list[ConsentInfo]:
+        """The user's consent records, as the server holds them."""
+        reply = self._call("ListConsents", pb.ListConsentsRequest())
+        return [self._remember(consent_from_proto(c)) for c in reply.consents]
+
+    def _remember(self, consent: ConsentInfo) -> ConsentInfo:
+        self.outbox.set(f"consent/{consent.purpose}", consent.active)
+        return consent
+
+    def has_consent(self, purpose: str = DEFAULT_PURPOSE) -> bool:
+        """Whether the user's consent for `purpose` is active, as last seen from the server."""
+        return bool(self.outbox.get(f"consent/{purpose}", False))
+
+    def task(self, task_id: str) -> TaskInfo:
+        """A task's description (cached on the device, so it also works offline once fetched)."""
+        cached = self.outbox.get(f"task/{task_id}")
+        if cached is None:
+            info = task_from_proto(self._call("GetTask", pb.GetTaskRequest(task_id=task_id)))
+            self.outbox.set(f"task/{task_id}", dataclasses.asdict(info))
+            return info
+        return TaskInfo.from_dict(cached)
+
+    # -- uploads ------------------------------------------------------------------------------------
+
+    def enqueue(self, task_id: str, x: Any, y: Any) -> str:
+        """Check and store a batch of examples in the local queue (no network); returns its batch id.
+
+        Needs the user's active consent for the task's purpose; without it nothing is stored.
+        """
+        info = self.task(task_id)
+        if not self.has_consent(info.purpose):
+            raise ConsentRequiredError(
+                f"no active consent for purpose {info.purpose!r} (task {task_id!r}): "
+                "call grant_consent() first",
+                "FAILED_PRECONDITION",
+            )
+        features, _ = as_examples(x, info.input_shape)
+        if len(features) == 0 or features.nbytes > STREAM_BYTES:
+            raise InvalidInputError(
+                f"x holds {len(features)} examples ({features.nbytes} bytes): "
+                f"give 1 or more, at most {STREAM_BYTES} bytes per batch"
+            )
+        labels = as_labels(y, len(features), info.num_classes)
+        return self.outbox.put(task_id, info.purpose, features.astype(info.input_dtype), labels)
+
+    def upload(self, task_id: str, x: Any, y: Any) -> UploadReport:
+        """Enqueue a batch, then try to send the queue; offline, it stays queued (ServerUnavailableError)."""
+        self.enqueue(task_id, x, y)
+        return self.flush()
+
+    def pending_uploads(self) -> int:
+        """Batches in the local queue, not yet confirmed by the server."""
+        return self.outbox.count("pending")
+
+    def flush(self) -> UploadReport:
+        """Send every queued batch; each is deleted locally only once the server confirms it."""
+        stored: list[str] = []
+        dupes: list[str] = []
+        rejected: list[str] = []
+        while batches := self._next_stream():
+            summary = self._send(batches, rejected)
+            done = [*summary.stored_batch_ids, *summary.duplicate_batch_ids]
+            self.outbox.remove(done)
+            stored += summary.stored_batch_ids
+            dupes += summary.duplicate_batch_ids
+            left = [b.batch_id for b in batches if b.batch_id not in set(done) | set(rejected)]
+            if left:  # the server neither stored nor refused them: retry later, not in a loop now
+                self.outbox.record_failure(left, "not acknowledged by the server")
+                break
+        return UploadReport(tuple(stored), tuple(dupes), tuple(rejected), self.pending_uploads())
+
+    def _next_stream(self) -> list[QueuedBatch]:
+        batches, size = [], 0
+        for batch in self.outbox.pending(limit=256):
+            if not self.has_consent(batch.purpose):
+                raise ConsentRequiredError(
+                    f"queued batches need active consent for {batch.purpose!r}", "FAILED_PRECONDITION"
+                )
+            size += batch.features.nbytes
+            if batches and size > STREAM_BYTES:
+                break
+            batches.append(batch)
+        return batches
+
+    def _send(self, batches: list[QueuedBatch], rejected: list[str]) -> pb.UploadSummary:
+        try:
+            return self._call("UploadExamples", iter([_to_proto(b) for b in batches]))
+        except ConsentRequiredError:
+            for purpose in {b.purpose for b in batches}:
+                self.outbox.set(f"consent/{purpose}", False)
+            raise
+        except ServerError as exc:
+            if exc.code not in _REFUSED:  # unreachable, overloaded, ...: keep everything for later
+                self.outbox.record_failure([b.batch_id for b in batches], str(exc))
+                raise
+        return self._send_one_by_one(batches, rejected)
+
+    def _send_one_by_one(self, batches: list[QueuedBatch], rejected: list[str]) -> pb.UploadSummary:
+        """Isolate the batch the server refuses and park it, so it cannot block the others forever."""
+        total = pb.UploadSummary()
+        for batch in batches:
+            try:
+                summary = self._call("UploadExamples", iter([_to_proto(batch)]))
+            except ServerError as exc:
+                if exc.code not in _REFUSED:
+                    raise
+                self.outbox.record_failure([batch.batch_id], str(exc), reject=True)
+                rejected.append(batch.batch_id)
+                continue
+            total.stored_batch_ids.extend(summary.stored_batch_ids)
+            total.duplicate_batch_ids.extend(summary.duplicate_batch_ids)
+        return total
+
+    # -- models -------------------------------------------------------------------------------------
+
+    def fetch_model(
+        self,
+        task_id: str,
+        hub: Hub,
+        *,
+        app_id: str | None = None,
+        formats: Iterable[str] | None = None,
+        on_chunk: Callable[[str, int, int], None] | None = None,
+    ) -> FetchResult:
+        """Download the task's latest bundle into `hub` (resumable, hash-checked, installed atomically).
+
+        `formats` defaults to the hub's preferred runnable format; `on_chunk(path, done, total)`
+        reports progress. A failure leaves the installed model untouched.
+        """
+        try:
+            reply = self._call("GetModelManifest", pb.GetModelManifestRequest(task_id=task_id))
+        except NotFoundError as exc:
+            raise ModelNotFoundError(f"the server has no model for task {task_id!r}: {exc}") from exc
+        model_id = reply.model.model_id
+        if hub.installed(task_id, app_id) == model_id:
+            return FetchResult(model_id, False)
+        fetch = lambda path, offset: self._call(  # noqa: E731 - a one-line adapter
+            "DownloadModel", pb.DownloadModelRequest(model_id=model_id, path=path, offset=offset), stream=True
+        )
+        directory, chosen = download_bundle(hub, reply, fetch, formats, on_chunk)
+        hub.install(directory, task_id, app_id=app_id, formats=chosen, model_id=model_id)
+        shutil.rmtree(directory, ignore_errors=True)
+        return FetchResult(model_id, True)
+
+    # -- plumbing -----------------------------------------------------------------------------------
+
+    def _call(
+        self, method: str, request: Any, *, auth: bool = True, stream: bool = False, resend: bool = True
+    ) -> Any:
+        metadata = self._metadata() if auth else None
+        if auth and resend:
+            self._resend_revocations()  # a revocation made offline reaches the server before anything else
+        try:
+            if stream:
+                return _guard_stream(
+                    getattr(self._stub, method)(request, timeout=self.timeout, metadata=metadata),
+                    method,
+                    self.address,
+                )
+            return getattr(self._stub, method)(request, timeout=self.timeout, metadata=metadata)
+        except grpc.RpcError as exc:
+            raise map_rpc_error(exc, method, self.address) from exc
+
+    def _metadata(self) -> list[tuple[str, str]]:
+        token = self.outbox.get("device_token")
+        if not token:
+            raise AuthenticationError(
+                "this device is not registered: call register() first", "UNAUTHENTICATED"
+            )
+        return [("authorization", f"Bearer {token}")]
+
+
+def _to_proto(batch: QueuedBatch) -> pb.ExampleBatch:
+    return pb.ExampleBatch(
+        batch_id=batch.batch_id,
+        task_id=batch.task_id,
+        features=tensor_to_proto(batch.features),
+        labels=batch.labels.tolist(),
+    )
+
+
+def _guard_stream(chunks: Iterator[Any], method: str, address: str) -> Iterator[Any]:
+    try:
+        yield from chunks
+    except grpc.RpcError as exc:
+        raise map_rpc_error(exc, method, address) from exc
+
+
+_UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+
+
+def map_rpc_error(exc: grpc.RpcError, method: str, address: str) -> ServerError:
+    """The SDK exception for a failed call: unreachable, unauthenticated, no consent, or other."""
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    message = f"{method} failed: {code.name}: {details}"
+    if code in _UNAVAILABLE:
+        return ServerUnavailableError(
+            f"server {address} unreachable ({message}); local data is kept", code.name
+        )
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return AuthenticationError(message, code.name)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFoundError(message, code.name)
+    if (
+        code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED)
+        and "consent" in (details or "").lower()
+    ):
+        return ConsentRequiredError(message, code.name)
+    return ServerError(message, code.name)

@@ -1,0 +1,189 @@
+"""Train a linear classification head on extracted features, in numpy (no torch on the device)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from device_sdk.errors import InvalidInputError
+
+#: The update conventions of the search engine (server/search/hparams.py, derive.fine_tuning), so that
+#: the manifest's hyper-parameters mean the same here: `learning_rate` is the optimizer's effective rate,
+#: weight decay is decoupled (each step is `w -= lr * d + lr * weight_decay * w`), "sgd" has momentum 0.9.
+OPTIMIZERS = ("sgd", "adam", "rmsprop")
+MOMENTUM = 0.9
+ADAM_BETAS = (0.9, 0.999)
+RMSPROP_ALPHA = 0.99
+EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class HeadHyperparameters:
+    """Fine-tuning hyper-parameters, as the search chose them (manifest `fine_tuning.hyperparameters`)."""
+
+    learning_rate: float = 0.01
+    weight_decay: float = 0.0
+    epochs: int = 20
+    batch_size: int = 32
+    label_smoothing: float = 0.0
+    optimizer: str = "sgd"
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer {self.optimizer!r} is not one of {OPTIMIZERS}")
+        if not (self.learning_rate > 0 and self.epochs >= 1 and self.batch_size >= 1):
+            raise ValueError(f"invalid fine-tuning hyper-parameters: {self}")
+        if not (0.0 <= self.label_smoothing < 1.0 and self.weight_decay >= 0.0):
+            raise ValueError(f"invalid label_smoothing/weight_decay: {self}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> HeadHyperparameters:
+        """Build from the manifest's mapping, ignoring keys this trainer does not use."""
+        known = {k: values[k] for k in cls.__dataclass_fields__ if k in values}
+        if "optimizer" in known:
+            known["optimizer"] = _optimizer_name(str(known["optimizer"]))
+        for key in ("epochs", "batch_size"):
+            if key in known:
+                known[key] = int(known[key])
+        for key in ("learning_rate", "weight_decay", "label_smoothing"):
+            if key in known:
+                known[key] = float(known[key])
+        return cls(**known)
+
+
+def _optimizer_name(name: str) -> str:
+    lowered = name.lower().replace("-", "").replace("_", "")
+    aliases = {"sgdm": "sgd", "sgdmomentum": "sgd", "momentum": "sgd", "adamw": "adam"}
+    return aliases.get(lowered, lowered)
+
+
+@dataclass
+class Head:
+    """A linear classifier `logits = features @ weight.T + bias`."""
+
+    weight: np.ndarray  # [C, D] float32
+    bias: np.ndarray  # [C] float32
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """Class scores for `[n, D]` features."""
+        return features @ self.weight.T + self.bias
+
+    def accuracy(self, features: np.ndarray, labels: np.ndarray) -> float:
+        """Share of rows whose top class is the label."""
+        return float(np.mean(self.logits(features).argmax(1) == labels)) if len(labels) else 0.0
+
+    def finite(self) -> bool:
+        """False when training diverged (NaN or infinite weights)."""
+        return bool(np.all(np.isfinite(self.weight)) and np.all(np.isfinite(self.bias)))
+
+    def copy(self) -> Head:
+        """An independent copy."""
+        return Head(self.weight.copy(), self.bias.copy())
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, stable for large logits."""
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def loss_and_grads(
+    head: Head, features: np.ndarray, labels: np.ndarray, smoothing: float
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Mean label-smoothed cross-entropy and its gradients w.r.t. weight and bias."""
+    n, c = len(labels), head.weight.shape[0]
+    target = np.full((n, c), smoothing / c, dtype=np.float64)
+    target[np.arange(n), labels] += 1.0 - smoothing
+    probs = softmax(head.logits(features).astype(np.float64))
+    loss = float(-np.sum(target * np.log(probs + 1e-12)) / n)
+    grad = (probs - target) / n
+    return loss, (grad.T @ features).astype(np.float32), grad.sum(0).astype(np.float32)
+
+
+class _Optimizer:
+    """Optimiser state for (weight, bias), updated as the search engine updates its weights."""
+
+    def __init__(self, hp: HeadHyperparameters, head: Head) -> None:
+        self.hp = hp
+        self.t = 0
+        self.m = [np.zeros_like(head.weight), np.zeros_like(head.bias)]
+        self.v = [np.zeros_like(head.weight), np.zeros_like(head.bias)]
+
+    def step(self, params: list[np.ndarray], grads: list[np.ndarray]) -> None:
+        """Update `params` in place; weight decay applies to the weight, not the bias."""
+        self.t += 1
+        lr = self.hp.learning_rate
+        for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+            decay = self.hp.weight_decay if i == 0 else 0.0
+            p -= lr * self._direction(i, g) + lr * decay * p
+
+    def _direction(self, i: int, g: np.ndarray) -> np.ndarray:
+        name = self.hp.optimizer
+        if name == "sgd":
+            self.m[i] = MOMENTUM * self.m[i] + g
+            return self.m[i]
+        if name == "rmsprop":
+            self.v[i] = RMSPROP_ALPHA * self.v[i] + (1 - RMSPROP_ALPHA) * g * g
+            return g / (np.sqrt(self.v[i]) + EPS)
+        b1, b2 = ADAM_BETAS
+        self.m[i] = b1 * self.m[i] + (1 - b1) * g
+        self.v[i] = b2 * self.v[i] + (1 - b2) * g * g
+        m_hat, v_hat = self.m[i] / (1 - b1**self.t), self.v[i] / (1 - b2**self.t)
+        return m_hat / (np.sqrt(v_hat) + EPS)
+
+
+def train_head(
+    head: Head, features: np.ndarray, labels: np.ndarray, hp: HeadHyperparameters, seed: int = 0
+) -> tuple[Head, list[float]]:
+    """Mini-batch training of a copy of `head`; returns it and the mean loss of each epoch."""
+    rng = np.random.default_rng(seed)
+    trained = head.copy()
+    opt = _Optimizer(hp, trained)
+    history: list[float] = []
+    with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected, not warned about
+        for _ in range(hp.epochs):
+            history.append(_epoch(trained, opt, features, labels, hp, rng))
+            if not np.isfinite(history[-1]):
+                break
+    return trained, history
+
+
+def _epoch(
+    head: Head,
+    opt: _Optimizer,
+    features: np.ndarray,
+    labels: np.ndarray,
+    hp: HeadHyperparameters,
+    rng: np.random.Generator,
+) -> float:
+    order = rng.permutation(len(labels))
+    losses = []
+    for start in range(0, len(order), hp.batch_size):
+        idx = order[start : start + hp.batch_size]
+        loss, gw, gb = loss_and_grads(head, features[idx], labels[idx], hp.label_smoothing)
+        opt.step([head.weight, head.bias], [gw, gb])
+        losses.append(loss)
+    return float(np.mean(losses))
+
+
+def holdout_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified (train, held-out) index split; every class with 2+ examples gives one or more."""
+    if not 0.0 < fraction < 1.0:
+        raise InvalidInputError(f"holdout fraction must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    train, held = [], []
+    for label in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == label))
+        k = 0 if len(idx) < 2 else max(1, round(fraction * len(idx)))
+        held.append(idx[:k])
+        train.append(idx[k:])
+    train_idx, held_idx = np.concatenate(train), np.concatenate(held)
+    if len(held_idx) == 0 or len(train_idx) == 0:
+        raise InvalidInputError(
+            f"{len(labels)} examples are too few to keep a held-out part: give at least 2 of some class"
+        )
+    return rng.permutation(train_idx), np.sort(held_idx)

@@ -1,0 +1,108 @@
+"""Devices, tokens and consent: who is calling, and what their users agreed to."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from server.domain import Consent, Device, Task, now
+from server.errors import NotFound, Unauthenticated
+from server.store import Store
+from server.tokens import device_id_of, hash_token, matches, new_device_token, new_id
+from server.validate import check_id, check_text
+
+MAX_TOKEN_CHARS = 512
+# Compared against when a token names no device, so an unknown id costs the same time as a wrong secret.
+_NO_DEVICE_HASH = hash_token("no device")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller: a device, or the operator when `device` is None."""
+
+    device: Device | None = None
+
+    @property
+    def is_operator(self) -> bool:
+        """Whether the caller holds the operator token."""
+        return self.device is None
+
+    def can_read(self, task: Task) -> bool:
+        """Whether the caller may read this task and its models (the operator may read all)."""
+        return self.device is None or self.device.app_id in task.app_ids
+
+    def describe(self) -> str:
+        """A short name for messages."""
+        if self.device is None:
+            return "operator"
+        return f"device {self.device.device_id} of app {self.device.app_id!r}"
+
+
+OPERATOR = Principal()
+
+RevokeResult = tuple[Consent | None, int]
+#: `hook(app_id, user_id, purpose, commit)` revokes by calling `commit(at)` and returns its result; the
+#: job manager's hook also purges the user's rows from job snapshots (see `server.jobs.retention`).
+RevokeHook = Callable[[str, str, str, Callable[[float], RevokeResult]], RevokeResult]
+
+
+def _revoke_now(app_id: str, user_id: str, purpose: str,
+                commit: Callable[[float], RevokeResult]) -> RevokeResult:
+    return commit(now())
+
+
+class Accounts:
+    """Registers devices, authenticates tokens, and records consent grants and revocations."""
+
+    def __init__(self, store: Store, operator_token: str, revoke_hook: RevokeHook = _revoke_now) -> None:
+        self._store = store
+        self._operator_hash = hash_token(operator_token)  # the plain token is not kept
+        self._revoke_hook = revoke_hook
+
+    def register_device(self, app_id: str, user_id: str, name: str) -> tuple[Device, str]:
+        """Register a device for an app's user; returns it and its token (shown once, stored hashed)."""
+        check_id("app_id", app_id)
+        check_id("user_id", user_id)
+        check_text("device_name", name)
+        device_id = new_id("dev")
+        token = new_device_token(device_id)
+        device = Device(device_id, app_id, user_id, name, hash_token(token), now())
+        self._store.add_device(device)
+        return device, token
+
+    def authenticate(self, token: str) -> Principal:
+        """The principal a bearer token belongs to; Unauthenticated if it belongs to no one."""
+        if not token or len(token) > MAX_TOKEN_CHARS:
+            raise Unauthenticated("invalid token")
+        if matches(token, self._operator_hash):
+            return OPERATOR
+        device_id = device_id_of(token)
+        device = self._store.get_device(device_id) if device_id else None
+        if not matches(token, device.token_hash if device else _NO_DEVICE_HASH) or device is None:
+            raise Unauthenticated("invalid token")
+        return Principal(device)
+
+    def grant_consent(self, device: Device, purpose: str, consent_text_version: str) -> Consent:
+        """Record the device's user's consent for a purpose (idempotent for the same text version)."""
+        check_id("purpose", purpose)
+        check_id("consent_text_version", consent_text_version)
+        return self._store.grant_consent(Consent(device.app_id, device.user_id, purpose, consent_text_version,
+                                                 now()))
+
+    def revoke_consent(self, device: Device, purpose: str) -> tuple[Consent, int]:
+        """Revoke the user's consent for a purpose and delete their examples for it at once (from the store,
+        and through the hook from job snapshots)."""
+        check_id("purpose", purpose)
+        app_id, user_id = device.app_id, device.user_id
+
+        def commit(at: float) -> RevokeResult:
+            return self._store.revoke_consent(app_id, user_id, purpose, at)
+
+        consent, deleted = self._revoke_hook(app_id, user_id, purpose, commit)
+        if consent is None:
+            raise NotFound(f"purpose: user {device.user_id!r} never consented to {purpose!r}")
+        return consent, deleted
+
+    def list_consents(self, device: Device) -> list[Consent]:
+        """The device's user's consents, newest first."""
+        return self._store.list_consents(device.app_id, device.user_id)

@@ -1,0 +1,1 @@
+"""The gRPC layer: servicers, the auth and error interceptors, and proto <-> domain conversion."""

@@ -1,0 +1,174 @@
+"""Cross-cutting concerns of every RPC, in two interceptors: who is calling, and errors -> status codes.
+
+An interceptor runs on gRPC's single polling thread, so both only pick a policy there and wrap the
+handler; the token lookup and the error mapping run inside the wrapped handler, on a worker thread.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from proto.autohas.v1 import personalization_pb2 as pb
+from server.accounts import Accounts, Principal
+from server.domain import Device
+from server.errors import PermissionDenied, ServerError, Unauthenticated
+
+log = logging.getLogger(__name__)
+Behavior = Callable[[Any, Any], Any]
+Around = Callable[[Behavior, Any, Any], Any]
+
+
+class Access(enum.Enum):
+    """Who may call an RPC."""
+
+    PUBLIC = "no token"
+    DEVICE = "a device token"
+    READER = "a device or the operator token"
+    OPERATOR = "the operator token"
+
+
+_PUBLIC = {"DeviceService.RegisterDevice"}
+_READER = {"DeviceService.GetTask", "DeviceService.ListModels", "DeviceService.GetModelManifest",
+           "DeviceService.DownloadModel"}
+
+
+def access_table() -> dict[str, Access]:
+    """Full method name -> Access for every RPC of the API; anything not listed above is the strictest."""
+    table = {}
+    for service in pb.DESCRIPTOR.services_by_name.values():
+        for method in service.methods:
+            short = f"{service.name}.{method.name}"
+            if short in _PUBLIC:
+                access = Access.PUBLIC
+            elif short in _READER:
+                access = Access.READER
+            else:
+                access = Access.DEVICE if service.name == "DeviceService" else Access.OPERATOR
+            table[f"/{service.full_name}/{method.name}"] = access
+    return table
+
+
+class AuthContext:
+    """A servicer context that also carries the authenticated `principal`."""
+
+    def __init__(self, context: grpc.ServicerContext, principal: Principal) -> None:
+        self._context = context
+        self.principal = principal
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+def principal_of(context: grpc.ServicerContext) -> Principal:
+    """The caller, as the auth interceptor established it."""
+    principal = getattr(context, "principal", None)
+    if not isinstance(principal, Principal):
+        raise Unauthenticated("no authenticated caller (is the auth interceptor installed?)")
+    return principal
+
+
+def device_of(context: grpc.ServicerContext) -> Device:
+    """The calling device (for device-only RPCs)."""
+    device = principal_of(context).device
+    if device is None:
+        raise PermissionDenied("this RPC needs a device token")
+    return device
+
+
+def bearer_token(metadata: Any) -> str:
+    """The token of the `authorization: Bearer <token>` metadata entry; Unauthenticated if absent."""
+    values = [v for k, v in (metadata or ()) if k == "authorization"]
+    if not values:
+        raise Unauthenticated("missing `authorization: Bearer <token>` metadata")
+    scheme, _, token = str(values[0]).partition(" ")
+    if len(values) > 1 or scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("malformed authorization metadata (expected one `Bearer <token>`)")
+    return token.strip()
+
+
+def wrap_handler(handler: grpc.RpcMethodHandler, around: Around,
+                 request_deserializer: Callable[[bytes], Any] | None = None) -> grpc.RpcMethodHandler:
+    """The same handler with its behavior called through `around(behavior, request, context)`.
+
+    `request_deserializer` replaces the handler's own when given.
+    """
+    if handler.request_streaming and handler.response_streaming:
+        behavior, factory = handler.stream_stream, grpc.stream_stream_rpc_method_handler
+    elif handler.request_streaming:
+        behavior, factory = handler.stream_unary, grpc.stream_unary_rpc_method_handler
+    elif handler.response_streaming:
+        behavior, factory = handler.unary_stream, grpc.unary_stream_rpc_method_handler
+    else:
+        behavior, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+    return factory(lambda request, context: around(behavior, request, context),
+                   request_deserializer=request_deserializer or handler.request_deserializer,
+                   response_serializer=handler.response_serializer)
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Checks each API call's token against its method's `Access` and hands servicers the principal."""
+
+    def __init__(self, accounts: Accounts) -> None:
+        self._accounts = accounts
+        self._table = access_table()
+
+    def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        access = self._table.get(details.method)  # type: ignore[attr-defined]
+        if handler is None or access is None or access is Access.PUBLIC:
+            return handler  # health, reflection and RegisterDevice need no token
+        method = details.method.rsplit("/", 1)[-1]  # type: ignore[attr-defined]
+
+        def around(behavior: Behavior, request: Any, context: grpc.ServicerContext) -> Any:
+            principal = self._accounts.authenticate(bearer_token(context.invocation_metadata()))
+            if (access is Access.OPERATOR and not principal.is_operator) or (
+                    access is Access.DEVICE and principal.is_operator):
+                who = principal.describe()
+                raise PermissionDenied(f"{method} needs {access.value}; the caller is the {who}")
+            return behavior(request, AuthContext(context, principal))
+
+        return wrap_handler(handler, around)
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Maps `ServerError`s to their status codes and hides unexpected exceptions behind INTERNAL."""
+
+    def __init__(self) -> None:
+        self._methods = set(access_table())
+
+    def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        if handler is None or details.method not in self._methods:  # type: ignore[attr-defined]
+            return handler
+
+        def around(behavior: Behavior, request: Any, context: grpc.ServicerContext) -> Any:
+            if handler.response_streaming:
+                return _guard_stream(behavior, request, context)
+            try:
+                return behavior(request, context)
+            except Exception as e:
+                _abort(context, e)
+
+        return wrap_handler(handler, around)
+
+
+def _guard_stream(behavior: Behavior, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    try:
+        yield from behavior(request, context)
+    except Exception as e:
+        _abort(context, e)
+
+
+def _abort(context: grpc.ServicerContext, error: Exception) -> None:
+    """Fail the call with the error's status; re-raises when the call already has one (abort, cancel)."""
+    if isinstance(error, ServerError):
+        context.abort(getattr(grpc.StatusCode, error.code), error.message)
+    if context.code() is not None or not context.is_active():  # type: ignore[attr-defined]
+        raise error
+    log.error("unexpected error in an RPC", exc_info=error)
+    context.abort(grpc.StatusCode.INTERNAL, "internal error (logged by the server)")

@@ -1,0 +1,176 @@
+"""Assemble the server: store, core objects, job manager, servicers, interceptors, health, reflection.
+
+`make_server(config)` builds everything but starts nothing; `ServerHandle.start()` starts the job
+manager and the gRPC server, `ServerHandle.stop()` stops both and releases the data dir.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, NamedTuple
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from proto.autohas.v1 import personalization_pb2 as pb
+from proto.autohas.v1 import personalization_pb2_grpc as pb_grpc
+from server.accounts import Accounts
+from server.api.device import DeviceServicer
+from server.api.guards import MessageInterceptor, StreamInterceptor
+from server.api.interceptors import AuthInterceptor, ErrorInterceptor
+from server.api.operator import OperatorServicer
+from server.config import ServerConfig
+from server.examples import Examples
+from server.jobs import JobManager
+from server.models import ModelRegistry
+from server.store import Store, open_store
+
+SERVICE_NAMES = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
+
+
+class DataDirInUse(RuntimeError):
+    """Another server process holds the data dir."""
+
+
+def _lock_data_dir(data_dir: Path) -> IO[str]:
+    """Hold an exclusive lock on the data dir for this process's lifetime (one server per data dir)."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)  # people's data: also when the dir existed before (mkdir keeps its mode)
+    handle = open(data_dir / "server.lock", "a+")  # noqa: SIM115 (held open until App.close)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "?"
+        handle.close()
+        raise DataDirInUse(f"data dir {data_dir} is in use by another server (pid {owner})") from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+@dataclass
+class App:
+    """The server's core objects, independent of gRPC."""
+
+    config: ServerConfig
+    store: Store
+    accounts: Accounts
+    examples: Examples
+    jobs: JobManager
+    models: ModelRegistry
+    health: health.HealthServicer
+    _lock: IO[str]
+
+    def start(self) -> None:
+        """Start the job manager (requeues jobs the last server left running)."""
+        self.jobs.start()
+
+    def close(self, grace: float = 5.0) -> None:
+        """Stop the workers, close the store, release the data dir."""
+        self.health.enter_graceful_shutdown()
+        self.jobs.close(grace)
+        self.models.close()
+        self.store.close()
+        self._lock.close()
+
+
+def build_app(config: ServerConfig) -> App:
+    """The core objects over `config.data_dir` (locked, so a second server on it fails fast)."""
+    lock = _lock_data_dir(config.data_dir)
+    try:
+        store = open_store(config.store, config.data_dir)
+    except BaseException:
+        lock.close()
+        raise
+    jobs = JobManager(store, config.data_dir / "jobs", config.engine, config.search_device,
+                      config.max_running_jobs, config.max_watch_streams)
+    models = ModelRegistry(store, config.data_dir / "models", config.engine, config.download_chunk_bytes)
+    return App(config, store, Accounts(store, config.operator_token, jobs.revoke),
+               Examples(store, config.max_batch_examples), jobs, models, health.HealthServicer(), lock)
+
+
+class ServerHandle(NamedTuple):
+    """What `make_server` returns: the unstarted gRPC server, the bound port, the app behind it and the
+    stream guard (its open streams, and how many stalled ones it cancelled)."""
+
+    server: grpc.Server
+    port: int
+    app: App
+    streams: StreamInterceptor | None = None
+
+    @property
+    def address(self) -> str:
+        """`host:port` to connect to."""
+        host = self.app.config.host
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+    def start(self) -> None:
+        """Start the job manager, then serve."""
+        self.app.start()
+        self.server.start()
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        """Stop serving (in-flight calls get `grace` seconds), then stop the app."""
+        self.app.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.app.close()
+
+
+def _credentials(config: ServerConfig) -> grpc.ServerCredentials:
+    assert config.tls_cert is not None and config.tls_key is not None
+    pair = (config.tls_key.read_bytes(), config.tls_cert.read_bytes())
+    ca = config.tls_client_ca.read_bytes() if config.tls_client_ca else None
+    return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
+
+
+def _bind(server: grpc.Server, config: ServerConfig) -> int:
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    address = f"{host}:{config.port}"
+    try:
+        port = server.add_secure_port(address, _credentials(config)) if config.tls else \
+            server.add_insecure_port(address)
+    except RuntimeError as e:
+        raise OSError(f"cannot listen on {address}: {e}") from e
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    return port
+
+
+def _add_services(server: grpc.Server, app: App) -> None:
+    device = DeviceServicer(app.accounts, app.examples, app.models)
+    operator = OperatorServicer(app.examples, app.jobs, app.models)
+    pb_grpc.add_DeviceServiceServicer_to_server(device, server)
+    pb_grpc.add_OperatorServiceServicer_to_server(operator, server)
+    health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
+    for name in ("", *SERVICE_NAMES):
+        app.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server)
+
+
+def make_server(config: ServerConfig) -> ServerHandle:
+    """Build the server for `config` and bind its port (0 = a free one); nothing is started yet."""
+    app = build_app(config)
+    streams = StreamInterceptor(config.open_streams, config.stream_idle_timeout_s)
+    try:
+        # Outermost first: errors -> status codes; who is calling; stream limits; unparsable requests.
+        server = grpc.server(
+            ThreadPoolExecutor(max_workers=config.rpc_threads, thread_name_prefix="autohas-rpc"),
+            interceptors=[ErrorInterceptor(), AuthInterceptor(app.accounts), streams, MessageInterceptor()],
+            options=[("grpc.max_receive_message_length", config.max_message_bytes),
+                     ("grpc.max_send_message_length", config.max_message_bytes),
+                     ("grpc.so_reuseport", 0)],  # a taken port is an error, not a shared listener
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs)
+        _add_services(server, app)
+        port = _bind(server, config)
+    except BaseException:
+        app.close()
+        raise
+    return ServerHandle(server, port, app, streams)

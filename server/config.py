@@ -1,0 +1,83 @@
+"""The server's configuration: one frozen, validated dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MIN_OPERATOR_TOKEN_CHARS = 16
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `make_server` needs; paths are resolved, limits checked, in `__post_init__`."""
+
+    data_dir: Path
+    operator_token: str = field(repr=False)
+    host: str = "127.0.0.1"
+    port: int = 0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # when set, clients must present a certificate it signed
+    max_message_bytes: int = 16 * MIB
+    max_batch_examples: int = 65536
+    download_chunk_bytes: int = MIB
+    rpc_threads: int = 32
+    max_concurrent_rpcs: int = 256
+    max_running_jobs: int = 1
+    max_watch_streams: int = 8  # each WatchJob holds an RPC thread; more are refused, GetJob still answers
+    # Streams (UploadExamples, DownloadModel, WatchJob) that may wait on their peers at once, each wait
+    # holding an RPC thread; 0 = all threads but a quarter (at least 2), kept for unary calls, so stalled
+    # peers can never take every thread. One more gets RESOURCE_EXHAUSTED (retryable).
+    max_streams: int = 0
+    stream_idle_timeout_s: float = 60.0  # a stream whose peer sends or reads nothing this long is cancelled
+    search_device: str = "auto"
+    engine: str = "server.engine"  # module implementing `run_job` / `export_bundle` (see server.engine)
+    store: str = "sqlite"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        for name in ("tls_cert", "tls_key", "tls_client_ca"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value))
+        if len(self.operator_token) < MIN_OPERATOR_TOKEN_CHARS:
+            raise ValueError(f"operator_token: needs at least {MIN_OPERATOR_TOKEN_CHARS} characters")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca: needs tls_cert and tls_key")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port: {self.port} is not in [0, 65535]")
+        for name in ("max_message_bytes", "max_batch_examples", "download_chunk_bytes", "rpc_threads",
+                     "max_concurrent_rpcs", "max_running_jobs", "max_watch_streams"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1")
+        if self.max_watch_streams >= self.rpc_threads:
+            raise ValueError("max_watch_streams: must leave RPC threads free (below rpc_threads)")
+        if not 0 <= self.max_streams < self.rpc_threads:
+            raise ValueError("max_streams: must leave RPC threads free (0 <= max_streams < rpc_threads)")
+        if not (math.isfinite(self.stream_idle_timeout_s) and self.stream_idle_timeout_s > 0):
+            raise ValueError("stream_idle_timeout_s: must be a positive number of seconds")
+        if self.download_chunk_bytes > self.max_message_bytes // 2:
+            raise ValueError("download_chunk_bytes: must fit twice into max_message_bytes")
+        if self.search_device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"search_device: {self.search_device!r} is not auto, cpu or cuda")
+
+    @property
+    def open_streams(self) -> int:
+        """How many streams may wait on their peers at once (see `max_streams`)."""
+        return self.max_streams or max(1, self.rpc_threads - max(2, self.rpc_threads // 4))
+
+    @property
+    def tls(self) -> bool:
+        """Whether the server listens with TLS."""
+        return self.tls_cert is not None
+
+    def replace(self, **changes: Any) -> ServerConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)

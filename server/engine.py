@@ -1,0 +1,112 @@
+"""The one adapter between the server and the search engine (`server.search`) and exporter (`export`).
+
+The job manager imports the module named by `ServerConfig.engine` (this one by default): it calls
+`check_spec` when a job is submitted, `run_job` in the job's worker process and `export_bundle` in the
+export worker. Another engine (the tests' fast fake) provides the same three functions and raises
+`Cancelled` when `should_stop()` turns true. torch is imported only inside `run_job` and `export_bundle`,
+so the server process never loads it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from server.domain import ModelSummary
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+#: JobSpec field -> SearchConfig field; 0 / "" means "engine default" and is not passed on.
+_SPEC_TO_CONFIG = {"mode": "mode", "strategy": "strategy", "steps": "steps", "max_params": "max_params",
+                   "seed": "seed", "retrain_steps": "retrain_steps"}
+#: server.search.config.STRATEGIES, repeated so that checking a spec needs no torch (a test keeps them equal)
+STRATEGIES = ("differentiable", "reinforce")
+#: JobSpec fields this engine has no setting for: it splits the data itself (10% validation, 20% test)
+_UNSUPPORTED = ("validation_fraction", "test_fraction")
+#: About this many search checkpoints a job (the engine's own default, every 100 steps, would leave a short
+#: job with none, so a killed server would restart it from step 0); never rarer than every 100 steps.
+CHECKPOINTS_PER_SEARCH = 20
+MAX_CHECKPOINT_EVERY = 100
+
+
+class Cancelled(Exception):
+    """The job was asked to stop before it finished."""
+
+
+def check_spec(spec: Mapping[str, Any]) -> None:
+    """Raise ValueError naming the field if the engine cannot run this job spec (cheap: no torch)."""
+    if spec.get("strategy") and spec["strategy"] not in STRATEGIES:
+        raise ValueError(f"spec.strategy: {spec['strategy']!r} is not one of {', '.join(STRATEGIES)}")
+    for name in _UNSUPPORTED:
+        if spec.get(name):
+            raise ValueError(f"spec.{name}: not supported by this search engine (leave it 0: it holds out "
+                             "10% for validation and 20% for test)")
+
+
+def checkpoint_every(steps: int) -> int:
+    """Search steps between checkpoints: about `CHECKPOINTS_PER_SEARCH` a job, at least one every 100 steps.
+
+    It depends on the step budget alone, so a resumed job builds the same config as its first start (the
+    engine refuses to resume a checkpoint written under another config).
+    """
+    return max(1, min(MAX_CHECKPOINT_EVERY, math.ceil(steps / CHECKPOINTS_PER_SEARCH)))
+
+
+def search_config(spec: Mapping[str, Any], dataset: str, device: str) -> Any:
+    """The engine's `SearchConfig` for a job spec over a snapshot `.npz` (ValueError if invalid)."""
+    from server.search import SearchConfig
+
+    check_spec(spec)
+    kwargs: dict[str, Any] = {"dataset": dataset, "device": device}
+    for spec_name, config_name in _SPEC_TO_CONFIG.items():
+        value = spec.get(spec_name)
+        if value or (spec_name == "seed" and value is not None):
+            kwargs[config_name] = value
+    config = SearchConfig(**kwargs)
+    return config.replace(checkpoint_every=checkpoint_every(config.steps))
+
+
+def progress_dict(event: Any) -> dict[str, Any]:
+    """A `server.search.ProgressEvent` as the plain dict `JobProgress.from_dict` reads."""
+    encodings = [{"name": name, "candidates": [str(c) for c in probs], "probabilities": list(probs.values())}
+                 for name, probs in (event.encodings or {}).items()]
+    return {"stage": event.stage, "step": event.step, "total_steps": event.total_steps,
+            "train_loss": event.train_loss, "val_loss": event.val_loss, "learning_rate": event.learning_rate,
+            "encodings": encodings}
+
+
+def run_job(spec: Mapping[str, Any], dataset: str, out_dir: str, device: str, on_progress: ProgressFn,
+            should_stop: Callable[[], bool]) -> dict[str, Any]:
+    """Run a search into `out_dir` (resuming from its checkpoint); returns the run's `result.json` dict."""
+    from server.search import SearchCancelled, run_search
+
+    config = search_config(spec, dataset, device)
+    try:
+        result: dict[str, Any] = run_search(config, Path(out_dir), on_progress=lambda e: on_progress(
+            progress_dict(e)), should_stop=should_stop)
+    except SearchCancelled as e:
+        raise Cancelled(str(e)) from e
+    return result
+
+
+def export_bundle(run_dir: str, out_dir: str, formats: list[str]) -> None:
+    """Export a finished run to a verified bundle at `out_dir` (empty formats = all of them)."""
+    import export
+
+    out = Path(out_dir)
+    # Synthetic reference inputs: every device of the app downloads the bundle, so it must not carry
+    # any user's examples.
+    fmts = formats or export.ALL_FORMATS
+    export.export_run(run_dir, out.parent, fmts, name=out.name, reference="synthetic")
+
+
+def summarize(result: Mapping[str, Any]) -> ModelSummary:
+    """The `ModelSummary` of a run's `result.json` dict."""
+    return ModelSummary(
+        architecture={str(k): str(v) for k, v in (result.get("architecture") or {}).items()},
+        hyperparameters={str(k): str(v) for k, v in (result.get("hyperparameters") or {}).items()},
+        params=int(result.get("params") or 0), test_accuracy=float(result.get("test_accuracy") or 0.0),
+        search_seconds=float(result.get("search_seconds") or 0.0),
+        retrain_seconds=float(result.get("retrain_seconds") or 0.0))

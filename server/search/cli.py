@@ -1,0 +1,128 @@
+"""`autohas search`: run a joint architecture + hyper-parameter search and write a run directory."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Any
+
+from server.search.config import DEVICES, MODES, STRATEGIES, SearchConfig
+
+#: command-line flag -> SearchConfig field (flags map one to one onto the config)
+_FLAGS: dict[str, tuple[type, str]] = {
+    "steps": (int, "search steps, warm-up included"),
+    "retrain_steps": (int, "steps to retrain the derived model"),
+    "max_params": (int, "parameter budget of the derived model"),
+    "batch_size": (int, "batch size of the shared-weight updates and of retraining"),
+    "encoding_batch_size": (int, "batch size of the encoding updates"),
+    "warmup_fraction": (float, "fraction of steps that train only the shared weights"),
+    "cost_weight": (float, "weight of the expected-parameter penalty"),
+    "encoding_lr": (float, "learning rate of the encodings (Adam)"),
+    "max_skips": (int, "cap on skipped blocks in the derived model"),
+    "seed": (int, "random seed"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the options of `autohas search`."""
+    defaults = SearchConfig()
+    parser.add_argument("--dataset", default=defaults.dataset, help="mnist1d, digits, or a path to an .npz")
+    parser.add_argument("--mode", default=defaults.mode, choices=MODES,
+                        help="joint; nas: hyper-parameters fixed; hpo: architecture fixed")
+    parser.add_argument("--strategy", default=defaults.strategy, choices=STRATEGIES,
+                        help="mix candidates (differentiable) or sample them (reinforce controller)")
+    parser.add_argument("--device", default=defaults.device, choices=DEVICES,
+                        help="auto picks CUDA when present (with bfloat16 mixed precision)")
+    parser.add_argument("--out", default="runs/search", help="run directory (resumes when it holds a search)")
+    for name, (kind, help_text) in _FLAGS.items():
+        default = getattr(defaults, name)
+        parser.add_argument(
+            "--" + name.replace("_", "-"), type=kind, default=default, help=f"{help_text} (default {default})"
+        )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the search; exit code 0, 2 on a bad dataset or option, 130 when interrupted."""
+    from server.search.runner import SearchCancelled, run_search
+
+    try:
+        config = SearchConfig(
+            dataset=args.dataset,
+            mode=args.mode,
+            strategy=args.strategy,
+            device=args.device,
+            **{name: getattr(args, name) for name in _FLAGS},
+        )
+    except ValueError as exc:
+        print(f"autohas search: error: {exc}", file=sys.stderr)
+        return 2
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    interrupted = {"flag": False}
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.update(flag=True))
+    bar = _ProgressBar(disabled=args.quiet)
+    try:
+        result = run_search(config, args.out, on_progress=bar.update, should_stop=lambda: interrupted["flag"])
+    except ValueError as exc:
+        bar.close()
+        print(f"autohas search: error: {exc}", file=sys.stderr)
+        return 2
+    except SearchCancelled as exc:
+        bar.close()
+        print(f"autohas search: {exc}", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    bar.close()
+    print(_summary(result, args.out))
+    return 0
+
+
+def _summary(result: dict[str, Any], out: str) -> str:
+    arch = ", ".join(f"{k}={v}" for k, v in result["architecture"].items())
+    hps = ", ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in result["hyperparameters"].items()
+    )
+    return (
+        f"test accuracy {result['test_accuracy']:.4f} with {result['params']} parameters "
+        f"(search {result['search_seconds']:.0f}s, retrain {result['retrain_seconds']:.0f}s)\n"
+        f"architecture: {arch}\nhyper-parameters: {hps}\nwritten to {out}/result.json"
+    )
+
+
+class _ProgressBar:
+    """One tqdm bar per stage (search, then retrain)."""
+
+    def __init__(self, disabled: bool) -> None:
+        self.disabled, self.stage, self.bar = disabled, "", None
+
+    def update(self, event: Any) -> None:
+        """Advance (or open) the bar of the event's stage."""
+        if self.disabled or event.stage not in ("search", "retrain"):
+            return
+        if event.stage != self.stage:
+            from tqdm import tqdm
+
+            self.close()
+            self.stage = event.stage
+            self.bar = tqdm(
+                total=event.total_steps, desc=event.stage, initial=event.step - 1, file=sys.stderr
+            )
+        self.bar.update(event.step - self.bar.n)
+        postfix = {"loss": f"{event.train_loss:.3f}", "lr": f"{event.learning_rate:.3g}"}
+        if event.val_loss == event.val_loss:  # not NaN
+            postfix["val"] = f"{event.val_loss:.3f}"
+        self.bar.set_postfix(postfix, refresh=False)
+
+    def close(self) -> None:
+        """Close the current bar, if any."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

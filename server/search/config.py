@@ -1,0 +1,102 @@
+"""`SearchConfig`: every setting of one search, frozen, validated, with a JSON round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.search.space import SearchSpace
+
+MODES = ("joint", "nas", "hpo")
+STRATEGIES = ("differentiable", "reinforce")
+WEIGHT_PATHS = ("fast", "explicit")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """One search: dataset, mode (`joint|nas|hpo`), strategy, budgets, seed and device."""
+
+    dataset: str = "mnist1d"
+    mode: str = "joint"
+    strategy: str = "differentiable"
+    weights_path: str = "fast"  # second combined model: closed form ("fast") or every basis ("explicit")
+    steps: int = 300  # search steps, warm-up included
+    warmup_fraction: float = 0.25  # first iterations only (W), before encodings move
+    batch_size: int = 128  # first iterations and retraining
+    encoding_batch_size: int = 64  # second iterations: temporary-weight step and validation loss
+    max_params: int = 50_000
+    cost_weight: float = 1.0  # lambda of the penalty on expected parameters above max_params
+    encoding_lr: float = 0.05
+    retrain_steps: int = 1500
+    max_skips: int = 2  # a cap on skipped blocks in the derived model (guards against collapse)
+    encoding_tol: float = 1e-3  # stop when no probability moved more than this over `check_every` steps
+    grad_tol: float = 0.0  # stop when the encodings' gradient norm falls below this
+    check_every: int = 25
+    grad_clip: float = 5.0
+    samples: int = 8  # reinforce: (architecture, hyper-parameter) pairs sampled per step
+    checkpoint_every: int = 100
+    seed: int = 0
+    device: str = "auto"
+    space: SearchSpace | None = field(default=None)  # None: the default space for the dataset and mode
+
+    def __post_init__(self) -> None:
+        _one_of("mode", self.mode, MODES)
+        _one_of("strategy", self.strategy, STRATEGIES)
+        _one_of("device", self.device, DEVICES)
+        _one_of("weights_path", self.weights_path, WEIGHT_PATHS)
+        if not self.dataset:
+            raise ValueError("dataset must be 'mnist1d', 'digits' or a path to an .npz file")
+        for name in ("steps", "max_params", "check_every", "checkpoint_every", "samples"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("retrain_steps", "max_skips"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("batch_size", "encoding_batch_size"):
+            if int(getattr(self, name)) < 8:
+                raise ValueError(
+                    f"{name} must be >= 8 (batch norm and per-basis chunks), got {getattr(self, name)}"
+                )
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        for name in ("cost_weight", "encoding_tol", "grad_tol", "grad_clip"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if not (math.isfinite(self.encoding_lr) and self.encoding_lr > 0):
+            raise ValueError(f"encoding_lr must be > 0, got {self.encoding_lr}")
+
+    @property
+    def warmup_steps(self) -> int:
+        """Steps of the first iteration alone before the alternation starts."""
+        return int(self.steps * self.warmup_fraction)
+
+    def replace(self, **changes: Any) -> SearchConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["space"] = self.space.to_json() if self.space is not None else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SearchConfig:
+        """Inverse of `to_json` (unknown keys are an error)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown SearchConfig fields: {unknown}")
+        data = dict(data)
+        if data.get("space") is not None:
+            data["space"] = SearchSpace.from_json(data["space"])
+        return cls(**data)
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")

@@ -1,0 +1,107 @@
+"""Deriving the output (claims 11-13): argmax for categorical choices, weighted sum for continuous ones,
+under two constraints: a cap on skipped blocks and the parameter budget."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from server.search import hparams as hp
+from server.search.models import Layout, count_params, model_args_for
+from server.search.space import Choice, SearchSpace
+
+Encodings = dict[str, dict[str, float]]
+#: how the device SDK retrains the classification head (few local examples, numpy)
+HEAD_EPOCHS = 30
+HEAD_BATCH = 32
+
+
+def derive_hparams(space: SearchSpace, encodings: Encodings) -> dict[str, Any]:
+    """name -> value for every hyper-parameter choice."""
+    return {c.name: c.derive(list(encodings[c.name].values())) for c in space.hparams}
+
+
+def derive_arch(
+    space: SearchSpace,
+    encodings: Encodings,
+    layout: Layout,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    max_params: int,
+    max_skips: int,
+) -> dict[str, Any]:
+    """name -> value for every architecture choice: argmax, then the skip cap, then the budget."""
+    arch = {c.name: c.derive(list(encodings[c.name].values())) for c in space.arch}
+    _cap_skips(space.arch, encodings, arch, max_skips)
+    params = lambda a: count_params(model_args_for(layout, input_shape, num_classes, a))  # noqa: E731
+    while params(arch) > max_params:
+        move = _cheapest_move(space.arch, encodings, arch, params, max_skips)
+        if move is None:
+            raise ValueError(
+                f"no architecture in the search space fits max_params={max_params} "
+                f"(smallest reachable: {params(arch)} parameters)"
+            )
+        arch[move[0]] = move[1]
+    return arch
+
+
+def _cap_skips(
+    choices: tuple[Choice, ...], encodings: Encodings, arch: dict[str, Any], max_skips: int
+) -> None:
+    skipped = sorted((encodings[c.name]["skip"], c.name) for c in choices if arch[c.name] == "skip")
+    for _, name in skipped[: max(0, len(skipped) - max_skips)]:
+        arch[name] = "keep"  # keep the blocks the encoding was least sure to skip
+
+
+def _cheapest_move(
+    choices: tuple[Choice, ...], encodings: Encodings, arch: dict[str, Any], params: Any, max_skips: int
+) -> tuple[str, Any] | None:
+    """The change that gives up the least log-probability per parameter saved."""
+    current, skips = params(arch), sum(v == "skip" for v in arch.values())
+    best, best_score = None, math.inf
+    for choice in choices:
+        probs = encodings[choice.name]
+        for value, label in zip(choice.candidates, choice.labels, strict=True):
+            if value == arch[choice.name] or (value == "skip" and skips >= max_skips):
+                continue
+            saved = current - params({**arch, choice.name: value})
+            if saved <= 0:
+                continue
+            drop = math.log(max(probs[str(arch[choice.name])], 1e-12)) - math.log(max(probs[label], 1e-12))
+            if drop / saved < best_score:
+                best, best_score = (choice.name, value), drop / saved
+    return best
+
+
+def smallest_params(
+    space: SearchSpace, layout: Layout, input_shape: tuple[int, ...], num_classes: int, max_skips: int
+) -> int:
+    """Parameters of the smallest model the space allows (to reject impossible budgets up front)."""
+    depth = [c for c in space.arch if c.name.endswith(".depth")]
+    arch: dict[str, Any] = {c.name: min(c.candidates, key=float) for c in space.arch if c not in depth}
+    arch.update({c.name: "keep" for c in depth})
+    params = lambda a: count_params(model_args_for(layout, input_shape, num_classes, a))  # noqa: E731
+    full = params(arch)
+    savings = [(full - params({**arch, c.name: "skip"}), c.name) for c in depth if "skip" in c.candidates]
+    for _, name in sorted(savings, reverse=True)[:max_skips]:
+        arch[name] = "skip"  # skip the blocks whose removal saves the most
+    return params(arch)
+
+
+def fine_tuning(hparams: dict[str, Any]) -> dict[str, Any]:
+    """Hyper-parameters for on-device head training, derived from the searched ones.
+
+    `learning_rate` is the optimizer's effective rate; `weight_decay` is decoupled
+    (each step ``w -= learning_rate * weight_decay * w``), rescaled so that the decay per step equals
+    the search's.
+    """
+    optimizer = str(hparams["optimizer"])
+    scale = hp.LR_SCALE[optimizer]
+    return {
+        "learning_rate": float(hparams["learning_rate"]) * scale,
+        "weight_decay": float(hparams["weight_decay"]) / scale,
+        "epochs": HEAD_EPOCHS,
+        "batch_size": HEAD_BATCH,
+        "label_smoothing": hp.label_smoothing(str(hparams["loss"])),
+        "optimizer": optimizer,
+    }

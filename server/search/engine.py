@@ -1,0 +1,211 @@
+"""The differentiable search: alternates first and second iterations, records the trajectory, and
+knows when to stop. Its whole state round-trips through `state_dict` for exact resumption."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from server.search import hparams as hp
+from server.search.config import SearchConfig
+from server.search.iterations import (
+    HPMix,
+    augmented_chunks,
+    basis_gradients,
+    combine_explicit,
+    combine_fast,
+    first_iteration,
+    validation_objective,
+)
+from server.search.space import SearchSpace
+from server.search.supernet import SuperNet
+from server.search.weights import FlatWeights
+
+
+@dataclass
+class Batches:
+    """Training and validation tensors on the search device, sampled with an explicit generator."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    scale: float
+    gen: torch.Generator
+
+    def train(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random training batch."""
+        idx = torch.randint(len(self.x_train), (n,), generator=self.gen, device=self.x_train.device)
+        return self.x_train[idx], self.y_train[idx]
+
+    def val(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random validation batch."""
+        idx = torch.randint(len(self.x_val), (n,), generator=self.gen, device=self.x_val.device)
+        return self.x_val[idx], self.y_val[idx]
+
+
+@dataclass
+class StepStats:
+    """What one step reports."""
+
+    step: int
+    train_loss: float
+    val_loss: float
+    learning_rate: float
+    grad_norm: float
+
+
+@dataclass
+class History:
+    """Per-step records: the learning-rate trajectory, losses and encodings (for the plot)."""
+
+    lr: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    encodings: list[dict[str, list[float]]] = field(default_factory=list)
+
+
+def cost_penalty(expected_params: torch.Tensor, max_params: int) -> torch.Tensor:
+    """The resource term of the validation objective: relative expected size above the budget.
+
+    Zero inside the budget on purpose: the encodings are updated with Adam, which normalises gradient
+    scale, so any always-on size pressure, however small its weight, eventually outvotes the noisy
+    validation signal and collapses every block to its smallest candidate.
+    """
+    return torch.relu(expected_params / max_params - 1.0)
+
+
+class Searcher:
+    """Differentiable AutoHAS: shared weights W in `net`, logits for every choice of `space`."""
+
+    def __init__(self, net: SuperNet, space: SearchSpace, batches: Batches, config: SearchConfig) -> None:
+        self.net, self.space, self.batches, self.config = net, space, batches, config
+        self.flat = FlatWeights(net)
+        device = self.flat.params[0].device
+        self.opt_state = hp.init_state(space.hparam("optimizer").candidates, self.flat.get())
+        self.logits = {c.name: torch.zeros(len(c), device=device, requires_grad=True) for c in space.choices}
+        self.encoding_opt = torch.optim.Adam(self.logits.values(), lr=config.encoding_lr, betas=(0.5, 0.999))
+        self.step_index = 0
+        self.history = History()
+        self.stop_reason = ""
+
+    def probabilities(self) -> dict[str, torch.Tensor]:
+        """Softmax of every choice's logits (differentiable)."""
+        return {name: torch.softmax(logit, 0) for name, logit in self.logits.items()}
+
+    def encodings(self) -> dict[str, dict[str, float]]:
+        """choice -> candidate label -> probability."""
+        probs = self.probabilities()
+        return {c.name: dict(zip(c.labels, probs[c.name].tolist(), strict=True)) for c in self.space.choices}
+
+    def _arch(self, probs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {c.name: probs[c.name] for c in self.space.arch}
+
+    def _chunks(self, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A training batch split into one augmented chunk per augmentation basis."""
+        x, y = self.batches.train(size)
+        policies = tuple(str(p) for p in self.space.hparam("augment").candidates)
+        return augmented_chunks(x, y, policies, self.batches.scale, self.batches.gen)
+
+    def step(self) -> StepStats:
+        """One first iteration, then (after warm-up) one second iteration."""
+        cfg = self.config
+        with torch.no_grad():
+            probs = self.probabilities()
+        mix = HPMix.from_probs(self.space, probs)
+        train_loss = first_iteration(
+            self.net,
+            self.flat,
+            self.opt_state,
+            self._chunks(cfg.batch_size),
+            self._arch(probs),
+            mix,
+            cfg.grad_clip,
+        )
+        val_loss = grad_norm = math.nan
+        if self.step_index >= cfg.warmup_steps:
+            val_loss, grad_norm = self.second_iteration()
+        stats = StepStats(self.step_index, train_loss, val_loss, float(mix.lr), grad_norm)
+        self._record(stats)
+        self.step_index += 1
+        return stats
+
+    def second_iteration(self) -> tuple[float, float]:
+        """Temporary weights per HP basis, combined by P^H; validation loss; update both encodings."""
+        cfg = self.config
+        probs = self.probabilities()
+        mix, arch = HPMix.from_probs(self.space, probs), self._arch(probs)
+        w_prime = self._combined_weights(arch, mix)
+        x_val, y_val = self.batches.val(cfg.encoding_batch_size)
+        val_loss = validation_objective(self.net, self.flat, w_prime, x_val, y_val, arch)
+        penalty = cfg.cost_weight * cost_penalty(self.net.expected_params(arch), cfg.max_params)
+        self.encoding_opt.zero_grad()
+        (val_loss + penalty).backward()
+        grad_norm = math.sqrt(sum(float((g.grad**2).sum()) for g in self.logits.values()))
+        self.encoding_opt.step()
+        return float(val_loss.detach()), grad_norm
+
+    def _combined_weights(self, arch: dict[str, torch.Tensor], mix: HPMix) -> torch.Tensor:
+        """W' = sum_b P_b W_b over one-step temporary weights, by the configured path."""
+        cfg = self.config
+        chunks = self._chunks(cfg.encoding_batch_size)
+        if cfg.weights_path == "explicit":
+            args = (self.net, self.flat, chunks, arch, self.opt_state, self.space, mix, cfg.grad_clip)
+            return combine_explicit(*args)[0]
+        losses = [str(v) for v in self.space.hparam("loss").candidates]
+        grads = basis_gradients(self.net, self.flat, chunks, arch, losses, cfg.grad_clip)
+        return combine_fast(self.flat.get(), grads, self.opt_state, mix)
+
+    def _record(self, stats: StepStats) -> None:
+        self.history.lr.append(stats.learning_rate)
+        self.history.train_loss.append(stats.train_loss)
+        self.history.val_loss.append(stats.val_loss)
+        self.history.encodings.append(
+            {k: [round(p, 5) for p in v.values()] for k, v in self.encodings().items()}
+        )
+        self._check_stop(stats)
+
+    def _check_stop(self, stats: StepStats) -> None:
+        """Encodings settled (change below tolerance) or encoding gradient below tolerance."""
+        cfg, t = self.config, len(self.history.encodings)
+        if stats.step < cfg.warmup_steps:
+            return
+        if cfg.grad_tol > 0 and stats.grad_norm < cfg.grad_tol:
+            self.stop_reason = f"encoding gradient norm {stats.grad_norm:.2e} < {cfg.grad_tol}"
+        if cfg.encoding_tol > 0 and t - cfg.warmup_steps > cfg.check_every and t % cfg.check_every == 0:
+            now, then = self.history.encodings[-1], self.history.encodings[-1 - cfg.check_every]
+            change = max(abs(a - b) for k in now for a, b in zip(now[k], then[k], strict=True))
+            if change < cfg.encoding_tol:
+                self.stop_reason = (
+                    f"encodings changed by {change:.1e} < {cfg.encoding_tol} in {cfg.check_every} steps"
+                )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where this search is."""
+        return {
+            "net": self.net.state_dict(),
+            "opt_state": self.opt_state,
+            "logits": {k: v.detach().clone() for k, v in self.logits.items()},
+            "encoding_opt": self.encoding_opt.state_dict(),
+            "gen": self.batches.gen.get_state(),
+            "step": self.step_index,
+            "history": self.history.__dict__,
+            "stop_reason": self.stop_reason,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from `state_dict()`."""
+        self.net.load_state_dict(state["net"])
+        for key, value in state["opt_state"].items():
+            self.opt_state[key] = value.to(self.opt_state[key].device, copy=True)
+        with torch.no_grad():
+            for name, value in state["logits"].items():
+                self.logits[name].copy_(value)
+        self.encoding_opt.load_state_dict(state["encoding_opt"])
+        self.batches.gen.set_state(state["gen"])
+        self.step_index = int(state["step"])
+        self.history = History(**state["history"])
+        self.stop_reason = state["stop_reason"]

@@ -1,0 +1,135 @@
+"""The controller variant: the same logits *sample* (architecture, HP basis) pairs instead of mixing.
+
+Each sampled pair's quality is the validation accuracy of temporary weights W* = one step from W with
+the sampled HPs on the sampled sub-model (W itself is untouched: the temporary weights keep the shared
+update clean); the rewards drive a REINFORCE update of the logits with a moving-average baseline and an
+entropy bonus. W is trained on a sampled sub-model's training loss with the encoding-combined HPs.
+Several pairs per step are averaged to reduce variance (uses far less memory than mixing).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from server.search import hparams as hp
+from server.search.augment import augment
+from server.search.config import SearchConfig
+from server.search.engine import Batches, Searcher, StepStats
+from server.search.iterations import HPMix, first_iteration
+from server.search.space import SearchSpace
+from server.search.supernet import SuperNet
+from server.search.weights import autocast, clip, forward_with
+
+BASELINE_DECAY = 0.9
+ENTROPY_WEIGHT = 1e-3
+
+
+class ReinforceSearcher(Searcher):
+    """REINFORCE over the same search space, supernet and checkpoint format as `Searcher`."""
+
+    def __init__(self, net: SuperNet, space: SearchSpace, batches: Batches, config: SearchConfig) -> None:
+        super().__init__(net, space, batches, config)
+        self.baseline = math.nan
+
+    def _sample(self, probs: dict[str, torch.Tensor]) -> dict[str, int]:
+        return {
+            name: int(torch.multinomial(p.detach().cpu(), 1, generator=self._cpu_gen()))
+            for name, p in probs.items()
+        }
+
+    def _cpu_gen(self) -> torch.Generator:
+        # draws stay reproducible: the seed is taken from the data generator, which is checkpointed
+        seed = int(torch.randint(2**62, (1,), generator=self.batches.gen, device=self.batches.x_train.device))
+        return torch.Generator().manual_seed(seed)
+
+    def _one_hot(self, picks: dict[str, int]) -> dict[str, torch.Tensor]:
+        device = self.flat.params[0].device
+        out = {}
+        for choice in self.space.arch:
+            vec = torch.zeros(len(choice), device=device)
+            vec[picks[choice.name]] = 1.0
+            out[choice.name] = vec
+        return out
+
+    def step(self) -> StepStats:
+        """Train W on a sampled sub-model, then (after warm-up) one REINFORCE update of the logits."""
+        with torch.no_grad():
+            probs = self.probabilities()
+        mix = HPMix.from_probs(self.space, probs)
+        arch = self._one_hot(self._sample(probs))
+        train_loss = first_iteration(
+            self.net,
+            self.flat,
+            self.opt_state,
+            self._chunks(self.config.batch_size),
+            arch,
+            mix,
+            self.config.grad_clip,
+        )
+        val_loss = grad_norm = math.nan
+        if self.step_index >= self.config.warmup_steps:
+            val_loss, grad_norm = self.second_iteration()
+        stats = StepStats(self.step_index, train_loss, val_loss, float(mix.lr), grad_norm)
+        self._record(stats)
+        self.step_index += 1
+        return stats
+
+    def second_iteration(self) -> tuple[float, float]:
+        """Sample pairs, score their one-step temporary weights, and update the logits by REINFORCE."""
+        probs = self.probabilities()
+        x, y = self.batches.train(self.config.encoding_batch_size)
+        x_val, y_val = self.batches.val(self.config.encoding_batch_size)
+        log_probs, rewards = [], []
+        for _ in range(self.config.samples):
+            picks = self._sample(probs)
+            rewards.append(self._reward(picks, x, y, x_val, y_val))
+            log_probs.append(sum(torch.log(probs[name][i]) for name, i in picks.items()))
+        mean_reward = sum(rewards) / len(rewards)
+        baseline = mean_reward if math.isnan(self.baseline) else self.baseline
+        entropy = sum(-(p * torch.log(p + 1e-12)).sum() for p in probs.values())
+        objective = -sum((r - baseline) * lp for r, lp in zip(rewards, log_probs, strict=True)) / len(rewards)
+        self.encoding_opt.zero_grad()
+        (objective - ENTROPY_WEIGHT * entropy).backward()
+        grad_norm = math.sqrt(sum(float((g.grad**2).sum()) for g in self.logits.values()))
+        self.encoding_opt.step()
+        self.baseline = BASELINE_DECAY * baseline + (1 - BASELINE_DECAY) * mean_reward
+        return 1.0 - mean_reward, grad_norm  # reported as the validation error
+
+    def _values(self, picks: dict[str, int]) -> dict[str, Any]:
+        return {c.name: c.candidates[picks[c.name]] for c in self.space.hparams}
+
+    def _reward(
+        self,
+        picks: dict[str, int],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        x_val: torch.Tensor,
+        y_val: torch.Tensor,
+    ) -> float:
+        """Validation accuracy of W* = one step from W with the sampled HPs on the sampled sub-model."""
+        values, arch = self._values(picks), self._one_hot(picks)
+        xb = augment(x, str(values["augment"]), self.batches.scale, self.batches.gen)
+        with autocast(xb.device):
+            logits = forward_with(self.net, self.flat, None, xb, arch)
+        ce, uniform = hp.per_example_losses(logits, y)
+        grad = clip(
+            self.flat.flat_grad(hp.basis_loss(ce, uniform, str(values["loss"])).mean()), self.config.grad_clip
+        )
+        d, _ = hp.direction(str(values["optimizer"]), grad, self.opt_state)
+        w = self.flat.get()
+        lr, wd = float(values["learning_rate"]), float(values["weight_decay"])
+        with torch.no_grad(), autocast(x_val.device):
+            val_logits = forward_with(self.net, self.flat, w - lr * d - lr * wd * w, x_val, arch)
+        return float((val_logits.argmax(1) == y_val).float().mean())
+
+    def state_dict(self) -> dict[str, Any]:
+        """`Searcher.state_dict` plus the reward baseline."""
+        return {**super().state_dict(), "baseline": self.baseline}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from `state_dict()`."""
+        super().load_state_dict(state)
+        self.baseline = float(state["baseline"])

@@ -1,0 +1,67 @@
+"""Retraining the derived model with the derived hyper-parameters, and test evaluation.
+
+The update is the same functional one the search used (same optimizer directions, decoupled weight
+decay, loss and augmentation bases), so a derived hyper-parameter means exactly what it meant during
+the search; the derived learning rate is the peak of a warm-up + cosine schedule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from server.search import hparams as hp
+from server.search.augment import augment
+from server.search.weights import FlatWeights, autocast, clip, iterate
+
+StepCallback = Callable[[int, float, float], None]
+
+
+def retrain(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    hparams: dict[str, Any],
+    steps: int,
+    batch_size: int,
+    scale: float,
+    gen: torch.Generator,
+    grad_clip: float,
+    on_step: StepCallback | None = None,
+) -> None:
+    """Train `model` in place for `steps` steps; `on_step(step, loss, lr)` after each."""
+    flat = FlatWeights(model)
+    optimizer, policy, loss_name = str(hparams["optimizer"]), str(hparams["augment"]), str(hparams["loss"])
+    peak, wd = float(hparams["learning_rate"]), float(hparams["weight_decay"])
+    state = hp.init_state([optimizer], flat.get())
+    warmup = max(1, steps // 20)
+    model.train()
+    for t in range(steps):
+        idx = torch.randint(len(x), (batch_size,), generator=gen, device=x.device)
+        xb = augment(x[idx], policy, scale, gen)
+        with autocast(xb.device):
+            logits = model(xb)
+        ce, uniform = hp.per_example_losses(logits, y[idx])
+        loss = hp.basis_loss(ce, uniform, loss_name).mean()
+        grad = clip(flat.flat_grad(loss), grad_clip)
+        d, new_state = hp.direction(optimizer, grad, state)
+        hp.commit(state, [new_state])
+        lr = peak * hp.cosine_factor(t, steps, warmup)
+        w = flat.get()
+        flat.set(w - lr * d - lr * wd * w)
+        if on_step is not None:
+            on_step(t, float(loss.detach()), lr)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
+    """Top-1 accuracy of `model` in eval mode."""
+    model.eval()
+    correct = sum(
+        int((model(xb).argmax(1) == yb).sum())
+        for xb, yb in zip(iterate(x, batch_size), iterate(y, batch_size), strict=True)
+    )
+    return correct / max(1, len(x))

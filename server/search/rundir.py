@@ -1,0 +1,59 @@
+"""The run directory (docs/architecture.md §3): the resumable search checkpoint, the derived model,
+result.json and the plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from server.search.config import SearchConfig
+from server.search.engine import Searcher
+from server.search.models import ModelArgs, build_model
+from server.search.plot import plot_search
+from server.search.space import SearchSpace
+
+CHECKPOINT, MODEL, RESULT, PLOT = "search.pt", "model.pt", "result.json", "search.png"
+
+
+def save_checkpoint(out: Path, searcher: Searcher, config: SearchConfig, seconds: float, done: bool) -> None:
+    """Write search.pt atomically: a crash never leaves a half-written checkpoint."""
+    state = {"config": config.to_json(), "searcher": searcher.state_dict(), "search_seconds": seconds,
+             "done": done}
+    tmp = out / (CHECKPOINT + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(out / CHECKPOINT)
+
+
+def load_checkpoint(out: Path, searcher: Searcher, config: SearchConfig) -> tuple[float, bool]:
+    """Restore `searcher` from search.pt if there is one; returns (seconds searched so far, done)."""
+    path = out / CHECKPOINT
+    if not path.exists():
+        return 0.0, False
+    state = torch.load(path, map_location="cpu", weights_only=True)  # generator states must stay on CPU
+    if state["config"] != config.to_json():
+        raise ValueError(f"{path} holds a search with a different config; use a new output directory")
+    searcher.load_state_dict(state["searcher"])
+    return float(state["search_seconds"]), bool(state["done"])
+
+
+def write_run(out: Path, result: dict[str, Any], model: nn.Module, args: ModelArgs, searcher: Searcher,
+              space: SearchSpace) -> None:
+    """Write model.pt (rebuildable: model_args + state_dict + config), result.json and search.png."""
+    state = {k: v.cpu() for k, v in model.state_dict().items()}
+    torch.save({"model_args": args, "state_dict": state, "config": result["config"]}, out / MODEL)
+    (out / RESULT).write_text(json.dumps(result, indent=2))
+    plot_search(searcher.history.__dict__, space, out / PLOT)
+
+
+def load_model(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The derived, retrained model (eval mode, on CPU) and the run's result.json."""
+    run = Path(run_dir)
+    result = json.loads((run / RESULT).read_text())
+    saved = torch.load(run / MODEL, map_location="cpu", weights_only=True)
+    model = build_model(saved["model_args"])
+    model.load_state_dict(saved["state_dict"])
+    return model.eval(), result

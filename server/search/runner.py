@@ -1,0 +1,194 @@
+"""`run_search`: search (resumable), derive, retrain, evaluate, and write the run directory."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from server.search import derive
+from server.search.config import SearchConfig
+from server.search.data import Dataset, load_dataset
+from server.search.defaults import default_space
+from server.search.engine import Batches, Searcher
+from server.search.hparams import LR_SCALE, validate_hparams
+from server.search.models import LAYOUTS, build_model, count_params, model_args_for
+from server.search.retrain import accuracy, retrain
+from server.search.rundir import load_checkpoint, save_checkpoint, write_run
+from server.search.space import SearchSpace
+from server.search.strategies import make_searcher
+from server.search.supernet import SuperNet
+
+
+class SearchCancelled(Exception):
+    """Raised when `should_stop()` returned True; the search checkpoint is saved first."""
+
+
+@dataclass
+class ProgressEvent:
+    """One progress report: stage `load|search|retrain|evaluate|done` and the current figures."""
+
+    stage: str
+    step: int = 0
+    total_steps: int = 0
+    train_loss: float = math.nan
+    val_loss: float = math.nan
+    learning_rate: float = math.nan
+    encodings: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+Progress = Callable[[ProgressEvent], None]
+StopCheck = Callable[[], bool]
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    use_cuda = name == "cuda" or (name == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if use_cuda else "cpu")
+
+
+def run_search(config: SearchConfig, out_dir: str | Path, on_progress: Progress | None = None,
+               should_stop: StopCheck | None = None) -> dict[str, Any]:
+    """Search, derive, retrain and evaluate; write the run directory; return result.json's content.
+
+    Resumes from `out_dir`'s search checkpoint when there is one. `on_progress(event)` is called each
+    step; `should_stop()` returning True saves the checkpoint and raises `SearchCancelled`.
+    """
+    emit = on_progress or (lambda event: None)
+    emit(ProgressEvent("load"))
+    device = resolve_device(config.device)
+    data = load_dataset(config.dataset, seed=config.seed)
+    stop = should_stop or (lambda: False)
+    run = _Run(config, data, _space(config, data), device, Path(out_dir), emit, stop)
+    run.out.mkdir(parents=True, exist_ok=True)
+    return run.finish(run.search())
+
+
+def _space(config: SearchConfig, data: Dataset) -> SearchSpace:
+    """The configured (or default) space, validated for the data, with a budget that some model meets."""
+    layout = LAYOUTS[data.family]
+    space = config.space or default_space(layout, data.modality, config.mode)
+    validate_hparams(space.hparams, data.modality)
+    smallest = derive.smallest_params(space, layout, data.input_shape, data.num_classes, config.max_skips)
+    if smallest > config.max_params:
+        raise ValueError(f"max_params={config.max_params} is below the smallest model in the search space "
+                         f"({smallest} parameters)")
+    return space
+
+
+def _tensors(x: np.ndarray, y: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.as_tensor(x, device=device), torch.as_tensor(y, device=device)
+
+
+def norm_stats(x: np.ndarray, family: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (per-feature for tabular data) mean and standard deviation of the training inputs."""
+    axes = (0,) if family == "mlp" else (0, *range(2, x.ndim))
+    return x.mean(axis=axes, keepdims=True), x.std(axis=axes, keepdims=True) + 1e-6
+
+
+def _set_norm(model: nn.Module, data: Dataset) -> None:
+    """Normalisation lives inside the model as buffers, so a device feeds raw data."""
+    mean, std = norm_stats(data.x_train, data.family)
+    model.norm_mean.copy_(torch.as_tensor(mean.reshape(model.norm_mean.shape)))
+    model.norm_std.copy_(torch.as_tensor(std.reshape(model.norm_std.shape)))
+
+
+@dataclass
+class _Run:
+    """One call of `run_search`: its inputs and the stages that use them."""
+
+    config: SearchConfig
+    data: Dataset
+    space: SearchSpace
+    device: torch.device
+    out: Path
+    emit: Progress
+    should_stop: StopCheck
+
+    def searcher(self) -> Searcher:
+        """A fresh searcher: SuperModel, encodings and data on the device, all seeded."""
+        torch.manual_seed(self.config.seed)
+        data = self.data
+        net = SuperNet(LAYOUTS[data.family], self.space.arch, data.input_shape, data.num_classes)
+        _set_norm(net, data)
+        gen = torch.Generator(self.device).manual_seed(self.config.seed)
+        batches = Batches(*_tensors(data.x_train, data.y_train, self.device),
+                          *_tensors(data.x_val, data.y_val, self.device), float(data.x_train.std()), gen)
+        return make_searcher(self.config.strategy, net.to(self.device), self.space, batches, self.config)
+
+    def search(self) -> tuple[Searcher, float]:
+        """Run (or resume) the alternating loop; returns the searcher and its wall-clock seconds."""
+        searcher, config = self.searcher(), self.config
+        previous, done = load_checkpoint(self.out, searcher, config)
+        start = time.perf_counter()
+        seconds = lambda: previous + time.perf_counter() - start  # noqa: E731
+        while not done and searcher.step_index < config.steps and not searcher.stop_reason:
+            if self.should_stop():
+                save_checkpoint(self.out, searcher, config, seconds(), done=False)
+                raise SearchCancelled(f"search cancelled at step {searcher.step_index}; rerun to resume")
+            s = searcher.step()
+            self.emit(ProgressEvent("search", s.step + 1, config.steps, s.train_loss, s.val_loss,
+                                    s.learning_rate, searcher.encodings()))
+            if searcher.step_index % config.checkpoint_every == 0:
+                save_checkpoint(self.out, searcher, config, seconds(), done=False)
+        if not done:
+            save_checkpoint(self.out, searcher, config, seconds(), done=True)
+        return searcher, seconds() if not done else previous
+
+    def finish(self, searched: tuple[Searcher, float]) -> dict[str, Any]:
+        """Derive the output model, retrain it with the derived HPs, evaluate, write the run directory."""
+        searcher, search_seconds = searched
+        config, data, encodings = self.config, self.data, searcher.encodings()
+        layout = LAYOUTS[data.family]
+        arch = derive.derive_arch(self.space, encodings, layout, data.input_shape, data.num_classes,
+                                  config.max_params, config.max_skips)
+        hparams = derive.derive_hparams(self.space, encodings)
+        args = model_args_for(layout, data.input_shape, data.num_classes, arch)
+        model = build_model(args).to(self.device)
+        _set_norm(model, data)
+        retrain_seconds = self.retrain(model, hparams)
+        self.emit(ProgressEvent("evaluate", config.retrain_steps, config.retrain_steps))
+        result = {
+            "architecture": arch, "hyperparameters": hparams, "encodings": encodings,
+            "params": count_params(args),
+            "test_accuracy": accuracy(model, *_tensors(data.x_test, data.y_test, self.device)),
+            "search_seconds": round(search_seconds, 2), "retrain_seconds": round(retrain_seconds, 2),
+            "search_steps": searcher.step_index, "stop_reason": searcher.stop_reason or "step budget",
+            "retrain_steps": config.retrain_steps, "checkpoint": str(self.out / "search.pt"),
+            "effective_learning_rate": float(hparams["learning_rate"]) * LR_SCALE[str(hparams["optimizer"])],
+            "dataset": data.describe(), "fine_tuning": derive.fine_tuning(hparams),
+            "config": config.to_json(),
+            "lr_trajectory": [round(v, 6) for v in searcher.history.lr], "model_args": args,
+            "space": self.space.to_json(), "mode": config.mode, "strategy": config.strategy,
+            "device": str(self.device),
+        }
+        write_run(self.out, result, model, args, searcher, self.space)
+        self.emit(ProgressEvent("done", config.retrain_steps, config.retrain_steps, encodings=encodings))
+        return result
+
+    def retrain(self, model: nn.Module, hparams: dict[str, Any]) -> float:
+        """Retrain on training + validation data; returns wall-clock seconds."""
+        config, data = self.config, self.data
+        x, y = np.concatenate([data.x_train, data.x_val]), np.concatenate([data.y_train, data.y_val])
+        torch.manual_seed(config.seed + 1)
+        gen = torch.Generator(self.device).manual_seed(config.seed + 1)
+
+        def on_step(step: int, loss: float, lr: float) -> None:
+            if self.should_stop():
+                raise SearchCancelled(f"retraining cancelled at step {step}; rerun to resume (search kept)")
+            total = config.retrain_steps
+            self.emit(ProgressEvent("retrain", step + 1, total, train_loss=loss, learning_rate=lr))
+
+        start = time.perf_counter()
+        retrain(model, *_tensors(x, y, self.device), hparams, config.retrain_steps, config.batch_size,
+                float(data.x_train.std()), gen, config.grad_clip, on_step)
+        return time.perf_counter() - start

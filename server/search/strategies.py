@@ -1,0 +1,31 @@
+"""Search strategies by name: the differentiable mixture (default) and the REINFORCE controller.
+
+Both share the SuperModel, the HP bases, the checkpoint format and `Searcher`'s interface
+(`step()`, `encodings()`, `state_dict()`); the registry imports the chosen one lazily.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from server.search.config import SearchConfig
+from server.search.engine import Batches, Searcher
+from server.search.space import SearchSpace
+from server.search.supernet import SuperNet
+
+#: strategy name -> "module:class"
+REGISTRY = {
+    "differentiable": "server.search.engine:Searcher",
+    "reinforce": "server.search.reinforce:ReinforceSearcher",
+}
+
+
+def make_searcher(
+    name: str, net: SuperNet, space: SearchSpace, batches: Batches, config: SearchConfig
+) -> Searcher:
+    """Instantiate the strategy called `name`."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown strategy {name!r}; known: {sorted(REGISTRY)}")
+    module_name, cls_name = REGISTRY[name].split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls(net, space, batches, config)

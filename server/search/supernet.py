@@ -1,0 +1,176 @@
+"""The SuperModel: one set of shared weights W that holds every candidate architecture.
+
+A mixed block keeps only the largest candidate's weights and mixes candidates where the mixture is
+exact and cheap (the single-path / channel-masking idea of Single-Path NAS and FBNetV2):
+- kernel size: the depthwise convolution is linear in its kernel, so ``sum_k P_k conv(x, W_k)`` equals
+  ``conv(x, sum_k P_k W_k)`` where W_k is the centre k-slice of one large kernel;
+- expansion ratio: candidate e uses the first ``in * e`` hidden channels; up to the projection every
+  hidden channel is computed independently, and the projection is linear, so the mixture of candidate
+  outputs equals projecting the hidden activations times the mask ``sum_e P_e * 1[c < in * e]``;
+- depth: ``P_keep * (x + block(x)) + P_skip * x = x + P_keep * block(x)``.
+So the mixed block costs about as much as the largest candidate, not the sum of all nine.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from server.search.models import BlockSpec, Layout, ModelArgs, block_params, bn_cls, conv_bn
+from server.search.space import Choice
+
+Probs = dict[str, torch.Tensor]
+
+
+def _values(arch: dict[str, Choice], name: str, default: tuple) -> tuple:
+    return tuple(arch[name].candidates) if name in arch else default
+
+
+class MixedBlock(nn.Module):
+    """A searchable block holding the largest candidate's weights; candidates are slices of it."""
+
+    def __init__(self, family: str, index: int, spec: BlockSpec, arch: dict[str, Choice]) -> None:
+        super().__init__()
+        self.family, self.spec, self.prefix = family, spec, f"b{index}."
+        self.dims = 2 if family == "conv2d" else 1
+        self.kernels = tuple(int(k) for k in _values(arch, self.prefix + "kernel", (0,)))
+        self.expansions = tuple(int(e) for e in _values(arch, self.prefix + "expansion", (1,)))
+        hidden, kmax = spec.in_ch * max(self.expansions), max(self.kernels)
+        if family == "mlp":
+            self.expand, self.bn1 = nn.Linear(spec.in_ch, hidden, bias=False), nn.BatchNorm1d(hidden)
+            self.project, self.bn3 = nn.Linear(hidden, spec.out_ch, bias=False), nn.BatchNorm1d(spec.out_ch)
+        else:
+            self.expand, self.bn1 = conv_bn(self.dims, spec.in_ch, hidden, 1)
+            self.dw, self.bn2 = conv_bn(self.dims, hidden, hidden, kmax, spec.stride, groups=hidden)
+            self.project, self.bn3 = conv_bn(self.dims, hidden, spec.out_ch, 1)
+            self.register_buffer("kernel_masks", self._kernel_masks(kmax), persistent=False)
+        channel = torch.arange(hidden)
+        masks = torch.stack(
+            [(channel < spec.in_ch * e).to(torch.get_default_dtype()) for e in self.expansions]
+        )
+        self.register_buffer("channel_masks", masks, persistent=False)
+
+    def _kernel_masks(self, kmax: int) -> torch.Tensor:
+        pos = torch.arange(kmax)
+        masks = []
+        for k in self.kernels:
+            lo = (kmax - k) // 2
+            line = ((pos >= lo) & (pos < lo + k)).to(torch.get_default_dtype())
+            masks.append(line if self.dims == 1 else line[:, None] * line[None, :])
+        return torch.stack(masks)
+
+    def forward(self, x: torch.Tensor, probs: Probs) -> torch.Tensor:
+        """The encoding-weighted mixture of every candidate of this block."""
+        p_exp = probs.get(self.prefix + "expansion", torch.ones(1, device=x.device))
+        hidden = torch.tensordot(p_exp, self.channel_masks, 1)
+        if self.family == "mlp":
+            h = F.relu(self.bn1(self.expand(x))) * hidden
+            y = self.bn3(self.project(h))
+        else:
+            p_kernel = probs.get(self.prefix + "kernel", torch.ones(1, device=x.device))
+            kernel = self.dw.weight * torch.tensordot(p_kernel, self.kernel_masks, 1)
+            conv = F.conv1d if self.dims == 1 else F.conv2d
+            h = F.relu6(self.bn1(self.expand(x)))
+            h = conv(h, kernel, None, self.spec.stride, self.dw.padding, 1, self.dw.groups)
+            h = F.relu6(self.bn2(h)) * hidden.view(1, -1, *([1] * self.dims))
+            y = self.bn3(self.project(h))
+        if not self.spec.residual:
+            return y
+        p_depth = probs.get(self.prefix + "depth")
+        return x + (y if p_depth is None else p_depth[0] * y)
+
+    def expected_params(self, probs: Probs) -> torch.Tensor:
+        """Expected parameter count of this block under the architecture encoding."""
+        device = self.channel_masks.device
+        p_exp = probs.get(self.prefix + "expansion", torch.ones(1, device=device))
+        hidden = (
+            self.spec.in_ch * (p_exp * torch.tensor(self.expansions, dtype=p_exp.dtype, device=device)).sum()
+        )
+        taps = torch.zeros((), device=device)
+        if self.family != "mlp":
+            p_kernel = probs.get(self.prefix + "kernel", torch.ones(1, device=device))
+            areas = torch.tensor([k**self.dims for k in self.kernels], dtype=p_kernel.dtype, device=device)
+            taps = (p_kernel * areas).sum()
+        cost = block_params(self.family, self.spec.in_ch, self.spec.out_ch, taps, hidden)
+        p_depth = probs.get(self.prefix + "depth")
+        return cost if p_depth is None else p_depth[0] * cost
+
+
+class SuperNet(nn.Module):
+    """Stem, mixed blocks, global pooling, classifier; `forward(x, probs)` mixes by the encodings."""
+
+    def __init__(
+        self, layout: Layout, arch: tuple[Choice, ...], input_shape: tuple[int, ...], num_classes: int
+    ) -> None:
+        super().__init__()
+        self.layout, family = layout, layout.family
+        by_name = {c.name: c for c in arch}
+        c_in = input_shape[0]
+        norm_shape = (1, c_in) + (1,) * (len(input_shape) - 1) if family != "mlp" else (1, c_in)
+        self.register_buffer("norm_mean", torch.zeros(norm_shape))
+        self.register_buffer("norm_std", torch.ones(norm_shape))
+        if family == "mlp":
+            self.stem = nn.Sequential(
+                nn.Linear(c_in, layout.stem_ch, bias=False), bn_cls(1)(layout.stem_ch), nn.ReLU()
+            )
+        else:
+            dims = 1 if family == "conv1d" else 2
+            self.stem = nn.Sequential(
+                *conv_bn(dims, c_in, layout.stem_ch, layout.stem_kernel, layout.stem_stride), nn.ReLU6()
+            )
+        self.blocks = nn.ModuleList(MixedBlock(family, j, s, by_name) for j, s in enumerate(layout.blocks))
+        width = layout.blocks[-1].out_ch if layout.blocks else layout.stem_ch
+        self.pool_dims = tuple(range(2, len(input_shape) + 1)) if family != "mlp" else ()
+        self.classifier = nn.Linear(width, num_classes)
+        self._fixed = sum(p.numel() for p in (*self.stem.parameters(), *self.classifier.parameters()))
+
+    def forward(self, x: torch.Tensor, probs: Probs) -> torch.Tensor:
+        """Logits of the combined model mixed by the architecture encoding `probs`."""
+        h = self.stem((x - self.norm_mean) / self.norm_std)
+        for block in self.blocks:
+            h = block(h, probs)
+        return self.classifier(h.mean(dim=self.pool_dims) if self.pool_dims else h)
+
+    def expected_params(self, probs: Probs) -> torch.Tensor:
+        """Expected parameter count of the derived model under the encoding (the cost penalty)."""
+        return self._fixed + sum(block.expected_params(probs) for block in self.blocks)
+
+
+def child_state_dict(net: SuperNet, arch: dict[str, Any], model_args: ModelArgs) -> dict[str, torch.Tensor]:
+    """The sub-model `model_args` as a slice of the shared weights: a state dict for `ChildNet`.
+
+    This is what makes every candidate architecture a sub-model of the SuperModel (weight sharing).
+    """
+    state = {k: v for k, v in net.state_dict().items() if k.startswith(("norm_", "stem.", "classifier."))}
+    kept = [j for j in range(len(net.blocks)) if arch.get(f"b{j}.depth", "keep") != "skip"]
+    for i, (j, args) in enumerate(zip(kept, model_args["blocks"], strict=True)):
+        block, hidden = net.blocks[j], args["in"] * args["expansion"]
+        pairs = [
+            ("expand", 0),
+            ("bn1", 1),
+            ("project", 6 if block.family != "mlp" else 3),
+            ("bn3", 7 if block.family != "mlp" else 4),
+        ]
+        if block.family != "mlp":
+            pairs += [("dw", 3), ("bn2", 4)]
+        for name, index in pairs:
+            for key, value in getattr(block, name).state_dict().items():
+                state[f"blocks.{i}.body.{index}.{key}"] = _slice(name, value, hidden, args.get("kernel", 0))
+    return state
+
+
+def _slice(name: str, value: torch.Tensor, hidden: int, kernel: int) -> torch.Tensor:
+    if value.dim() == 0 or name == "bn3":
+        return value.clone()
+    if name == "project":
+        return value[:, :hidden].clone()
+    value = value[:hidden]
+    if name == "dw":
+        lo = (value.shape[-1] - kernel) // 2
+        value = value[..., lo : lo + kernel]
+        if value.dim() == 4:
+            value = value[:, :, lo : lo + kernel, :]
+    return value.clone()

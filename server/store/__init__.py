@@ -1,0 +1,24 @@
+"""Stores of the server's state, picked by name: "sqlite" (durable, default) or "memory"."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from server.store.base import AddStatus, Snapshot, Store, UserKey
+
+DB_FILE = "autohas.sqlite3"
+
+__all__ = ["DB_FILE", "AddStatus", "Snapshot", "Store", "UserKey", "open_store"]
+
+
+def open_store(kind: str, data_dir: Path) -> Store:
+    """Open the store called `kind` under `data_dir` (imported lazily)."""
+    if kind == "sqlite":
+        from server.store.sqlite import SqliteStore
+
+        return SqliteStore(Path(data_dir) / DB_FILE)
+    if kind == "memory":
+        from server.store.memory import MemoryStore
+
+        return MemoryStore()
+    raise ValueError(f"store: unknown kind {kind!r} (expected 'sqlite' or 'memory')")

@@ -1,0 +1,82 @@
+"""The main job end to end (issue 6), on a tiny budget: consent respected, bundles verified, no user hurt."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from server.demo.run import DemoConfig, DemoOutcome, decision, run_demo
+from server.demo.summary import write_report
+
+AUTOHAS = [sys.executable, "-m", "server.cli", "demo"]
+
+
+@pytest.fixture(scope="module")
+def outcome(tmp_path_factory: pytest.TempPathFactory) -> DemoOutcome:
+    root = tmp_path_factory.mktemp("demo")
+    return run_demo(DemoConfig(root / "data", root / "report", users=6, steps=6, retrain_steps=30))
+
+
+def test_only_consenting_users_data_is_used(outcome: DemoOutcome) -> None:
+    used = {u.user_id: u.examples for u in outcome.audit.users}
+    for i, device in enumerate(outcome.devices):
+        o = device.outcome
+        if decision(i, len(outcome.devices)) == "consent":
+            assert used.get(o.user_id) == o.uploaded > 0
+        else:
+            assert o.user_id not in used, f"{o.user_id} ({decision(i, 6)}) must not be in the job's data"
+    assert outcome.revoked_deleted > 0
+    assert outcome.audit.total_examples == sum(used.values())
+
+
+def test_every_device_installed_a_verified_bundle_in_all_formats(outcome: DemoOutcome) -> None:
+    formats = {a["format"] for a in outcome.manifest["artifacts"]}
+    assert formats == {"onnx", "tflite", "onnx-int8", "tflite-int8"}
+    assert outcome.manifest["verification"]["passed"] is True
+    for device in outcome.devices:
+        model = device.hub.model("gestures", app_id=device.app_id)
+        assert model.model_id == outcome.exported[0].model.model_id
+
+
+def test_fine_tuning_hurts_no_user(outcome: DemoOutcome) -> None:
+    for device in outcome.devices:
+        o = device.outcome
+        assert o.accuracy_before is not None and o.accuracy_after is not None
+        assert o.accuracy_after >= o.accuracy_before, o
+
+
+def test_report_has_summary_and_plots(outcome: DemoOutcome, tmp_path: Path) -> None:
+    path = write_report(outcome, tmp_path / "report")
+    text = path.read_text()
+    for heading in ("Derived model", "Artifacts", "Consent and data use", "Personalization", "Timing"):
+        assert f"## {heading}" in text
+    assert "None of the decliners' or the revoker's examples were used" in text
+    for png in ("encodings.png", "user_accuracy.png"):
+        assert (tmp_path / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _demo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*AUTOHAS, *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+
+
+def test_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        done = _demo("--data-dir", str(tmp_path / "d"), "--port", str(taken.getsockname()[1]))
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "cannot listen" in done.stderr, done.stderr
+
+
+def test_unwritable_data_dir_is_a_one_line_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    done = _demo("--data-dir", str(blocker / "sub"))
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "autohas demo:" in done.stderr, done.stderr

@@ -1,0 +1,60 @@
+"""`autohas search`: a run writes the run directory; bad input is one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server.cli import main
+
+
+def test_search_command_writes_result(
+    tmp_path: Path, toy_signal_npz: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    argv = [
+        "search",
+        "--dataset",
+        str(toy_signal_npz),
+        "--mode",
+        "joint",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+        "--steps",
+        "3",
+        "--retrain-steps",
+        "3",
+        "--batch-size",
+        "16",
+        "--encoding-batch-size",
+        "16",
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["config"]["steps"] == 3 and result["config"]["encoding_batch_size"] == 16
+    assert (out / "search.png").is_file() and (out / "model.pt").is_file()
+    assert "test accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("problem", ["missing", "malformed", "bad-option"])
+def test_bad_input_is_one_line_and_exit_code_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture, problem: str
+) -> None:
+    path = tmp_path / "data.npz"
+    if problem == "malformed":
+        np.savez(path, x=np.zeros((20, 4), np.float32))  # no labels
+    argv = ["search", "--dataset", str(path), "--out", str(tmp_path / "run"), "--quiet"]
+    if problem == "bad-option":
+        argv += ["--steps", "0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("autohas search: error:")
+    if problem != "bad-option":
+        assert str(path) in err
