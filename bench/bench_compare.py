@@ -75,6 +75,18 @@ def save_runs(runs: list[MethodRun], path: Path) -> None:
     path.write_text(json.dumps([dataclasses.asdict(r) for r in runs], indent=1, default=str))
 
 
+def section_name(preset: Preset) -> str:
+    """`compare` for the default preset, `compare-<name>` for the others (both can coexist)."""
+    return "compare" if preset.name == DEFAULT.name else f"compare-{preset.name}"
+
+
+def _default_plot(preset: Preset) -> Path:
+    # only the default preset's plot is meant to be committed; the others go to the ignored bench/out/
+    if preset.name == DEFAULT.name:
+        return HERE / "compare.png"
+    return HERE / "out" / f"compare-{preset.name}.png"
+
+
 def _preset(args: argparse.Namespace) -> Preset:
     preset = QUICK if args.quick else PRESETS[args.preset]
     changes = {k: tuple(v) for k, v in (("seeds", args.seeds), ("datasets", args.datasets)) if v}
@@ -89,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seeds", type=int, nargs="+")
     parser.add_argument("--datasets", nargs="+")
-    parser.add_argument("--plot", type=Path, default=HERE / "compare.png")
-    parser.add_argument("--json", type=Path, default=HERE / "out" / "compare.json")
+    parser.add_argument("--plot", type=Path, help="default: bench/compare.png (quick: bench/out/)")
+    parser.add_argument("--json", type=Path, help="raw runs; default: bench/out/compare-<preset>.json")
     parser.add_argument("--no-write", action="store_true", help="print the report; write no section")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -98,13 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     start, load = time.perf_counter(), os.getloadavg()[0]
     runs = run_preset(preset, log=lambda line: print(line, flush=True))
     loads = (load, os.getloadavg()[0])
-    save_runs(runs, args.json)
-    plot_compare(runs, preset.datasets, args.plot)
+    save_runs(runs, args.json or HERE / "out" / f"compare-{preset.name}.json")
+    plot_compare(runs, preset.datasets, args.plot or _default_plot(preset))
     body = report(runs, preset, describe(preset, args.threads, time.perf_counter() - start, loads))
     print(body)
     if not args.no_write:
         command = "python -m bench.bench_compare " + " ".join(sys.argv[1:] if argv is None else argv)
-        write_section("compare", command.strip(), body)
+        write_section(section_name(preset), command.strip(), body)
     return 0
 
 

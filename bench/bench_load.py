@@ -106,12 +106,17 @@ def device_loop(server: Server, index: int, stop: threading.Event, tally: Tally)
             if stop.is_set():
                 return
             one_upload(stub, md, rng, loop, index, sent, consents, tally)
-            tally.timed("ListModels", "poll", lambda: stub.ListModels(pb.ListModelsRequest(task_id=TASK),
-                                                                        metadata=md, timeout=30))
-            if rng.random() < 0.3:
-                tally.timed("GetTask", "poll", lambda: stub.GetTask(pb.GetTaskRequest(task_id=TASK), metadata=md,
-                                                                      timeout=30))
+            poll(tally, stub, md, get_task=rng.random() < 0.3)
             stop.wait(rng.uniform(0.2, 0.6))
+
+
+def poll(tally: Tally, stub: pb_grpc.DeviceServiceStub, md: Any, get_task: bool) -> None:
+    """What a device polls: its task's models (for a newer one), sometimes the task itself."""
+    tally.timed("ListModels", "poll", lambda: stub.ListModels(pb.ListModelsRequest(task_id=TASK), metadata=md,
+                                                              timeout=30))
+    if get_task:
+        tally.timed("GetTask", "poll", lambda: stub.GetTask(pb.GetTaskRequest(task_id=TASK), metadata=md,
+                                                            timeout=30))
 
 
 def one_upload(stub: pb_grpc.DeviceServiceStub, md: Any, rng: np.random.Generator, loop: int, index: int,
@@ -221,10 +226,18 @@ def rss_summary(samples: list[tuple[float, float]]) -> tuple[str, bool]:
     slope = float(np.polyfit(t, mb, 1)[0]) * 60 if len(t) > 1 else 0.0
     flat = last <= first * 1.10 + 5  # within 10% (+5 MB of allocator noise) of where it started
     every = ", ".join(f"{v:.0f}" for v in mb[:: max(1, len(mb) // 12)])
-    line = (f"Server RSS (MB, sampled every second): first sixth of the run {first:.1f}, last sixth {last:.1f}, "
-            f"max {mb.max():.1f}, linear trend {slope:+.1f} MB/min -> {'flat' if flat else 'GROWING'}. "
+    line = (f"Server RSS (MB, sampled every second): first sixth of the run {first:.1f}, last sixth "
+            f"{last:.1f}, max {mb.max():.1f}, linear trend {slope:+.1f} MB/min -> "
+            f"{'flat' if flat else 'GROWING'}. "
             f"Samples: {every}.")
     return line, flat
+
+
+def verdict(kind: str, code: str) -> str:
+    """How an outcome counts: ok, a deliberate rejection, or an error."""
+    if code == "OK":
+        return "ok"
+    return "deliberate" if (kind, code) in DELIBERATE else "**error**"
 
 
 def report(args: argparse.Namespace, tally: Tally, steps: list[int], rss: list[Any], acked: int,
@@ -232,8 +245,8 @@ def report(args: argparse.Namespace, tally: Tally, steps: list[int], rss: list[A
     """The RESULTS.md body and the number of errors (failures that were not deliberate)."""
     errors = {k: n for k, n in tally.outcomes.items() if k[1] != "OK" and k not in DELIBERATE}
     rows = [[call, len(ms), *percentiles(ms)] for call, ms in sorted(tally.latency_ms.items())]
-    outcome_rows = [[kind, code, n, "deliberate" if (kind, code) in DELIBERATE else
-                     ("ok" if code == "OK" else "**error**")] for (kind, code), n in sorted(tally.outcomes.items())]
+    outcomes = sorted(tally.outcomes.items())
+    outcome_rows = [[kind, code, n, verdict(kind, code)] for (kind, code), n in outcomes]
     rss_line, flat = rss_summary(rss)
     calls = sum(tally.outcomes.values())
     body = (
@@ -257,9 +270,10 @@ def report(args: argparse.Namespace, tally: Tally, steps: list[int], rss: list[A
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=50, help="simulated devices (threads)")
-    parser.add_argument("--seconds", type=float, default=60.0, help="length of the load (bounded: at most 600)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of the load (at most 600)")
     parser.add_argument("--no-write", action="store_true", help="print, do not update bench/RESULTS.md")
     args = parser.parse_args()
     args.seconds = min(args.seconds, 600.0)

@@ -17,7 +17,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("export.verify_cli", "re-check an exported bundle's hashes and reference outputs"),
     "server": ("server.serve_cli", "run the personalization gRPC server"),
     "demo": ("server.demo.cli", "run the whole product end to end on embedded defaults"),
-    "bench": ("bench.cli", "run the benchmarks and update bench/RESULTS.md"),
 }
 
 

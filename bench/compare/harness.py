@@ -56,10 +56,10 @@ class Preset:
         )
 
 
-#: a few minutes on 2 idle cores
-QUICK = Preset("quick", ("mnist1d", "digits"), (0, 1), 40, 150, 3.0, 3)
+#: a few minutes on 2 idle cores (a smoke run: too short to train good models)
+QUICK = Preset("quick", ("mnist1d", "digits"), (0, 1), 20, 80, 2.0, 2)
 #: about 30 minutes on 2 idle cores
-DEFAULT = Preset("default", ("mnist1d", "digits"), (0, 1, 2), 100, 400, 4.0, 4)
+DEFAULT = Preset("default", ("mnist1d", "digits"), (0, 1, 2), 60, 300, 3.0, 3)
 PRESETS = {p.name: p for p in (QUICK, DEFAULT)}
 
 Log = Callable[[str], None]
@@ -81,6 +81,8 @@ def run_cell(preset: Preset, dataset: str, seed: int, log: Log = print) -> list[
     log(_line(runs[-1]))
     runs.append(run_tpe(data, space, seed, budget, settings, preset.tpe_startup))
     log(_line(runs[-1]))
+    for run in runs:
+        run.dataset = dataset  # the spec as given (a path for an .npz), so reports can key on it
     return runs
 
 

@@ -24,8 +24,8 @@ F = FieldDescriptor
 MAX_DEPTH = 3
 INT_EDGES = {F.CPPTYPE_INT32: (-2**31, 2**31 - 1), F.CPPTYPE_INT64: (-2**63, 2**63 - 1),
              F.CPPTYPE_UINT32: (0, 2**32 - 1), F.CPPTYPE_UINT64: (0, 2**64 - 1)}
-ODD_TEXT = ("", " ", "../../etc/passwd", "a" * 129, "\u0000", "\n", "é" * 70, "🙂", "%s%n", "'; DROP TABLE x;--",
-            "x" * 5000)
+ODD_TEXT = ("", " ", "../../etc/passwd", "a" * 129, "\u0000", "\n", "é" * 70, "🙂", "%s%n",
+            "'; DROP TABLE x;--", "x" * 5000)
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,8 @@ class Method:
 
 def api_methods() -> list[Method]:
     """Every RPC of the autohas.v1 services."""
-    return [Method(f"/{service.full_name}/{m.name}", GetMessageClass(m.input_type), GetMessageClass(m.output_type),
-                   m.client_streaming, m.server_streaming)
+    return [Method(f"/{service.full_name}/{m.name}", GetMessageClass(m.input_type),
+                   GetMessageClass(m.output_type), m.client_streaming, m.server_streaming)
             for service in pb.DESCRIPTOR.services_by_name.values() for m in service.methods]
 
 
@@ -187,7 +187,8 @@ def invoke(channel: grpc.Channel, method: Method, payloads: Sequence[bytes], met
             reply = channel.stream_unary(method.path)(iter(payloads), metadata=metadata, timeout=timeout)
             return Outcome(grpc.StatusCode.OK, reply)
         if method.server_streaming:
-            return _read_some(channel.unary_stream(method.path)(payloads[0], metadata=metadata, timeout=timeout))
+            replies = channel.unary_stream(method.path)(payloads[0], metadata=metadata, timeout=timeout)
+            return _read_some(replies)
         reply = channel.unary_unary(method.path)(payloads[0], metadata=metadata, timeout=timeout)
         return Outcome(grpc.StatusCode.OK, reply)
     except grpc.RpcError as e:

@@ -9,6 +9,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+
 
 @dataclass(frozen=True)
 class KeyPair:
@@ -29,8 +31,8 @@ def _openssl(*args: str) -> None:
 def make_ca(directory: Path, name: str) -> KeyPair:
     """A self-signed CA valid for two days."""
     pair = KeyPair(directory / f"{name}.pem", directory / f"{name}.key")
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
-             "-subj", f"/CN={name}", "-keyout", str(pair.key), "-out", str(pair.cert))
+    _openssl("req", "-x509", *EC_KEY, "-days", "2", "-subj", f"/CN={name}", "-keyout", str(pair.key),
+             "-out", str(pair.cert))
     return pair
 
 
@@ -38,8 +40,7 @@ def issue(ca: KeyPair, directory: Path, name: str, server: bool) -> KeyPair:
     """A certificate signed by `ca`: for 127.0.0.1 / localhost when `server`, else a client certificate."""
     pair = KeyPair(directory / f"{name}.pem", directory / f"{name}.key")
     csr, ext = directory / f"{name}.csr", directory / f"{name}.ext"
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", f"/CN={name}",
-             "-keyout", str(pair.key), "-out", str(csr))
+    _openssl("req", *EC_KEY, "-subj", f"/CN={name}", "-keyout", str(pair.key), "-out", str(csr))
     usage = "serverAuth" if server else "clientAuth"
     san = "subjectAltName=DNS:localhost,IP:127.0.0.1\n" if server else ""
     ext.write_text(f"{san}extendedKeyUsage={usage}\n")

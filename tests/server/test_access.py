@@ -11,6 +11,7 @@ import hmac
 import secrets
 import stat
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -54,15 +55,17 @@ def test_device_tokens_are_unguessable(running_server: RunningServer) -> None:
         assert device.token.startswith(device.device_id + ".")
 
 
-def test_a_token_works_only_for_its_own_device_and_server(server_factory: Callable[..., RunningServer]) -> None:
+def test_a_token_works_only_for_its_own_device_and_server(
+        server_factory: Callable[..., RunningServer]) -> None:
     first, second = server_factory(), server_factory()
     for s in (first, second):
         s.create_task()
     alice, bob = first.register(user_id="alice"), first.register(user_id="bob")
     consent(alice)
     secret = alice.token.split(".", 1)[1]
-    for token in (f"{bob.device_id}.{secret}", f"{alice.device_id}.{secret[:-1]}", f"{alice.device_id}{secret}",
-                  secret, alice.token + "x"):
+    forged = (f"{bob.device_id}.{secret}", f"{alice.device_id}.{secret[:-1]}", f"{alice.device_id}{secret}",
+              secret, alice.token + "x")
+    for token in forged:
         expect_error(grpc.StatusCode.UNAUTHENTICATED, first.device.ListConsents, pb.ListConsentsRequest(),
                      metadata=bearer(token))
     expect_error(grpc.StatusCode.UNAUTHENTICATED, second.device.ListConsents, pb.ListConsentsRequest(),
@@ -86,7 +89,7 @@ def test_token_checks_compare_hashes_in_constant_time(running_server: RunningSer
         return real(a, b)
 
     monkeypatch.setattr(tokens.hmac, "compare_digest", recording)
-    bad = {"wrong secret": f"{device.device_id}.{'A' * 43}", "unknown device": f"dev-0000000000000000.{'A' * 43}",
+    bad = {"wrong secret": f"{device.device_id}.{'A' * 43}", "unknown device": f"dev-{'0' * 16}.{'A' * 43}",
            "no device part": "A" * 50, "long": "x" * 500}
     for name, token in bad.items():
         compared.clear()
@@ -102,8 +105,8 @@ def private_files(data_dir: Path) -> Iterator[Path]:
     return (p for p in data_dir.rglob("*") if p.is_file())
 
 
-def test_tokens_are_stored_hashed_and_data_files_are_private(tmp_path: Path,
-                                                             server_process: Callable[..., ServerProcess]) -> None:
+def test_tokens_are_stored_hashed_and_data_files_are_private(
+        tmp_path: Path, server_process: Callable[..., ServerProcess]) -> None:
     data_dir = tmp_path / "var"
     data_dir.mkdir(mode=0o755)  # as a careless operator (or an older release) left it
     token = secrets.token_urlsafe(32)
@@ -122,7 +125,7 @@ def test_tokens_are_stored_hashed_and_data_files_are_private(tmp_path: Path,
     for path in private_files(data_dir):  # database, WAL, job snapshot: no token in clear anywhere
         content = path.read_bytes()
         assert secret.encode() not in content and token.encode() not in content, path
-    with stored.connect(data_dir) as conn:
+    with closing(stored.connect(data_dir)) as conn:
         (stored_hash,) = conn.execute("SELECT token_hash FROM devices").fetchone()
     assert stored_hash == hashlib.sha256(device_token.encode()).hexdigest()
     assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
@@ -133,7 +136,7 @@ def test_tokens_are_stored_hashed_and_data_files_are_private(tmp_path: Path,
 def import_model(s: RunningServer, task_id: str, tmp_path: Path) -> str:
     bundle = tmp_path / f"bundle-{task_id}"
     bundle.mkdir()
-    (bundle / "manifest.json").write_text('{"task": "%s"}' % task_id)
+    (bundle / "manifest.json").write_text(f'{{"task": "{task_id}"}}')
     return s.handle.app.models.import_bundle(task_id, "", bundle).model_id
 
 
@@ -161,15 +164,18 @@ def test_a_device_sees_only_its_apps_models_and_its_own_users_data(running_serve
     assert [(c.user_id, c.consent_text_version) for c in replies[0].consents] == [("alice", "v1")]
     assert [m.model_id for m in replies[1].models] == [mine]
     leaked = b"".join(r.SerializeToString() for r in replies)
-    assert b"bob" not in leaked and theirs.encode() not in leaked and bob_batch.features.data[:32] not in leaked
-    for call, request in ((alice.stub.GetModelManifest, pb.GetModelManifestRequest(model_id=theirs)),
-                          (alice.stub.DownloadModel, pb.DownloadModelRequest(model_id=theirs, path="manifest.json")),
-                          (alice.stub.ListModels, pb.ListModelsRequest(task_id=OTHER_TASK)),
-                          (alice.stub.GetTask, pb.GetTaskRequest(task_id=OTHER_TASK))):
+    assert b"bob" not in leaked and theirs.encode() not in leaked
+    assert bob_batch.features.data[:32] not in leaked
+    forbidden = ((alice.stub.GetModelManifest, pb.GetModelManifestRequest(model_id=theirs)),
+                 (alice.stub.DownloadModel, pb.DownloadModelRequest(model_id=theirs, path="manifest.json")),
+                 (alice.stub.ListModels, pb.ListModelsRequest(task_id=OTHER_TASK)),
+                 (alice.stub.GetTask, pb.GetTaskRequest(task_id=OTHER_TASK)))
+    for call, request in forbidden:
         expect_error(grpc.StatusCode.PERMISSION_DENIED, call, request, metadata=alice.md)
-    assert eve.stub.RevokeConsent(pb.RevokeConsentRequest(purpose=PURPOSE), metadata=eve.md).examples_deleted == 0
-    store = s.handle.app.store
-    assert store.count_examples(TASK_ID, APP_ID, "alice") == 8 and store.count_examples(TASK_ID, APP_ID, "bob") == 8
+    revoked = eve.stub.RevokeConsent(pb.RevokeConsentRequest(purpose=PURPOSE), metadata=eve.md)
+    assert revoked.examples_deleted == 0  # alice of the other app is not this alice
+    for user in ("alice", "bob"):
+        assert s.handle.app.store.count_examples(TASK_ID, APP_ID, user) == 8
 
 
 # -- TLS --------------------------------------------------------------------------------------------------
@@ -200,16 +206,18 @@ def secure_flow(address: str, credentials: grpc.ChannelCredentials, operator_tok
                                           timeout=10).device_token)
         device.GrantConsent(pb.GrantConsentRequest(purpose=PURPOSE, consent_text_version="v1"), metadata=md,
                             timeout=10)
-        return int(device.UploadExamples(iter([example_batch("tls")]), metadata=md, timeout=10).examples_stored)
+        reply = device.UploadExamples(iter([example_batch("tls")]), metadata=md, timeout=10)
+        return int(reply.examples_stored)
 
 
 def refused(address: str, credentials: grpc.ChannelCredentials | None) -> bool:
     """Whether a call over these credentials (None: plaintext) fails before reaching the API."""
-    channel = grpc.insecure_channel(address) if credentials is None else grpc.secure_channel(address, credentials)
+    channel = grpc.insecure_channel(address) if credentials is None else \
+        grpc.secure_channel(address, credentials)
     with channel:
         try:
-            pb_grpc.DeviceServiceStub(channel).RegisterDevice(pb.RegisterDeviceRequest(app_id="a", user_id="u"),
-                                                              timeout=5)
+            request = pb.RegisterDeviceRequest(app_id="a", user_id="u")
+            pb_grpc.DeviceServiceStub(channel).RegisterDevice(request, timeout=5)
         except grpc.RpcError as e:
             return e.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
     return False
@@ -222,7 +230,8 @@ def test_tls_serves_the_whole_flow_and_refuses_plaintext_and_untrusted_servers(
     ca = c["ca"].cert.read_bytes()
     assert secure_flow(s.address, grpc.ssl_channel_credentials(ca), s.operator_token) == 8
     assert refused(s.address, None)  # plaintext
-    assert refused(s.address, grpc.ssl_channel_credentials(c["rogue-ca"].cert.read_bytes()))  # untrusted server
+    untrusted = grpc.ssl_channel_credentials(c["rogue-ca"].cert.read_bytes())  # a CA that did not sign it
+    assert refused(s.address, untrusted)
 
 
 def test_mutual_tls_needs_a_client_certificate_from_the_configured_ca(

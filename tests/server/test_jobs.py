@@ -93,6 +93,7 @@ def test_list_jobs_filters_by_task(seeded_server: SeededServer) -> None:
     ({"task_id": ""}, grpc.StatusCode.INVALID_ARGUMENT, "spec.task_id"),
     ({"task_id": TASK_ID, "steps": -1}, grpc.StatusCode.INVALID_ARGUMENT, "spec.steps"),
     ({"task_id": TASK_ID, "max_params": -5}, grpc.StatusCode.INVALID_ARGUMENT, "spec.max_params"),
+    ({"task_id": TASK_ID, "seed": -1}, grpc.StatusCode.INVALID_ARGUMENT, "spec.seed"),
     ({"task_id": TASK_ID, "validation_fraction": 1.5}, grpc.StatusCode.INVALID_ARGUMENT,
      "spec.validation_fraction"),
     ({"task_id": TASK_ID, "test_fraction": float("nan")}, grpc.StatusCode.INVALID_ARGUMENT,

@@ -181,7 +181,8 @@ def test_revoked_examples_leave_no_trace_in_the_database_files(running_server: R
     grant(device)
     marker = np.full((8, 1, 16), 1234.5678, dtype="<f4")  # a pattern that occurs nowhere else
     batch = pb.ExampleBatch(batch_id="m", task_id=TASK_ID, labels=[0] * 8,
-                            features=pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=marker.shape, data=marker.tobytes()))
+                            features=pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=marker.shape,
+                                               data=marker.tobytes()))
     device.stub.UploadExamples(iter([batch]), metadata=device.md)
     needle = marker.tobytes()[:64]
 
@@ -195,7 +196,7 @@ def test_revoked_examples_leave_no_trace_in_the_database_files(running_server: R
 
 def test_a_device_revoking_cannot_purge_another_users_rows(running_server: RunningServer) -> None:
     s = running_server
-    alice, bob = two_users(s)
+    two_users(s)
     job_id = run_job(s, steps=2)
     finish(s, job_id)
     other = s.register(app_id="app.other", user_id="alice")  # the same user id in another app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -73,10 +74,10 @@ def test_a_slow_but_moving_upload_is_not_cancelled(server_factory: Callable[...,
     assert len(reply.stored_batch_ids) == 4 and s.handle.streams.watchdog.cancelled == 0  # type: ignore
 
 
-def test_tiny_download_chunks_are_raised_to_the_floor(running_server: RunningServer, tmp_path: object) -> None:
+def test_tiny_download_chunks_are_raised_to_the_floor(running_server: RunningServer, tmp_path: Path) -> None:
     s = running_server
     s.create_task()
-    bundle = tmp_path / "bundle"  # type: ignore[operator]
+    bundle = tmp_path / "bundle"
     bundle.mkdir()
     (bundle / "manifest.json").write_text("{}")
     (bundle / "model.onnx").write_bytes(bytes(100_000))
@@ -92,10 +93,10 @@ def test_tiny_download_chunks_are_raised_to_the_floor(running_server: RunningSer
 
 
 def test_a_download_nobody_reads_is_cancelled(server_factory: Callable[..., RunningServer],
-                                              tmp_path: object) -> None:
+                                              tmp_path: Path) -> None:
     s = server_factory(stream_idle_timeout_s=1.0)
     s.create_task()
-    bundle = tmp_path / "bundle"  # type: ignore[operator]
+    bundle = tmp_path / "bundle"
     bundle.mkdir()
     (bundle / "manifest.json").write_text("{}")
     (bundle / "model.onnx").write_bytes(bytes(32 * 2**20))  # far more than the transport buffers

@@ -100,6 +100,17 @@ def test_the_adapter_matches_the_engines_config() -> None:
         engine.search_config({"test_fraction": 0.3}, "/data/x.npz", "cpu")
 
 
+def test_the_server_picks_a_checkpoint_interval_that_fits_the_job() -> None:
+    """The engine's default (every 100 steps) would leave a short job without a checkpoint to resume."""
+    every = {steps: engine.search_config({"steps": steps}, "/d.npz", "cpu").checkpoint_every
+             for steps in (1, 8, 40, 600, 100_000)}
+    assert every == {1: 1, 8: 1, 40: 2, 600: 30, 100_000: 100}
+    default = engine.search_config({}, "/d.npz", "cpu")  # the engine's default step budget
+    assert default.checkpoint_every == engine.checkpoint_every(default.steps) < default.steps
+    first, again = (engine.search_config({"steps": 77, "seed": 3}, "/d.npz", "cpu") for _ in range(2))
+    assert first == again  # a resumed job rebuilds the same config, which the engine requires to resume
+
+
 def test_a_real_search_runs_as_a_server_job(server_factory: Callable[..., RunningServer]) -> None:
     s = real_server(server_factory)
     populate(s, per_user=80)
