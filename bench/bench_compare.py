@@ -48,7 +48,11 @@ def describe(preset: Preset, threads: int, seconds: float, loads: tuple[float, f
         "first iterations, its temporary-weight steps — two backward passes per forward on the fast path — "
         "its validation pass for the encodings, and its retraining all count); evaluation-only forwards "
         "do not count. A supernet example costs more than a child example (it runs the largest candidate "
-        "of every block), which the wall-clock columns show. Accuracies in %, mean ± sd over seeds."
+        "of every block), which the seconds columns show. Accuracies in %, mean ± sd over seeds. "
+        "'To reach joint's acc' is the compute at which a method's selected model first matched AutoHAS "
+        "joint's test accuracy on the same seed, in multiples of joint's own compute (geometric mean over "
+        "the seeds that reached it): k C with k > 1 means AutoHAS joint needed k times less; k < 1 means "
+        "the method matched it with less compute than AutoHAS used."
     )
 
 
@@ -98,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the few-minute preset")
     parser.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT.name)
-    parser.add_argument("--threads", type=int, default=2)
+    # one thread: these models are too small for intra-op parallelism to pay, and on a busy machine
+    # a second thread mostly spin-waits (measured here: 10x the CPU time per step with 2 threads)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seeds", type=int, nargs="+")
     parser.add_argument("--datasets", nargs="+")
     parser.add_argument("--plot", type=Path, help="default: bench/compare.png (quick: bench/out/)")

@@ -264,7 +264,7 @@ def report(args: argparse.Namespace, tally: Tally, steps: list[int], rss: list[A
         + "\n\nGetJob is the operator's job status call, polled every 100 ms; ListModels and GetTask are the "
         "devices' polls.\n\n### Outcomes\n\n"
         + markdown_table(["kind", "status", "calls", ""], outcome_rows)
-        + f"\n\n### Memory\n\n{rss_line} ({'flat' if flat else 'not flat'})\n"
+        + f"\n\n### Memory\n\n{rss_line}\n"
     )
     return body, sum(errors.values()) + (0 if flat else 1) + (0 if stored == acked + 600 else 1)
 
@@ -292,7 +292,7 @@ def main() -> int:
             server.process.wait(timeout=60)
     body, errors = report(args, tally, steps, rss, tally.acked_examples, stored, load)
     if not args.no_write:
-        write_section("load", "python -m bench.bench_load " + " ".join(sys.argv[1:]), body)
+        write_section("load", " ".join(["python -m bench.bench_load", *sys.argv[1:]]), body)
     print(body)
     return 1 if errors else 0
 

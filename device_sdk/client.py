@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -173,6 +174,9 @@ class ServerClient:
         """
         info = self.task(task_id)
         if not self.has_consent(info.purpose):
+            with contextlib.suppress(ServerUnavailableError):
+                self.consents()  # granted on another device of the same user? ask, when online
+        if not self.has_consent(info.purpose):
             raise ConsentRequiredError(
                 f"no active consent for purpose {info.purpose!r} (task {task_id!r}): "
                 "call grant_consent() first",
@@ -276,7 +280,8 @@ class ServerClient:
         except NotFoundError as exc:
             raise ModelNotFoundError(f"the server has no model for task {task_id!r}: {exc}") from exc
         model_id = reply.model.model_id
-        if hub.installed(task_id, app_id) == model_id:
+        have = hub.installed_formats(task_id, app_id) if hub.installed(task_id, app_id) == model_id else []
+        if have and (formats is None or set(formats) <= set(have)):
             return FetchResult(model_id, False)
         fetch = lambda path, offset: self._call(  # noqa: E731 - a one-line adapter
             "DownloadModel", pb.DownloadModelRequest(model_id=model_id, path=path, offset=offset), stream=True

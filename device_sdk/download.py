@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from device_sdk._fs import atomic_write_bytes, safe_component, sha256_file
-from device_sdk.bundle import MANIFEST, Manifest
+from device_sdk.bundle import AUTO_ORDER, MANIFEST, Manifest
 from device_sdk.errors import BundleError, DownloadError
 from device_sdk.runtime import available_runtimes
 
@@ -47,7 +47,8 @@ def choose_formats(manifest: Manifest, formats: Iterable[str] | None, preferred:
     """The formats to fetch: those asked for, else the hub's preferred one, else the first runnable."""
     if formats is not None:
         return list(dict.fromkeys(formats))
-    runnable = [f for f in manifest.formats() if f.split("-")[0] in available_runtimes()]
+    have = manifest.formats()
+    runnable = [f for f in AUTO_ORDER if f in have and f.split("-")[0] in available_runtimes()]
     if preferred in runnable:
         return [preferred]
     if not runnable:

@@ -125,6 +125,16 @@ class Hub:
         pointer = read_json(self._pointer_path(task_id, owner))
         return None if pointer is None else str(pointer["model_id"])
 
+    def installed_formats(self, task_id: str, app_id: str | None = None) -> list[str]:
+        """The verified formats of the model installed for a task (an app's own when it has one)."""
+        owner = app_id if app_id and self._pointer_path(task_id, app_id).exists() else None
+        pointer = read_json(self._pointer_path(task_id, owner))
+        if pointer is None:
+            return []
+        return list(
+            read_json(self.root / "bundles" / str(pointer["bundle"]) / VERIFIED, {"formats": []})["formats"]
+        )
+
     def share(self, task_id: str, app_id: str) -> None:
         """Drop an app's own model of a task so that it uses the shared one again."""
         with self._exclusive():

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from device_sdk._validate import as_examples, as_labels
-from device_sdk.bundle import FORMATS, Manifest, load_head, verify_files
+from device_sdk.bundle import AUTO_ORDER, Manifest, load_head, verify_files
 from device_sdk.errors import BundleError
 from device_sdk.finetune import Head, HeadHyperparameters, holdout_split, softmax, train_head
 from device_sdk.heads import HeadStore
@@ -41,7 +41,7 @@ class Engine:
 
 
 def _pick_format(requested: str, verified: list[str], bundle: str) -> str:
-    runnable = [f for f in FORMATS if f in verified and f.split("-")[0] in available_runtimes()]
+    runnable = [f for f in AUTO_ORDER if f in verified and f.split("-")[0] in available_runtimes()]
     if requested == "auto" and runnable:
         return runnable[0]
     if requested in runnable:

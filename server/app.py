@@ -7,6 +7,7 @@ manager and the gRPC server, `ServerHandle.stop()` stops both and releases the d
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from server.jobs import JobManager
 from server.models import ModelRegistry
 from server.store import Store, open_store
 
+log = logging.getLogger(__name__)
 SERVICE_NAMES = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
 
 
@@ -40,7 +42,10 @@ class DataDirInUse(RuntimeError):
 def _lock_data_dir(data_dir: Path) -> IO[str]:
     """Hold an exclusive lock on the data dir for this process's lifetime (one server per data dir)."""
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(data_dir, 0o700)  # people's data: also when the dir existed before (mkdir keeps its mode)
+    try:
+        os.chmod(data_dir, 0o700)  # people's data: also when the dir existed before (mkdir keeps its mode)
+    except OSError as e:  # a file system without modes: say so, but serve
+        log.warning("could not make the data dir %s private (mode 0700): %s", data_dir, e)
     handle = open(data_dir / "server.lock", "a+")  # noqa: SIM115 (held open until App.close)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

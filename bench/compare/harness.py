@@ -57,9 +57,9 @@ class Preset:
 
 
 #: a few minutes on 2 idle cores (a smoke run: too short to train good models)
-QUICK = Preset("quick", ("mnist1d", "digits"), (0, 1), 20, 80, 2.0, 2)
+QUICK = Preset("quick", ("mnist1d", "digits"), (0,), 20, 80, 2.0, 2)
 #: about 30 minutes on 2 idle cores
-DEFAULT = Preset("default", ("mnist1d", "digits"), (0, 1, 2), 60, 300, 3.0, 3)
+DEFAULT = Preset("default", ("mnist1d", "digits"), (0, 1, 2), 40, 200, 3.0, 3)
 PRESETS = {p.name: p for p in (QUICK, DEFAULT)}
 
 Log = Callable[[str], None]
@@ -67,22 +67,23 @@ Log = Callable[[str], None]
 
 def run_cell(preset: Preset, dataset: str, seed: int, log: Log = print) -> list[MethodRun]:
     """All methods on one dataset and seed; the baselines' budget follows AutoHAS joint's compute."""
-    joint = run_autohas(preset.search_config(dataset, "joint", seed))
-    log(_line(joint))
-    runs = [joint]
+    runs: list[MethodRun] = []
+
+    def record(run: MethodRun) -> MethodRun:
+        run.dataset = dataset  # the spec as given (a path for an .npz), so reports can key on it
+        runs.append(run)
+        log(_line(run))
+        return run
+
+    joint = record(run_autohas(preset.search_config(dataset, "joint", seed)))
     for mode in ("nas", "hpo"):
-        runs.append(run_autohas(preset.search_config(dataset, mode, seed)))
-        log(_line(runs[-1]))
+        record(run_autohas(preset.search_config(dataset, mode, seed)))
     config = preset.search_config(dataset, "joint", seed)
     data = load_dataset(dataset, seed=seed)
     space, settings = JointSpace.for_data(data, config), TrialSettings.like(config)
     budget = math.ceil(preset.budget_factor * joint.final.examples)
-    runs.append(run_random(data, space, seed, budget, settings))
-    log(_line(runs[-1]))
-    runs.append(run_tpe(data, space, seed, budget, settings, preset.tpe_startup))
-    log(_line(runs[-1]))
-    for run in runs:
-        run.dataset = dataset  # the spec as given (a path for an .npz), so reports can key on it
+    record(run_random(data, space, seed, budget, settings))
+    record(run_tpe(data, space, seed, budget, settings, preset.tpe_startup))
     return runs
 
 

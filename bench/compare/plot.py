@@ -1,9 +1,11 @@
-"""The accuracy-vs-compute plot: one panel per dataset, mean and min–max over seeds per method."""
+"""The accuracy-vs-compute plot: per dataset, mean and min–max over seeds per method, against
+training examples (top row) and against CPU seconds (bottom row: a supernet example costs more)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,19 +19,24 @@ COLOURS = {
     "random": "tab:blue",
     "tpe": "tab:green",
 }
+#: (Point field, axis label, scale)
+UNITS = (
+    ("examples", "training examples processed (forward + backward), thousands", 1e-3),
+    ("cpu_seconds", "CPU seconds (one thread)", 1.0),
+)
 
 
-def _curve(runs: list[MethodRun], grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _curve(runs: list[MethodRun], grid: np.ndarray, unit: str) -> tuple[np.ndarray, ...]:
     """Mean, min and max over seeds of the incumbent's test accuracy (NaN until every seed has one)."""
-    acc = np.array([[(p.test_accuracy if (p := at_compute(r, x)) else math.nan) for x in grid] for r in runs])
+    acc = np.array(
+        [[(p.test_accuracy if (p := at_compute(r, x, unit)) else math.nan) for x in grid] for r in runs]
+    )
+    out = np.full((3, len(grid)), math.nan)
     complete = ~np.isnan(acc).any(axis=0)
-    nan = np.full(len(grid), math.nan)
-    if not complete.any():
-        return nan, nan, nan
-    mean, lo, hi = nan.copy(), nan.copy(), nan.copy()
-    mean[complete] = acc[:, complete].mean(axis=0)
-    lo[complete], hi[complete] = acc[:, complete].min(axis=0), acc[:, complete].max(axis=0)
-    return mean, lo, hi
+    if complete.any():
+        kept = acc[:, complete]
+        out[:, complete] = kept.mean(axis=0), kept.min(axis=0), kept.max(axis=0)
+    return out[0], out[1], out[2]
 
 
 def plot_compare(runs: list[MethodRun], datasets: tuple[str, ...], path: Path) -> None:
@@ -39,39 +46,41 @@ def plot_compare(runs: list[MethodRun], datasets: tuple[str, ...], path: Path) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), 3.8), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets, strict=True):
-        mine = [r for r in runs if r.dataset == dataset]
-        _panel(ax, mine)
-        ax.set_title(dataset)
-        ax.set_xlabel("training examples processed (forward + backward), thousands")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy of the selected model")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig, axes = plt.subplots(2, len(datasets), figsize=(5.2 * len(datasets), 7.0), squeeze=False)
+    for col, dataset in enumerate(datasets):
+        for row, (unit, label, scale) in enumerate(UNITS):
+            ax = axes[row][col]
+            _panel(ax, [r for r in runs if r.dataset == dataset], unit, scale)
+            ax.set_title(f"{dataset}: test accuracy vs {unit.replace('_', ' ')}", fontsize=10)
+            ax.set_xlabel(label, fontsize=8)
+            ax.grid(alpha=0.3)
+        axes[0][col].legend(fontsize=7, loc="lower right")
+    for row in axes:
+        row[0].set_ylabel("test accuracy of the selected model", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=72)
     plt.close(fig)
 
 
-def _panel(ax: object, runs: list[MethodRun]) -> None:
-    top = max(r.final.examples for r in runs)
-    grid = np.linspace(0, top, 300)
+def _panel(ax: Any, runs: list[MethodRun], unit: str, scale: float) -> None:
+    grid = np.linspace(0, max(getattr(r.final, unit) for r in runs), 300)
     low = 1.0
     for method, colour in COLOURS.items():
         own = [r for r in runs if r.method == method]
         if not own:
             continue
         if own[0].budget:
-            mean, lo, hi = _curve(own, grid)
-            ax.step(grid / 1e3, mean, where="post", color=colour, label=method)
-            ax.fill_between(grid / 1e3, lo, hi, step="post", color=colour, alpha=0.15)
-            low = min(low, np.nanmin(lo) if not np.isnan(lo).all() else low)
-        else:
-            x = np.array([r.final.examples / 1e3 for r in own])
-            y = np.array([r.final.test_accuracy for r in own])
-            spread = [[y.mean() - y.min()], [y.max() - y.mean()]]
-            ax.errorbar(
-                x.mean(), y.mean(), xerr=x.std(), yerr=spread, fmt="o", color=colour, capsize=3, label=method
-            )
-            low = min(low, float(y.min()))
+            mean, lo, hi = _curve(own, grid, unit)
+            ax.step(grid * scale, mean, where="post", color=colour, label=method)
+            ax.fill_between(grid * scale, lo, hi, step="post", color=colour, alpha=0.15)
+            low = min(low, float(np.nanmin(lo))) if not np.isnan(lo).all() else low
+            continue
+        x = np.array([getattr(r.final, unit) * scale for r in own])
+        y = np.array([r.final.test_accuracy for r in own])
+        spread = [[y.mean() - y.min()], [y.max() - y.mean()]]
+        ax.errorbar(
+            x.mean(), y.mean(), xerr=x.std(), yerr=spread, fmt="o", color=colour, capsize=3, label=method
+        )
+        low = min(low, float(y.min()))
+    ax.set_xlim(left=0)
     ax.set_ylim(max(0.0, low - 0.02), 1.0)

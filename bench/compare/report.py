@@ -16,8 +16,13 @@ from bench.compare.harness import METHODS, Preset
 from bench.compare.methods import MethodRun, Point
 from bench.results import markdown_table
 
-#: compute multiples (of AutoHAS joint's compute) at which the curves are tabulated
-MULTIPLES = (0.5, 1.0, 2.0, 4.0)
+#: compute multiples (of AutoHAS joint's compute) at which the curves are tabulated, up to the budget
+MULTIPLES = (0.5, 1.0, 2.0, 3.0, 4.0)
+
+
+def multiples(budget_factor: float) -> list[float]:
+    """The tabulated multiples of C within the budget, ending at the budget itself."""
+    return sorted({*(k for k in MULTIPLES if k < budget_factor), budget_factor})
 
 
 def by_key(runs: Iterable[MethodRun]) -> dict[tuple[str, str, int], MethodRun]:
@@ -25,9 +30,10 @@ def by_key(runs: Iterable[MethodRun]) -> dict[tuple[str, str, int], MethodRun]:
     return {(r.dataset, r.method, r.seed): r for r in runs}
 
 
-def at_compute(run: MethodRun, examples: float) -> Point | None:
-    """The method's incumbent after at most `examples` training examples (None: no model yet)."""
-    done = [p for p in run.points if p.examples <= examples]
+def at_compute(run: MethodRun, amount: float, unit: str = "examples") -> Point | None:
+    """The method's incumbent once at most `amount` of `unit` (a `Point` field) was used (None: no
+    model yet)."""
+    done = [p for p in run.points if getattr(p, unit) <= amount]
     return done[-1] if done else None
 
 
@@ -67,31 +73,7 @@ def _ratios(runs: dict, dataset: str, method: str, seeds: tuple[int, ...], unit:
 
 def accuracy_table(runs: dict, preset: Preset, dataset: str) -> str:
     """Per method: compute, time, final accuracy, accuracy at C, compute to reach AutoHAS joint."""
-    rows = []
-    for method in METHODS:
-        own = [runs[(dataset, method, s)] for s in preset.seeds]
-        at_c = [at_compute(r, runs[(dataset, "autohas-joint", r.seed)].final.examples) for r in own]
-        rows.append(
-            [
-                method,
-                mean_sd([r.final.examples for r in own], 1e-3, 0),
-                mean_sd([r.final.seconds for r in own], 1.0, 0),
-                mean_sd([r.final.cpu_seconds for r in own], 1.0, 0),
-                mean_sd([r.final.test_accuracy for r in own]),
-                mean_sd([p.test_accuracy if p else math.nan for p in at_c])
-                + ("" if all(at_c) else f" ({sum(map(bool, at_c))}/{len(at_c)} had a model)"),
-                "—"
-                if method == "autohas-joint"
-                else reach_summary(
-                    _ratios(runs, dataset, method, preset.seeds, "examples"), preset.budget_factor
-                ),
-                "—"
-                if method == "autohas-joint"
-                else reach_summary(
-                    _ratios(runs, dataset, method, preset.seeds, "seconds"), preset.budget_factor
-                ),
-            ]
-        )
+    rows = [_accuracy_row(runs, preset, dataset, method) for method in METHODS]
     headers = [
         "method",
         "compute (k examples)",
@@ -99,10 +81,32 @@ def accuracy_table(runs: dict, preset: Preset, dataset: str) -> str:
         "CPU s",
         "final test acc %",
         "test acc % at C",
-        "examples to reach joint's acc",
-        "wall s to reach joint's acc",
+        "to reach joint's acc: examples",
+        "wall s",
+        "CPU s",
     ]
     return markdown_table(headers, rows)
+
+
+def _accuracy_row(runs: dict, preset: Preset, dataset: str, method: str) -> list[object]:
+    own = [runs[(dataset, method, s)] for s in preset.seeds]
+    at_c = [at_compute(r, runs[(dataset, "autohas-joint", r.seed)].final.examples) for r in own]
+    missing = "" if all(at_c) else f" ({sum(map(bool, at_c))}/{len(at_c)} had a model)"
+    reach = [
+        "—"
+        if method == "autohas-joint"
+        else reach_summary(_ratios(runs, dataset, method, preset.seeds, unit), preset.budget_factor)
+        for unit in ("examples", "seconds", "cpu_seconds")
+    ]
+    return [
+        method,
+        mean_sd([r.final.examples for r in own], 1e-3, 0),
+        mean_sd([r.final.seconds for r in own], 1.0, 0),
+        mean_sd([r.final.cpu_seconds for r in own], 1.0, 0),
+        mean_sd([r.final.test_accuracy for r in own]),
+        mean_sd([p.test_accuracy if p else math.nan for p in at_c]) + missing,
+        *reach,
+    ]
 
 
 def curve_table(runs: dict, preset: Preset, dataset: str) -> str:
@@ -110,7 +114,7 @@ def curve_table(runs: dict, preset: Preset, dataset: str) -> str:
     rows = []
     for method in ("random", "tpe"):
         row: list[object] = [method]
-        for k in MULTIPLES:
+        for k in multiples(preset.budget_factor):
             points = [
                 at_compute(runs[(dataset, method, s)], k * runs[(dataset, "autohas-joint", s)].final.examples)
                 for s in preset.seeds
@@ -121,7 +125,7 @@ def curve_table(runs: dict, preset: Preset, dataset: str) -> str:
         trials = [len(runs[(dataset, method, s)].points) for s in preset.seeds]
         row.append(f"{min(trials)}–{max(trials)}" if min(trials) != max(trials) else str(trials[0]))
         rows.append(row)
-    headers = ["method", *[f"at {k:g} C" for k in MULTIPLES], "trials"]
+    headers = ["method", *[f"at {k:g} C" for k in multiples(preset.budget_factor)], "trials"]
     return markdown_table(headers, rows)
 
 

@@ -26,6 +26,7 @@ from server.errors import InvalidArgument, ResourceExhausted
 
 log = logging.getLogger(__name__)
 
+
 class Malformed:
     """Stands in for a request message whose bytes did not parse."""
 

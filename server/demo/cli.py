@@ -15,8 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="server data and simulated devices (wiped at start)")
     parser.add_argument("--report", type=Path, default=Path("report"), help="Markdown + PNG report folder")
     parser.add_argument("--users", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=300, help="search steps")
-    parser.add_argument("--retrain-steps", type=int, default=1500, help="training steps of the derived model")
+    parser.add_argument("--steps", type=int, default=150, help="search steps")
+    parser.add_argument("--retrain-steps", type=int, default=1000, help="training steps of the derived model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--port", type=int, default=0, help="loopback port of the server (0 = a free one)")
 

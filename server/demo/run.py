@@ -30,8 +30,8 @@ class DemoConfig:
     report_dir: Path
     users: int = 20
     examples_per_user: int = 240
-    steps: int = 300
-    retrain_steps: int = 1500
+    steps: int = 150
+    retrain_steps: int = 1000
     max_params: int = 50_000
     seed: int = 0
     port: int = 0  # 0 = any free loopback port
@@ -129,7 +129,8 @@ def _search(config: DemoConfig, operator: OperatorClient) -> tuple[pb.Job, Encod
         for event in operator.watch(job.job_id):
             bar.total = event.total_steps or bar.total
             bar.n = event.step
-            bar.set_postfix_str(f"{event.stage} val_loss={event.val_loss:.3f}")
+            loss = event.val_loss if event.val_loss == event.val_loss else event.train_loss  # NaN in warm-up
+            bar.set_postfix_str(f"{event.stage} loss={loss:.3f}")
             bar.refresh()
             if event.stage == "search" and event.encodings:
                 encodings = {e.name: dict(zip(e.candidates, e.probabilities, strict=True))

@@ -3,6 +3,7 @@
 gRPC threads only read and enqueue; a scheduler thread snapshots a job's consented data and starts its
 worker; one monitor thread per worker turns the worker's messages into job updates. A job that was
 running when the server stopped (or was killed) is requeued at start and resumes from its checkpoint.
+Revoking consent removes the user's rows from job snapshots (`revoke`; policy in `server.jobs.retention`).
 """
 
 from __future__ import annotations

@@ -38,7 +38,6 @@ from server.jobs.files import sync_dir, write_atomic, write_json_atomic
 
 DATASET = "dataset.npz"
 PURGE_FILE = "purge.json"
-OWNER_ARRAYS = ("row_owner", "owner_app", "owner_user")
 UserKey = tuple[str, str]  # (app_id, user_id)
 
 
@@ -49,15 +48,6 @@ def owner_arrays(batches: Sequence[StoredBatch]) -> dict[str, np.ndarray]:
     rows = np.repeat(np.asarray(ids, dtype=np.int32), [b.count for b in batches])
     return {"row_owner": rows, "owner_app": np.asarray([app for app, _ in owners], dtype=str),
             "owner_user": np.asarray([user for _, user in owners], dtype=str)}
-
-
-def snapshot_owners(dataset: Path) -> list[UserKey]:
-    """The owner of every row of a snapshot, in row order (empty when the snapshot is gone)."""
-    if not dataset.exists():
-        return []
-    with np.load(dataset, allow_pickle=False) as data:
-        apps, users, rows = data["owner_app"].tolist(), data["owner_user"].tolist(), data["row_owner"]
-        return [(apps[i], users[i]) for i in rows.tolist()]
 
 
 def _read_log(job_dir: Path) -> dict[str, Any]:
@@ -114,6 +104,8 @@ def _remove_rows(dataset: Path, users: set[UserKey]) -> tuple[dict[UserKey, int]
     """Rewrite the snapshot without these users' rows; returns the rows removed a user and the rows left."""
     with np.load(dataset, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
+    if "row_owner" not in arrays:  # a snapshot that does not say whose rows are whose: none can stay
+        return {}, 0
     owners = list(zip(arrays["owner_app"].tolist(), arrays["owner_user"].tolist(), strict=True))
     doomed = np.array([owner in users for owner in owners], dtype=bool)
     rows = arrays["row_owner"]

@@ -77,7 +77,9 @@ def test_autohas_compute_matches_its_step_structure(cell: tuple[dict[str, Method
 def test_baselines_stay_within_budget(cell: tuple[dict[str, MethodRun], list]) -> None:
     runs, _ = cell
     trial = TOY.retrain_steps * TOY.batch_size
-    assert runs["random"].budget == math.ceil(TOY.budget_factor * runs["autohas-joint"].final.examples)
+    budget = math.ceil(TOY.budget_factor * runs["autohas-joint"].final.examples)
+    assert runs["random"].budget == runs["tpe"].budget == budget
+    assert all(runs[m].final.examples <= budget for m in ("autohas-joint", "autohas-nas", "autohas-hpo"))
     for method in ("random", "tpe"):
         run = runs[method]
         used = [p.examples for p in run.points]

@@ -21,9 +21,17 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from proto.autohas.v1 import personalization_pb2 as pb
 from tests.fixtures.server_fixtures import Device, RunningServer, example_batch, start_server
@@ -34,7 +42,7 @@ TASK_APPS = {"t-ads": (APP_A, APP_B), "t-keys": (APP_A,)}
 PURPOSES = ("ads", "ads", "keyboard")  # drawn from: mostly the purpose of the task with two apps
 TASK_DRAWS = ("t-ads", "t-ads", "t-keys")
 USERS = ((APP_A, "u0"), (APP_A, "u0"), (APP_A, "u1"), (APP_B, "u0"))  # two devices of one user
-MAX_JOBS = 4
+MAX_JOBS = 6
 STEP_S = "AUTOHAS_FAKE_STEP_S"  # the fake engine's seconds a step
 Key = tuple[str, str, str]  # (app, user, purpose)
 
@@ -131,7 +139,7 @@ class ConsentAudit(RuleBasedStateMachine):
 
     @rule()
     def let_jobs_run(self) -> None:
-        self.settle(timeout=3)
+        self.settle(timeout=0.5)
 
     def settle(self, timeout: float) -> None:
         """Wait (bounded) until every job has ended."""
@@ -185,8 +193,10 @@ class ConsentAudit(RuleBasedStateMachine):
             assert not later, f"{who} revoked after the snapshot of {job_id} but is still in it"
 
     def teardown(self) -> None:
-        try:
-            self.settle(timeout=15)
+        try:  # end every job (a cancel applies the purges recorded while it ran), then check them all
+            for job_id in self.jobs:
+                self.server.operator.CancelJob(pb.CancelJobRequest(job_id=job_id), metadata=self.server.op_md)
+            self.settle(timeout=20)
             self.manifests_hold_only_consented_examples()
         finally:
             self.server.stop()
@@ -197,9 +207,17 @@ class ConsentAudit(RuleBasedStateMachine):
                 os.environ[STEP_S] = self.step_s
 
 
-# No shrinking: each step drives a real server and its job processes, so shrinking a failure would take
-# minutes; the failing sequence (at most 25 steps) is reported as found.
-ConsentAudit.TestCase.settings = settings(max_examples=15, stateful_step_count=25, deadline=None,
-                                          database=None, suppress_health_check=list(HealthCheck),
-                                          phases=(Phase.explicit, Phase.generate))
-test_no_job_ever_uses_an_example_without_consent = ConsentAudit.TestCase
+def audit_settings(examples: int) -> settings:
+    """No shrinking: each step drives a real server and its job processes, so shrinking a failure would
+    take minutes; the failing sequence (at most 25 steps) is reported as found."""
+    return settings(max_examples=examples, stateful_step_count=25, deadline=None, database=None,
+                    suppress_health_check=list(HealthCheck), phases=(Phase.explicit, Phase.generate))
+
+
+def test_no_job_ever_uses_an_example_without_consent() -> None:
+    run_state_machine_as_test(ConsentAudit, settings=audit_settings(5))
+
+
+@pytest.mark.slow
+def test_no_job_ever_uses_an_example_without_consent_in_many_more_histories() -> None:
+    run_state_machine_as_test(ConsentAudit, settings=audit_settings(40))

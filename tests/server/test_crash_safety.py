@@ -20,20 +20,18 @@ import pytest
 
 from proto.autohas.v1 import personalization_pb2 as pb
 from tests.fixtures.server_fixtures import (
-    APP_ID,
     FAKE_ENGINE,
     INPUT_SHAPE,
     NUM_CLASSES,
-    PURPOSE,
     TASK_ID,
     ServerProcess,
     bearer,
+    seed_process,
     wait_gone,
 )
 from tests.server import stored
 
 StartProcess = Callable[..., ServerProcess]
-USERS = ("u0", "u1", "u2", "u3")
 
 
 def random_batch(batch_id: str, rng: np.random.Generator) -> pb.ExampleBatch:
@@ -65,20 +63,6 @@ class Uploader(threading.Thread):
             except (grpc.RpcError, ValueError):  # ValueError: the test closed the channel
                 return  # the server is gone
             self.acked.update(reply.stored_batch_ids, reply.duplicate_batch_ids)
-
-
-def setup_devices(server: ServerProcess) -> dict[str, str]:
-    """The default task, and one consenting device a user; returns user -> device token."""
-    task = pb.Task(task_id=TASK_ID, app_ids=[APP_ID], purpose=PURPOSE, input_shape=INPUT_SHAPE,
-                   input_dtype=pb.DTYPE_FLOAT32, num_classes=NUM_CLASSES)
-    server.operator.CreateTask(pb.CreateTaskRequest(task=task), metadata=server.op_md)
-    tokens = {}
-    for user in USERS:
-        reply = server.device.RegisterDevice(pb.RegisterDeviceRequest(app_id=APP_ID, user_id=user))
-        grant = pb.GrantConsentRequest(purpose=PURPOSE, consent_text_version="v1")
-        server.device.GrantConsent(grant, metadata=bearer(reply.device_token))
-        tokens[user] = reply.device_token
-    return tokens
 
 
 def upload_then_kill(server: ServerProcess, tokens: dict[str, str], cycle: int) -> list[Uploader]:
@@ -123,7 +107,7 @@ def test_sigkill_during_uploads_loses_no_acknowledged_batch(tmp_path: Path,
                                                             server_process: StartProcess) -> None:
     data_dir, token = tmp_path / "var", secrets.token_urlsafe(32)
     server = server_process(data_dir, token)
-    tokens = setup_devices(server)
+    tokens = seed_process(server)
     every: list[Uploader] = []
     for cycle in range(2):  # kill, restart, upload more, kill again
         uploaders = upload_then_kill(server, tokens, cycle)
@@ -143,7 +127,7 @@ def test_sigkill_during_uploads_loses_no_acknowledged_batch(tmp_path: Path,
 
 def seed_examples(server: ServerProcess, n: int = 120) -> None:
     """The default task with `n` examples of one consenting device."""
-    tokens = setup_devices(server)
+    tokens = seed_process(server)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(n, *INPUT_SHAPE)).astype("<f4")
     y = np.arange(n) % NUM_CLASSES

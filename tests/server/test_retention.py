@@ -28,8 +28,8 @@ from tests.fixtures.server_fixtures import (
     ServerProcess,
     bearer,
     example_batch,
+    seed_process,
 )
-from tests.server.test_crash_safety import setup_devices
 
 Owners = list[tuple[str, str]]
 
@@ -154,7 +154,7 @@ def test_a_purge_recorded_while_running_survives_sigkill_and_the_job_restarts_cl
     data_dir, token = tmp_path / "var", secrets.token_urlsafe(32)
     args, env = ("--engine", FAKE_ENGINE), {"AUTOHAS_FAKE_STEP_S": "0.05"}
     server = server_process(data_dir, token, *args, env=env)
-    tokens = setup_devices(server)  # u0..u3 consent; u0 and u1 upload
+    tokens = seed_process(server)  # u0..u3 consent; u0 and u1 upload
     for user, n in (("u0", 4), ("u1", 6)):
         batch = example_batch(f"{user}-0", n=n)
         server.device.UploadExamples(iter([batch]), metadata=bearer(tokens[user]), timeout=30)
