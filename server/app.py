@@ -95,7 +95,7 @@ def build_app(config: ServerConfig) -> App:
         lock.close()
         raise
     jobs = JobManager(store, config.data_dir / "jobs", config.engine, config.search_device,
-                      config.max_running_jobs, config.max_watch_streams)
+                      config.max_running_jobs, config.max_watch_streams, config.search_workers)
     models = ModelRegistry(store, config.data_dir / "models", config.engine, config.download_chunk_bytes)
     return App(config, store, Accounts(store, config.operator_token, jobs.revoke),
                Examples(store, config.max_batch_examples), jobs, models, health.HealthServicer(), lock)

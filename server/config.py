@@ -36,6 +36,9 @@ class ServerConfig:
     max_streams: int = 0
     stream_idle_timeout_s: float = 60.0  # a stream whose peer sends or reads nothing this long is cancelled
     search_device: str = "auto"
+    # Worker processes per search (torchrun ranks: gloo on CPU, one GPU each with CUDA); each does 1/N of
+    # every step and they average gradients. More than one needs that many GPUs with CUDA.
+    search_workers: int = 1
     engine: str = "server.engine"  # module implementing `run_job` / `export_bundle` (see server.engine)
     store: str = "sqlite"
 
@@ -54,7 +57,7 @@ class ServerConfig:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port: {self.port} is not in [0, 65535]")
         for name in ("max_message_bytes", "max_batch_examples", "download_chunk_bytes", "rpc_threads",
-                     "max_concurrent_rpcs", "max_running_jobs", "max_watch_streams"):
+                     "max_concurrent_rpcs", "max_running_jobs", "max_watch_streams", "search_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1")
         if self.max_watch_streams >= self.rpc_threads:

@@ -78,11 +78,18 @@ def progress_dict(event: Any) -> dict[str, Any]:
 
 
 def run_job(spec: Mapping[str, Any], dataset: str, out_dir: str, device: str, on_progress: ProgressFn,
-            should_stop: Callable[[], bool]) -> dict[str, Any]:
-    """Run a search into `out_dir` (resuming from its checkpoint); returns the run's `result.json` dict."""
+            should_stop: Callable[[], bool], workers: int = 1) -> dict[str, Any]:
+    """Run a search into `out_dir` (resuming from its checkpoint); returns the run's `result.json` dict.
+
+    `workers` > 1 runs it in that many processes under torchrun (`server.multiworker`).
+    """
     from server.search import SearchCancelled, run_search
 
     config = search_config(spec, dataset, device)
+    if workers > 1:
+        from server import multiworker
+
+        return multiworker.run(config, out_dir, workers, on_progress, should_stop)
     try:
         result: dict[str, Any] = run_search(config, Path(out_dir), on_progress=lambda e: on_progress(
             progress_dict(e)), should_stop=should_stop)

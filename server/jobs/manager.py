@@ -68,8 +68,9 @@ class JobManager:
     """Runs search jobs in worker processes, at most `max_running` at a time."""
 
     def __init__(self, store: Store, jobs_dir: Path, engine: str, device: str, max_running: int,
-                 max_watchers: int = 8) -> None:
+                 max_watchers: int = 8, workers: int = 1) -> None:
         self._store, self._jobs_dir, self._engine, self._device = store, Path(jobs_dir), engine, device
+        self._workers = workers
         self._max_running = max_running
         self._watch_slots = threading.BoundedSemaphore(max_watchers)
         self._hub = ProgressHub()
@@ -261,7 +262,7 @@ class JobManager:
             dataset = self._dataset(job)
             stop, messages = self._ctx.Event(), self._ctx.Queue()
             args = worker.WorkerArgs(job_id, self._engine, job.spec.to_dict(), str(dataset),
-                                     str(self.run_dir(job_id)), self._device, os.getpid())
+                                     str(self.run_dir(job_id)), self._device, os.getpid(), self._workers)
             process = self._ctx.Process(target=worker.run_job, args=(args, messages, stop),
                                         name=f"autohas-{job_id}")
             process.start()

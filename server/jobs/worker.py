@@ -28,6 +28,7 @@ class WorkerArgs:
     run_dir: str
     device: str
     parent_pid: int
+    workers: int = 1  # search worker processes (torchrun ranks)
 
 
 def _exit_with_parent(parent_pid: int, period: float = 0.5) -> None:
@@ -51,7 +52,8 @@ def run_job(args: WorkerArgs, messages: Any, stop: Any) -> None:
     engine = importlib.import_module(args.engine)
     try:
         result = engine.run_job(args.spec, args.dataset, args.run_dir, args.device,
-                                on_progress=lambda p: messages.put(("progress", p)), should_stop=stop.is_set)
+                                on_progress=lambda p: messages.put(("progress", p)), should_stop=stop.is_set,
+                                workers=args.workers)
     except Cancelled:
         messages.put(("cancelled", None))
     except BaseException as e:  # the server records the job as failed instead of losing the reason

@@ -44,11 +44,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--workers", type=int, default=1,
+        help="search worker processes (starts torchrun: gloo on CPU, one GPU each with CUDA; default 1)",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m server.search.cli` (what `--workers` and torchrun start in every worker)."""
+    parser = argparse.ArgumentParser(prog="autohas search", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the search; exit code 0, 2 on a bad dataset or option, 130 when interrupted."""
+    from server.search.distributed import launched_by_torchrun
     from server.search.runner import SearchCancelled, run_search
+
+    if args.workers < 1:
+        print(f"autohas search: error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
+        return 2
+    if args.workers > 1 and not launched_by_torchrun():
+        return _torchrun(args)
 
     try:
         config = SearchConfig(
@@ -81,8 +99,23 @@ def run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     bar.close()
-    print(_summary(result, args.out))
+    if result:  # under torchrun only rank 0 has the result
+        print(_summary(result, args.out))
     return 0
+
+
+def _torchrun(args: argparse.Namespace) -> int:
+    """Run the same search in `args.workers` processes under torchrun; its exit code."""
+    import subprocess
+
+    options = ["--dataset", args.dataset, "--mode", args.mode, "--strategy", args.strategy,
+               "--device", args.device, "--out", args.out, "--threads", str(args.threads)]
+    for name in _FLAGS:
+        options += ["--" + name.replace("_", "-"), str(getattr(args, name))]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={args.workers}", "-m", "server.search.cli", *options,
+               *(["--quiet"] if args.quiet else [])]
+    return subprocess.call(command)
 
 
 def _summary(result: dict[str, Any], out: str) -> str:
@@ -126,3 +159,7 @@ class _ProgressBar:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -11,6 +11,7 @@ import torch
 
 from server.search import hparams as hp
 from server.search.config import SearchConfig
+from server.search.distributed import Comm
 from server.search.iterations import (
     HPMix,
     augmented_chunks,
@@ -79,10 +80,18 @@ def cost_penalty(expected_params: torch.Tensor, max_params: int) -> torch.Tensor
 
 
 class Searcher:
-    """Differentiable AutoHAS: shared weights W in `net`, logits for every choice of `space`."""
+    """Differentiable AutoHAS: shared weights W in `net`, logits for every choice of `space`.
 
-    def __init__(self, net: SuperNet, space: SearchSpace, batches: Batches, config: SearchConfig) -> None:
+    With several workers (`comm`), each rank does its share of every batch and the gradients of W and of
+    the encodings are averaged across ranks, so all ranks keep identical weights and encodings.
+    """
+
+    def __init__(self, net: SuperNet, space: SearchSpace, batches: Batches, config: SearchConfig,
+                 comm: Comm | None = None) -> None:
         self.net, self.space, self.batches, self.config = net, space, batches, config
+        self.comm = comm or Comm()
+        self.batch_size = self.comm.share(config.batch_size, minimum=8)
+        self.encoding_batch_size = self.comm.share(config.encoding_batch_size, minimum=8)
         self.flat = FlatWeights(net)
         device = self.flat.params[0].device
         self.opt_state = hp.init_state(space.hparam("optimizer").candidates, self.flat.get())
@@ -120,18 +129,44 @@ class Searcher:
             self.net,
             self.flat,
             self.opt_state,
-            self._chunks(cfg.batch_size),
+            self._chunks(self.batch_size),
             self._arch(probs),
             mix,
             cfg.grad_clip,
+            reduce=self.comm.mean_,
         )
+        return self._finish_step(train_loss, float(mix.lr))
+
+    def _finish_step(self, train_loss: float, lr: float) -> StepStats:
+        """The second iteration (after warm-up), worker sync, and the step's record."""
         val_loss = grad_norm = math.nan
-        if self.step_index >= cfg.warmup_steps:
+        if self.step_index >= self.config.warmup_steps:
             val_loss, grad_norm = self.second_iteration()
-        stats = StepStats(self.step_index, train_loss, val_loss, float(mix.lr), grad_norm)
+        self._sync_buffers()
+        stats = StepStats(self.step_index, self.comm.mean(train_loss), val_loss, lr, grad_norm)
         self._record(stats)
         self.step_index += 1
         return stats
+
+    def _sync_buffers(self) -> None:
+        """Average batch-norm running statistics across workers (each saw its own batches)."""
+        if self.comm.active:
+            for buffer in self.net.buffers():
+                if buffer.is_floating_point():
+                    self.comm.mean_(buffer)
+
+    def _update_encodings(self, objective: torch.Tensor) -> float:
+        """One Adam step of the encodings on `objective`, gradients averaged over workers; the grad norm."""
+        self.encoding_opt.zero_grad()
+        objective.backward()
+        grads = [g.grad for g in self.logits.values()]
+        if self.comm.active:
+            flat = self.comm.mean_(torch.cat([g.reshape(-1) for g in grads]))
+            for g, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+                g.copy_(part.view_as(g))
+        grad_norm = math.sqrt(sum(float((g**2).sum()) for g in grads))
+        self.encoding_opt.step()
+        return grad_norm
 
     def second_iteration(self) -> tuple[float, float]:
         """Temporary weights per HP basis, combined by P^H; validation loss; update both encodings."""
@@ -139,19 +174,16 @@ class Searcher:
         probs = self.probabilities()
         mix, arch = HPMix.from_probs(self.space, probs), self._arch(probs)
         w_prime = self._combined_weights(arch, mix)
-        x_val, y_val = self.batches.val(cfg.encoding_batch_size)
+        x_val, y_val = self.batches.val(self.encoding_batch_size)
         val_loss = validation_objective(self.net, self.flat, w_prime, x_val, y_val, arch)
         penalty = cfg.cost_weight * cost_penalty(self.net.expected_params(arch), cfg.max_params)
-        self.encoding_opt.zero_grad()
-        (val_loss + penalty).backward()
-        grad_norm = math.sqrt(sum(float((g.grad**2).sum()) for g in self.logits.values()))
-        self.encoding_opt.step()
-        return float(val_loss.detach()), grad_norm
+        grad_norm = self._update_encodings(val_loss + penalty)
+        return self.comm.mean(float(val_loss.detach())), grad_norm
 
     def _combined_weights(self, arch: dict[str, torch.Tensor], mix: HPMix) -> torch.Tensor:
         """W' = sum_b P_b W_b over one-step temporary weights, by the configured path."""
         cfg = self.config
-        chunks = self._chunks(cfg.encoding_batch_size)
+        chunks = self._chunks(self.encoding_batch_size)
         if cfg.weights_path == "explicit":
             args = (self.net, self.flat, chunks, arch, self.opt_state, self.space, mix, cfg.grad_clip)
             return combine_explicit(*args)[0]

@@ -15,6 +15,7 @@ W_b. Gradients g are treated as constants of the encodings (first-order, as in f
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -83,8 +84,12 @@ def first_iteration(
     arch: Probs,
     mix: HPMix,
     grad_clip: float,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> float:
-    """Update W in place from the training loss of the combined model, with encoding-combined HPs."""
+    """Update W in place from the training loss of the combined model, with encoding-combined HPs.
+
+    `reduce` (when given) averages the raw gradient across search workers before clipping.
+    """
     x, y = torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
     weight = torch.cat(
         [
@@ -97,7 +102,8 @@ def first_iteration(
     ce, uniform = hp.per_example_losses(logits, y)
     per_example = sum(p.detach() * hp.basis_loss(ce, uniform, name) for name, p in mix.loss.items())
     loss = (per_example * weight).sum()
-    grad = clip(flat.flat_grad(loss), grad_clip)
+    grad = flat.flat_grad(loss)
+    grad = clip(reduce(grad) if reduce is not None else grad, grad_clip)
     w = flat.get()
     update, states = torch.zeros_like(w), []
     for name, p in mix.optimizer.items():

@@ -17,6 +17,7 @@ import torch
 from server.search import hparams as hp
 from server.search.augment import augment
 from server.search.config import SearchConfig
+from server.search.distributed import Comm
 from server.search.engine import Batches, Searcher, StepStats
 from server.search.iterations import HPMix, first_iteration
 from server.search.space import SearchSpace
@@ -27,11 +28,23 @@ BASELINE_DECAY = 0.9
 ENTROPY_WEIGHT = 1e-3
 
 
+def controller_objective(
+    probs: dict[str, torch.Tensor], picks: list[dict[str, int]], rewards: list[float], baseline: float
+) -> torch.Tensor:
+    """The loss whose gradient is the REINFORCE update of the controller, with an entropy bonus:
+    ``-mean_i (r_i - b) log p(pick_i) - ENTROPY_WEIGHT * H(p)``, every choice sampled independently."""
+    log_probs = [sum(torch.log(probs[name][i]) for name, i in pick.items()) for pick in picks]
+    advantage = sum((r - baseline) * lp for r, lp in zip(rewards, log_probs, strict=True)) / len(rewards)
+    entropy = sum(-(p * torch.log(p + 1e-12)).sum() for p in probs.values())
+    return -advantage - ENTROPY_WEIGHT * entropy
+
+
 class ReinforceSearcher(Searcher):
     """REINFORCE over the same search space, supernet and checkpoint format as `Searcher`."""
 
-    def __init__(self, net: SuperNet, space: SearchSpace, batches: Batches, config: SearchConfig) -> None:
-        super().__init__(net, space, batches, config)
+    def __init__(self, net: SuperNet, space: SearchSpace, batches: Batches, config: SearchConfig,
+                 comm: Comm | None = None) -> None:
+        super().__init__(net, space, batches, config, comm)
         self.baseline = math.nan
 
     def _sample(self, probs: dict[str, torch.Tensor]) -> dict[str, int]:
@@ -64,37 +77,28 @@ class ReinforceSearcher(Searcher):
             self.net,
             self.flat,
             self.opt_state,
-            self._chunks(self.config.batch_size),
+            self._chunks(self.batch_size),
             arch,
             mix,
             self.config.grad_clip,
+            reduce=self.comm.mean_,
         )
-        val_loss = grad_norm = math.nan
-        if self.step_index >= self.config.warmup_steps:
-            val_loss, grad_norm = self.second_iteration()
-        stats = StepStats(self.step_index, train_loss, val_loss, float(mix.lr), grad_norm)
-        self._record(stats)
-        self.step_index += 1
-        return stats
+        return self._finish_step(train_loss, float(mix.lr))
 
     def second_iteration(self) -> tuple[float, float]:
-        """Sample pairs, score their one-step temporary weights, and update the logits by REINFORCE."""
+        """Sample pairs, score their one-step temporary weights, and update the logits by REINFORCE.
+
+        Every worker samples its share of the pairs; the baseline moves with the mean reward of all of
+        them, so it stays the same on every rank.
+        """
         probs = self.probabilities()
-        x, y = self.batches.train(self.config.encoding_batch_size)
-        x_val, y_val = self.batches.val(self.config.encoding_batch_size)
-        log_probs, rewards = [], []
-        for _ in range(self.config.samples):
-            picks = self._sample(probs)
-            rewards.append(self._reward(picks, x, y, x_val, y_val))
-            log_probs.append(sum(torch.log(probs[name][i]) for name, i in picks.items()))
-        mean_reward = sum(rewards) / len(rewards)
+        x, y = self.batches.train(self.encoding_batch_size)
+        x_val, y_val = self.batches.val(self.encoding_batch_size)
+        picks = [self._sample(probs) for _ in range(self.comm.share(self.config.samples))]
+        rewards = [self._reward(p, x, y, x_val, y_val) for p in picks]
+        mean_reward = self.comm.mean(sum(rewards) / len(rewards))
         baseline = mean_reward if math.isnan(self.baseline) else self.baseline
-        entropy = sum(-(p * torch.log(p + 1e-12)).sum() for p in probs.values())
-        objective = -sum((r - baseline) * lp for r, lp in zip(rewards, log_probs, strict=True)) / len(rewards)
-        self.encoding_opt.zero_grad()
-        (objective - ENTROPY_WEIGHT * entropy).backward()
-        grad_norm = math.sqrt(sum(float((g.grad**2).sum()) for g in self.logits.values()))
-        self.encoding_opt.step()
+        grad_norm = self._update_encodings(controller_objective(probs, picks, rewards, baseline))
         self.baseline = BASELINE_DECAY * baseline + (1 - BASELINE_DECAY) * mean_reward
         return 1.0 - mean_reward, grad_norm  # reported as the validation error
 

@@ -19,25 +19,33 @@ from server.search.space import SearchSpace
 CHECKPOINT, MODEL, RESULT, PLOT = "search.pt", "model.pt", "result.json", "search.png"
 
 
-def save_checkpoint(out: Path, searcher: Searcher, config: SearchConfig, seconds: float, done: bool) -> None:
-    """Write search.pt atomically: a crash never leaves a half-written checkpoint."""
+def save_checkpoint(out: Path, searcher: Searcher, config: SearchConfig, seconds: float, done: bool,
+                    rank_gens: list[torch.Tensor] | None = None) -> None:
+    """Write search.pt atomically: a crash never leaves a half-written checkpoint.
+
+    `rank_gens`: every search worker's data-sampling generator state, in rank order (multi-worker runs).
+    """
     state = {"config": config.to_json(), "searcher": searcher.state_dict(), "search_seconds": seconds,
-             "done": done}
+             "done": done, "rank_gens": rank_gens or []}
     tmp = out / (CHECKPOINT + ".tmp")
     torch.save(state, tmp)
     tmp.replace(out / CHECKPOINT)
 
 
-def load_checkpoint(out: Path, searcher: Searcher, config: SearchConfig) -> tuple[float, bool]:
-    """Restore `searcher` from search.pt if there is one; returns (seconds searched so far, done)."""
+def load_checkpoint(out: Path, searcher: Searcher, config: SearchConfig
+                    ) -> tuple[float, bool, list[torch.Tensor]]:
+    """Restore `searcher` from search.pt if there is one.
+
+    Returns (seconds searched so far, done, the workers' generator states in rank order or []).
+    """
     path = out / CHECKPOINT
     if not path.exists():
-        return 0.0, False
+        return 0.0, False, []
     state = torch.load(path, map_location="cpu", weights_only=True)  # generator states must stay on CPU
     if state["config"] != config.to_json():
         raise ValueError(f"{path} holds a search with a different config; use a new output directory")
     searcher.load_state_dict(state["searcher"])
-    return float(state["search_seconds"]), bool(state["done"])
+    return float(state["search_seconds"]), bool(state["done"]), list(state.get("rank_gens", []))
 
 
 def write_run(out: Path, result: dict[str, Any], model: nn.Module, args: ModelArgs, searcher: Searcher,

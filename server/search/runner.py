@@ -13,10 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from server.search import derive
+from server.search import derive, distributed
 from server.search.config import SearchConfig
 from server.search.data import Dataset, load_dataset
 from server.search.defaults import default_space
+from server.search.distributed import Comm
 from server.search.engine import Batches, Searcher
 from server.search.hparams import LR_SCALE, validate_hparams
 from server.search.models import LAYOUTS, build_model, count_params, model_args_for
@@ -62,15 +63,25 @@ def run_search(config: SearchConfig, out_dir: str | Path, on_progress: Progress 
 
     Resumes from `out_dir`'s search checkpoint when there is one. `on_progress(event)` is called each
     step; `should_stop()` returning True saves the checkpoint and raises `SearchCancelled`.
+
+    Under `torchrun` with several workers (see `server.search.distributed`) every rank searches; rank 0
+    alone reports progress, is asked `should_stop()`, writes files, retrains and returns the result;
+    the other ranks return `{}`.
     """
-    emit = on_progress or (lambda event: None)
-    emit(ProgressEvent("load"))
-    device = resolve_device(config.device)
-    data = load_dataset(config.dataset, seed=config.seed)
-    stop = should_stop or (lambda: False)
-    run = _Run(config, data, _space(config, data), device, Path(out_dir), emit, stop)
-    run.out.mkdir(parents=True, exist_ok=True)
-    return run.finish(run.search())
+    comm, device, created = distributed.setup(resolve_device(config.device))
+    try:
+        emit = (on_progress or (lambda event: None)) if comm.is_main else (lambda event: None)
+        emit(ProgressEvent("load"))
+        data = load_dataset(config.dataset, seed=config.seed)
+        stop = (should_stop or (lambda: False)) if comm.is_main else (lambda: False)
+        run = _Run(config, data, _space(config, data), device, Path(out_dir), emit, stop, comm)
+        if comm.is_main:
+            run.out.mkdir(parents=True, exist_ok=True)
+        searched = run.search()
+        agreement = run.agreement(searched[0])
+        return run.finish(searched, agreement) if comm.is_main else {}
+    finally:
+        distributed.teardown(created)
 
 
 def _space(config: SearchConfig, data: Dataset) -> SearchSpace:
@@ -113,6 +124,7 @@ class _Run:
     out: Path
     emit: Progress
     should_stop: StopCheck
+    comm: Comm = field(default_factory=Comm)
 
     def searcher(self) -> Searcher:
         """A fresh searcher: SuperModel, encodings and data on the device, all seeded."""
@@ -120,31 +132,56 @@ class _Run:
         data = self.data
         net = SuperNet(LAYOUTS[data.family], self.space.arch, data.input_shape, data.num_classes)
         _set_norm(net, data)
-        gen = torch.Generator(self.device).manual_seed(self.config.seed)
+        gen = torch.Generator(self.device).manual_seed(self.comm.rank_seed(self.config.seed))
         batches = Batches(*_tensors(data.x_train, data.y_train, self.device),
                           *_tensors(data.x_val, data.y_val, self.device), float(data.x_train.std()), gen)
-        return make_searcher(self.config.strategy, net.to(self.device), self.space, batches, self.config)
+        return make_searcher(self.config.strategy, net.to(self.device), self.space, batches, self.config,
+                             self.comm)
 
     def search(self) -> tuple[Searcher, float]:
         """Run (or resume) the alternating loop; returns the searcher and its wall-clock seconds."""
         searcher, config = self.searcher(), self.config
-        previous, done = load_checkpoint(self.out, searcher, config)
+        previous, done, rank_gens = load_checkpoint(self.out, searcher, config)
+        if self.comm.rank < len(rank_gens):
+            searcher.batches.gen.set_state(rank_gens[self.comm.rank])
         start = time.perf_counter()
         seconds = lambda: previous + time.perf_counter() - start  # noqa: E731
-        while not done and searcher.step_index < config.steps and not searcher.stop_reason:
-            if self.should_stop():
-                save_checkpoint(self.out, searcher, config, seconds(), done=False)
+        while not done and searcher.step_index < config.steps:
+            # every rank takes rank 0's decisions, so all leave the loop at the same step
+            cancel, settled = self.comm.flags(self.should_stop(), bool(searcher.stop_reason))
+            searcher.stop_reason = self.comm.text(searcher.stop_reason) if settled else ""
+            if settled:
+                break
+            if cancel:
+                self.checkpoint(searcher, seconds(), done=False)
                 raise SearchCancelled(f"search cancelled at step {searcher.step_index}; rerun to resume")
             s = searcher.step()
             self.emit(ProgressEvent("search", s.step + 1, config.steps, s.train_loss, s.val_loss,
                                     s.learning_rate, searcher.encodings()))
             if searcher.step_index % config.checkpoint_every == 0:
-                save_checkpoint(self.out, searcher, config, seconds(), done=False)
+                self.checkpoint(searcher, seconds(), done=False)
         if not done:
-            save_checkpoint(self.out, searcher, config, seconds(), done=True)
+            self.checkpoint(searcher, seconds(), done=True)
         return searcher, seconds() if not done else previous
 
-    def finish(self, searched: tuple[Searcher, float]) -> dict[str, Any]:
+    def checkpoint(self, searcher: Searcher, seconds: float, done: bool) -> None:
+        """Rank 0 writes search.pt, with every rank's data-sampling generator (all ranks must call)."""
+        rank_gens = self.comm.gather(searcher.batches.gen.get_state().cpu())
+        if self.comm.is_main:
+            save_checkpoint(self.out, searcher, self.config, seconds, done, rank_gens)
+
+    def agreement(self, searcher: Searcher) -> dict[str, Any] | None:
+        """With several workers: how far apart the ranks' final encodings are (all ranks must call)."""
+        if not self.comm.active:
+            return None
+        flat = [[p for probs in enc.values() for p in probs.values()] for enc in
+                self.comm.gather(searcher.encodings())]
+        diff = max(abs(a - b) for other in flat[1:] for a, b in zip(flat[0], other, strict=True))
+        return {"world_size": self.comm.world_size, "backend": self.comm.backend,
+                "max_encoding_difference": diff}
+
+    def finish(self, searched: tuple[Searcher, float], workers: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
         """Derive the output model, retrain it with the derived HPs, evaluate, write the run directory."""
         searcher, search_seconds = searched
         config, data, encodings = self.config, self.data, searcher.encodings()
@@ -169,7 +206,7 @@ class _Run:
             "config": config.to_json(),
             "lr_trajectory": [round(v, 6) for v in searcher.history.lr], "model_args": args,
             "space": self.space.to_json(), "mode": config.mode, "strategy": config.strategy,
-            "device": str(self.device),
+            "device": str(self.device), "workers": workers or {"world_size": 1},
         }
         write_run(self.out, result, model, args, searcher, self.space)
         self.emit(ProgressEvent("done", config.retrain_steps, config.retrain_steps, encodings=encodings))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 
 from server.search.config import SearchConfig
+from server.search.distributed import Comm
 from server.search.engine import Batches, Searcher
 from server.search.space import SearchSpace
 from server.search.supernet import SuperNet
@@ -21,11 +22,12 @@ REGISTRY = {
 
 
 def make_searcher(
-    name: str, net: SuperNet, space: SearchSpace, batches: Batches, config: SearchConfig
+    name: str, net: SuperNet, space: SearchSpace, batches: Batches, config: SearchConfig,
+    comm: Comm | None = None,
 ) -> Searcher:
-    """Instantiate the strategy called `name`."""
+    """Instantiate the strategy called `name` (`comm`: this worker's place among several)."""
     if name not in REGISTRY:
         raise ValueError(f"unknown strategy {name!r}; known: {sorted(REGISTRY)}")
     module_name, cls_name = REGISTRY[name].split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(net, space, batches, config)
+    return cls(net, space, batches, config, comm)

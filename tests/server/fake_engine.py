@@ -33,7 +33,8 @@ def check_spec(spec: dict[str, Any]) -> None:
 
 
 def run_job(spec: dict[str, Any], dataset: str, out_dir: str, device: str,
-            on_progress: Callable[[dict[str, Any]], None], should_stop: Callable[[], bool]) -> dict[str, Any]:
+            on_progress: Callable[[dict[str, Any]], None], should_stop: Callable[[], bool],
+            workers: int = 1) -> dict[str, Any]:
     """Pretend to search; see the module docstring."""
     if spec.get("strategy") == "fail":
         raise RuntimeError("the fake engine was told to fail")

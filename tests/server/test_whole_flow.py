@@ -111,6 +111,19 @@ def test_the_server_picks_a_checkpoint_interval_that_fits_the_job() -> None:
     assert first == again  # a resumed job rebuilds the same config, which the engine requires to resume
 
 
+def test_a_server_with_two_search_workers_runs_jobs_under_torchrun(
+    server_factory: Callable[..., RunningServer],
+) -> None:
+    s = server_factory(engine="server.engine", search_device="cpu", search_workers=2)
+    populate(s, per_user=80)
+    job, events = run_job(s, strategy="reinforce", steps=4, retrain_steps=2, seed=1)
+    assert job.state == pb.JOB_STATE_SUCCEEDED, job.error
+    assert [e.step for e in events if e.stage == "search"][-1] == 4
+    result = json.loads((s.handle.app.jobs.run_dir(job.job_id) / "result.json").read_text())
+    assert result["workers"]["world_size"] == 2 and result["workers"]["max_encoding_difference"] == 0.0
+    assert result["strategy"] == "reinforce" and job.result.params == result["params"]
+
+
 def test_a_real_search_runs_as_a_server_job(server_factory: Callable[..., RunningServer]) -> None:
     s = real_server(server_factory)
     populate(s, per_user=80)

@@ -1,0 +1,146 @@
+"""A job's search in several worker processes under torchrun (`ServerConfig.search_workers` > 1).
+
+The job's worker process (`run`) starts ``python -m torch.distributed.run --standalone
+--nproc-per-node N -m server.multiworker ...`` and talks to rank 0 through small files in the run
+directory: rank 0 appends one JSON progress line per step, the job worker creates the stop file to
+cancel (rank 0 polls it and every rank stops at the same step), and rank 0 writes the outcome. Every
+rank exits when the job worker is gone, so a killed server never leaves ranks running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+PROGRESS, STOP, OUTCOME, LOG = "workers.progress.jsonl", "workers.stop", "workers.outcome.json", "workers.log"
+POLL_S = 0.2
+
+
+class WorkersFailed(RuntimeError):
+    """The search workers exited without a result."""
+
+
+def run(config: Any, out_dir: str | Path, workers: int, on_progress: Callable[[dict[str, Any]], None],
+        should_stop: Callable[[], bool]) -> dict[str, Any]:
+    """Run `config` (a `SearchConfig`) in `workers` processes; rank 0's result.json dict.
+
+    Raises `server.engine.Cancelled` when `should_stop()` turned true, `WorkersFailed` otherwise.
+    """
+    from server.engine import Cancelled
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (PROGRESS, STOP, OUTCOME):
+        (out / name).unlink(missing_ok=True)
+    (out / "workers.config.json").write_text(json.dumps(config.to_json()))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={workers}",
+               "-m", "server.multiworker", "--out", str(out), "--parent-pid", str(os.getpid())]
+    with open(out / LOG, "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    progress = _Tail(out / PROGRESS)
+    while process.poll() is None:
+        for event in progress.read():
+            on_progress(event)
+        if should_stop():
+            (out / STOP).touch()
+        time.sleep(POLL_S)
+    for event in progress.read():
+        on_progress(event)
+    outcome = _read_json(out / OUTCOME) or {}
+    if outcome.get("status") == "cancelled":
+        raise Cancelled(outcome.get("message", "cancelled"))
+    if process.returncode == 0 and outcome.get("status") == "done":
+        return json.loads((out / "result.json").read_text())
+    reason = outcome.get("error") or f"exit code {process.returncode}; see {out / LOG}"
+    raise WorkersFailed(f"{workers} search workers failed: {reason}")
+
+
+class _Tail:
+    """New complete JSON lines of a growing file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset = path, 0
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        complete = data[: data.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
+
+
+def _exit_when_gone(pid: int, period: float = 0.5) -> None:
+    """Exit this rank when process `pid` (the job worker) no longer exists."""
+
+    def watch() -> None:
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(3)
+            except PermissionError:  # exists, owned by someone else (pid reused): keep going
+                pass
+            time.sleep(period)
+
+    threading.Thread(target=watch, name="job-worker-watch", daemon=True).start()
+
+
+def rank_main(argv: list[str] | None = None) -> int:
+    """One rank: run the search in the run directory's `workers.config.json`; rank 0 reports."""
+    from server.engine import progress_dict
+    from server.search import SearchCancelled, SearchConfig, run_search
+
+    parser = argparse.ArgumentParser(prog="python -m server.multiworker")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--parent-pid", type=int, required=True)
+    args = parser.parse_args(argv)
+    _exit_when_gone(args.parent_pid)
+    out = args.out
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    progress = open(out / PROGRESS, "a") if is_main else None  # noqa: SIM115 (open for the whole run)
+
+    def report(event: Any) -> None:
+        if progress is not None:
+            progress.write(json.dumps(progress_dict(event)) + "\n")
+            progress.flush()
+
+    try:
+        config = SearchConfig.from_json(json.loads((out / "workers.config.json").read_text()))
+        run_search(config, out, on_progress=report, should_stop=lambda: (out / STOP).exists())
+        outcome: dict[str, Any] = {"status": "done"}
+    except SearchCancelled as e:
+        outcome = {"status": "cancelled", "message": str(e)}
+    except Exception as e:
+        traceback.print_exc()  # into workers.log
+        outcome = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+    if is_main:
+        _write_json(out / OUTCOME, outcome)
+    if progress is not None:
+        progress.close()
+    return 1 if outcome["status"] == "failed" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(rank_main())
