@@ -24,6 +24,7 @@ from torch import nn
 from server.search import hparams as hp
 from server.search.augment import augment
 from server.search.space import SearchSpace
+from server.search.supernet import Arch, detached
 from server.search.weights import FlatWeights, autocast, clip, forward_with
 
 Probs = dict[str, torch.Tensor]
@@ -81,7 +82,7 @@ def first_iteration(
     flat: FlatWeights,
     state: hp.State,
     chunks: Chunks,
-    arch: Probs,
+    arch: Arch,
     mix: HPMix,
     grad_clip: float,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -98,7 +99,7 @@ def first_iteration(
         ]
     )
     with autocast(x.device):
-        logits = net(x, {k: v.detach() for k, v in arch.items()})
+        logits = net(x, detached(arch))
     ce, uniform = hp.per_example_losses(logits, y)
     per_example = sum(p.detach() * hp.basis_loss(ce, uniform, name) for name, p in mix.loss.items())
     loss = (per_example * weight).sum()

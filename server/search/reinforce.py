@@ -4,7 +4,9 @@ Each sampled pair's quality is the validation accuracy of temporary weights W* =
 the sampled HPs on the sampled sub-model (W itself is untouched: the temporary weights keep the shared
 update clean); the rewards drive a REINFORCE update of the logits with a moving-average baseline and an
 entropy bonus. W is trained on a sampled sub-model's training loss with the encoding-combined HPs.
-Several pairs per step are averaged to reduce variance (uses far less memory than mixing).
+Several pairs per step are averaged to reduce variance. A sampled sub-model runs on its own slices of
+the shared weights (`SubModel`), so a step costs a sampled candidate's time and memory, not the
+largest candidate's as in mixing.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from server.search.distributed import Comm
 from server.search.engine import Batches, Searcher, StepStats
 from server.search.iterations import HPMix, first_iteration
 from server.search.space import SearchSpace
-from server.search.supernet import SuperNet
+from server.search.supernet import SubModel, SuperNet
 from server.search.weights import autocast, clip, forward_with
 
 BASELINE_DECAY = 0.9
@@ -58,21 +60,12 @@ class ReinforceSearcher(Searcher):
         seed = int(torch.randint(2**62, (1,), generator=self.batches.gen, device=self.batches.x_train.device))
         return torch.Generator().manual_seed(seed)
 
-    def _one_hot(self, picks: dict[str, int]) -> dict[str, torch.Tensor]:
-        device = self.flat.params[0].device
-        out = {}
-        for choice in self.space.arch:
-            vec = torch.zeros(len(choice), device=device)
-            vec[picks[choice.name]] = 1.0
-            out[choice.name] = vec
-        return out
-
     def step(self) -> StepStats:
         """Train W on a sampled sub-model, then (after warm-up) one REINFORCE update of the logits."""
         with torch.no_grad():
             probs = self.probabilities()
         mix = HPMix.from_probs(self.space, probs)
-        arch = self._one_hot(self._sample(probs))
+        arch = self._sub_model(self._sample(probs))
         train_loss = first_iteration(
             self.net,
             self.flat,
@@ -102,6 +95,10 @@ class ReinforceSearcher(Searcher):
         self.baseline = BASELINE_DECAY * baseline + (1 - BASELINE_DECAY) * mean_reward
         return 1.0 - mean_reward, grad_norm  # reported as the validation error
 
+    def _sub_model(self, picks: dict[str, int]) -> SubModel:
+        """The architecture part of a sampled pair (run on its own slices of the shared weights)."""
+        return SubModel({c.name: picks[c.name] for c in self.space.arch})
+
     def _values(self, picks: dict[str, int]) -> dict[str, Any]:
         return {c.name: c.candidates[picks[c.name]] for c in self.space.hparams}
 
@@ -114,7 +111,7 @@ class ReinforceSearcher(Searcher):
         y_val: torch.Tensor,
     ) -> float:
         """Validation accuracy of W* = one step from W with the sampled HPs on the sampled sub-model."""
-        values, arch = self._values(picks), self._one_hot(picks)
+        values, arch = self._values(picks), self._sub_model(picks)
         xb = augment(x, str(values["augment"]), self.batches.scale, self.batches.gen)
         with autocast(xb.device):
             logits = forward_with(self.net, self.flat, None, xb, arch)

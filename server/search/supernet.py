@@ -9,10 +9,15 @@ exact and cheap (the single-path / channel-masking idea of Single-Path NAS and F
   outputs equals projecting the hidden activations times the mask ``sum_e P_e * 1[c < in * e]``;
 - depth: ``P_keep * (x + block(x)) + P_skip * x = x + P_keep * block(x)``.
 So the mixed block costs about as much as the largest candidate, not the sum of all nine.
+
+A *sampled* sub-model (`SubModel`, what the controller strategy draws) runs on the slices alone: the
+chosen kernel taps and hidden channels, skipped blocks not at all. It computes exactly what the one-hot
+mixture computes, at the sub-model's own cost in time and memory.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,6 +28,25 @@ from server.search.models import BlockSpec, Layout, ModelArgs, block_params, bn_
 from server.search.space import Choice
 
 Probs = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SubModel:
+    """One candidate architecture: choice name -> index of the chosen candidate."""
+
+    picks: dict[str, int]
+
+    def get(self, name: str, default: int = 0) -> int:
+        """The chosen index of `name` (`default` when the space has no such choice)."""
+        return self.picks.get(name, default)
+
+
+Arch = Probs | SubModel
+
+
+def detached(arch: Arch) -> Arch:
+    """The architecture with its probabilities cut from the autograd graph (a `SubModel` as it is)."""
+    return arch if isinstance(arch, SubModel) else {k: v.detach() for k, v in arch.items()}
 
 
 def _values(arch: dict[str, Choice], name: str, default: tuple) -> tuple:
@@ -62,8 +86,10 @@ class MixedBlock(nn.Module):
             masks.append(line if self.dims == 1 else line[:, None] * line[None, :])
         return torch.stack(masks)
 
-    def forward(self, x: torch.Tensor, probs: Probs) -> torch.Tensor:
-        """The encoding-weighted mixture of every candidate of this block."""
+    def forward(self, x: torch.Tensor, probs: Arch) -> torch.Tensor:
+        """The encoding-weighted mixture of every candidate of this block (or one sampled candidate)."""
+        if isinstance(probs, SubModel):
+            return self._forward_sub(x, probs)
         p_exp = probs.get(self.prefix + "expansion", torch.ones(1, device=x.device))
         hidden = torch.tensordot(p_exp, self.channel_masks, 1)
         if self.family == "mlp":
@@ -82,6 +108,27 @@ class MixedBlock(nn.Module):
         p_depth = probs.get(self.prefix + "depth")
         return x + (y if p_depth is None else p_depth[0] * y)
 
+    def _forward_sub(self, x: torch.Tensor, sub: SubModel) -> torch.Tensor:
+        """The sampled candidate alone, on slices of the shared weights."""
+        if self.spec.residual and sub.get(self.prefix + "depth") != 0:  # candidate 0 is keep
+            return x
+        hid = self.spec.in_ch * self.expansions[sub.get(self.prefix + "expansion")]
+        if self.family == "mlp":
+            h = F.relu(_bn(F.linear(x, self.expand.weight[:hid]), self.bn1, hid))
+            y = _bn(F.linear(h, self.project.weight[:, :hid]), self.bn3)
+        else:
+            k = self.kernels[sub.get(self.prefix + "kernel")]
+            lo = (max(self.kernels) - k) // 2
+            conv = F.conv1d if self.dims == 1 else F.conv2d
+            taps = self.dw.weight[:hid, :, lo:lo + k]
+            if self.dims == 2:
+                taps = taps[..., lo:lo + k]
+            h = F.relu6(_bn(conv(x, self.expand.weight[:hid]), self.bn1, hid))
+            h = conv(h, taps, None, self.spec.stride, k // 2, 1, hid)
+            h = F.relu6(_bn(h, self.bn2, hid))
+            y = _bn(conv(h, self.project.weight[:, :hid]), self.bn3)
+        return x + y if self.spec.residual else y
+
     def expected_params(self, probs: Probs) -> torch.Tensor:
         """Expected parameter count of this block under the architecture encoding."""
         device = self.channel_masks.device
@@ -97,6 +144,16 @@ class MixedBlock(nn.Module):
         cost = block_params(self.family, self.spec.in_ch, self.spec.out_ch, taps, hidden)
         p_depth = probs.get(self.prefix + "depth")
         return cost if p_depth is None else p_depth[0] * cost
+
+
+def _bn(x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, channels: int | None = None) -> torch.Tensor:
+    """`bn` on the first `channels` channels (its running statistics are updated in place, as `bn` does)."""
+    n = channels or bn.num_features
+    mean, var = bn.running_mean, bn.running_var
+    if bn.training and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+    return F.batch_norm(x, None if mean is None else mean[:n], None if var is None else var[:n],
+                        bn.weight[:n], bn.bias[:n], bn.training, bn.momentum or 0.0, bn.eps)
 
 
 class SuperNet(nn.Module):
@@ -127,8 +184,8 @@ class SuperNet(nn.Module):
         self.classifier = nn.Linear(width, num_classes)
         self._fixed = sum(p.numel() for p in (*self.stem.parameters(), *self.classifier.parameters()))
 
-    def forward(self, x: torch.Tensor, probs: Probs) -> torch.Tensor:
-        """Logits of the combined model mixed by the architecture encoding `probs`."""
+    def forward(self, x: torch.Tensor, probs: Arch) -> torch.Tensor:
+        """Logits of the combined model mixed by the architecture encoding `probs` (or of a `SubModel`)."""
         h = self.stem((x - self.norm_mean) / self.norm_std)
         for block in self.blocks:
             h = block(h, probs)

@@ -10,7 +10,7 @@ from torch import nn
 
 from server.search.defaults import default_space
 from server.search.models import LAYOUTS, build_model, count_params, model_args_for
-from server.search.supernet import SuperNet, child_state_dict
+from server.search.supernet import SubModel, SuperNet, child_state_dict
 
 SHAPES = {"conv1d": (1, 40), "conv2d": (1, 8, 8), "mlp": (6,)}
 MODALITY = {"conv1d": "signal", "conv2d": "image", "mlp": "tabular"}
@@ -50,6 +50,36 @@ def test_every_candidate_is_a_sub_model_of_the_supernet(family: str, seed: int) 
         net.train(train)
         child.train(train)
         torch.testing.assert_close(net(x, _one_hot(space, arch)), child(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["conv1d", "conv2d", "mlp"])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_a_sampled_sub_model_computes_what_its_one_hot_mixture_computes(family: str, seed: int) -> None:
+    """The controller's sliced path: same outputs, same gradients, same running statistics."""
+    space, arch = _random_arch(family, seed)
+    picks = SubModel({c.name: list(c.candidates).index(arch[c.name]) for c in space.arch})
+    torch.manual_seed(seed)
+    mixed = SuperNet(LAYOUTS[family], space.arch, SHAPES[family], 10)
+    _randomise_bn(mixed)
+    sliced = SuperNet(LAYOUTS[family], space.arch, SHAPES[family], 10)
+    sliced.load_state_dict(mixed.state_dict())
+    x = torch.randn(7, *SHAPES[family]) * 3
+    for train in (True, False):
+        mixed.train(train)
+        sliced.train(train)
+        mixed.zero_grad()
+        sliced.zero_grad()
+        out_mixed, out_sliced = mixed(x, _one_hot(space, arch)), sliced(x, picks)
+        torch.testing.assert_close(out_sliced, out_mixed, rtol=1e-4, atol=1e-5)
+        out_mixed.square().sum().backward()
+        out_sliced.square().sum().backward()
+        for (name, a), b in zip(mixed.named_parameters(), sliced.parameters(), strict=True):
+            torch.testing.assert_close(b.grad if b.grad is not None else torch.zeros_like(a), a.grad,
+                                       rtol=1e-4, atol=1e-5, msg=name)
+    args = model_args_for(LAYOUTS[family], SHAPES[family], 10, arch)
+    mixed_child, sliced_child = child_state_dict(mixed, arch, args), child_state_dict(sliced, arch, args)
+    for name, value in mixed_child.items():  # the sub-model's own running statistics moved alike
+        torch.testing.assert_close(sliced_child[name], value, msg=name)
 
 
 @pytest.mark.parametrize("family", ["conv1d", "conv2d", "mlp"])
