@@ -75,12 +75,13 @@ def probe(strategy: str, batch: int, steps: int, device: str = "cpu") -> dict[st
     base, sampler = {"rss": 0.0}, _PeakRss()
 
     def on_progress(event: Any) -> None:
-        if event.stage == "search":
-            marks.append(time.perf_counter())
-            if len(marks) == 1:
-                base["rss"] = _rss_mib()
-                sampler.start()
-        elif event.stage == "retrain":
+        if event.stage != "search":
+            return
+        marks.append(time.perf_counter())
+        if len(marks) == 1:
+            base["rss"] = _rss_mib()
+            sampler.start()
+        if len(marks) == steps:  # before the final checkpoint and the evaluation of the derived model
             sampler.stop()
 
     config = SearchConfig(dataset="mnist1d", strategy=strategy, steps=steps, warmup_fraction=0.0,

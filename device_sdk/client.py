@@ -347,6 +347,10 @@ def map_rpc_error(exc: grpc.RpcError, method: str, address: str) -> ServerError:
         return ServerUnavailableError(
             f"server {address} unreachable ({message}); local data is kept", code.name
         )
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" not in (details or ""):
+        # the server is at its limit of open streams or calls: retryable, unlike an oversized message
+        return ServerUnavailableError(f"server {address} busy ({message}); retry later, local data is kept",
+                                      code.name)
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return AuthenticationError(message, code.name)
     if code == grpc.StatusCode.NOT_FOUND:

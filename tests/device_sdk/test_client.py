@@ -318,6 +318,11 @@ def test_status_codes_map_to_sdk_errors() -> None:
     assert isinstance(map_rpc_error(Failed(grpc.StatusCode.NOT_FOUND, "no model"), "X", "a"), NotFoundError)
     error = map_rpc_error(Failed(grpc.StatusCode.FAILED_PRECONDITION, "no active consent"), "X", "a")
     assert isinstance(error, ConsentRequiredError) and error.code == "FAILED_PRECONDITION"
+    busy = map_rpc_error(Failed(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many open streams"), "X", "a")
+    assert isinstance(busy, ServerUnavailableError) and "busy" in str(busy)
+    too_big = map_rpc_error(Failed(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   "Received message larger than max (9 vs. 4)"), "X", "a")
+    assert not isinstance(too_big, ServerUnavailableError)
 
 
 def test_a_revocation_made_offline_reaches_the_server_first(
