@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,39 @@ def test_a_single_process_comm_is_a_no_op() -> None:
     assert torch.equal(comm.mean_(t), torch.tensor([1.0, 2.0])) and comm.flags(True, False) == (True, False)
     assert comm.share(64, minimum=8) == 64 and comm.rank_seed(5) == 5
     assert Comm(rank=1, world_size=4).share(16, minimum=8) == 8
+
+
+def test_ranks_exit_when_the_job_worker_dies(tmp_path: Path, toy_signal_npz: Path) -> None:
+    """A killed server (and so job worker) must not leave torchrun or its ranks searching."""
+    out = tmp_path / "orphan-run"
+    script = ("from server import multiworker; from server.search import SearchConfig; "
+              f"c = SearchConfig(dataset={str(toy_signal_npz)!r}, steps=100000, retrain_steps=1, "
+              "batch_size=16, device='cpu', strategy='reinforce', samples=2); "
+              f"multiworker.run(c, {str(out)!r}, 2, lambda e: None, lambda: False)")
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    progress = out / multiworker.PROGRESS
+    deadline = time.monotonic() + 120
+    while not (progress.exists() and progress.stat().st_size > 0):
+        assert time.monotonic() < deadline and parent.poll() is None, "the search never started"
+        time.sleep(0.2)
+    assert _processes_naming(out)  # torchrun and both ranks are running
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while _processes_naming(out) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _processes_naming(out)
+
+
+def _processes_naming(path: Path) -> list[int]:
+    """Live processes whose command line mentions `path`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            status = (proc / "status").read_text()
+        except (OSError, ValueError):
+            continue
+        if str(path).encode() in cmdline and "\nState:\tZ" not in status:
+            found.append(int(proc.name))
+    return found
