@@ -1,6 +1,6 @@
 """Benchmark the two search strategies and multi-worker search (issue 8).
 
-Writes the `strategies` section of bench/RESULTS.md and `bench/strategies.png`:
+Writes the `strategies: cost|accuracy|scaling` sections of bench/RESULTS.md and `bench/strategies.png`:
 
 1. cost per step: time per step and peak memory of the differentiable mixture vs the REINFORCE
    controller on the same MNIST-1D space, at two batch sizes, every step with both iterations (no
@@ -212,8 +212,15 @@ def plot(cost_rows: list[dict[str, Any]], path: Path = PLOT) -> None:
     plt.close(fig)
 
 
+def _write(part: str, options: str, table: str, quick: bool) -> None:
+    """One part's section of RESULTS.md (`strategies: <part>`)."""
+    body = f"load average when it finished: {os.getloadavg()[0]:.1f}\n\n{table}"
+    write_section(f"strategies: {part}" + (" (quick)" if quick else ""),
+                  f"python -m bench.bench_strategies {options}", body)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the chosen parts and write the `strategies` section."""
+    """Run the chosen parts; each writes its own section."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", nargs="+", default=["cost", "accuracy", "scaling"],
@@ -225,20 +232,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.probe:
         print(json.dumps(probe(args.probe[0], int(args.probe[1]), int(args.probe[2]))))
         return 0
-    q = args.quick
-    parts: dict[str, str] = {}
+    q, suffix = args.quick, " --quick" if args.quick else ""
     if "cost" in args.parts:
         rows = cost((128, 512), 6 if q else 30)
         plot(rows)
-        parts["cost"] = "### Cost per step\n\n" + _cost_table(rows) + "\n\n![strategies](strategies.png)\n"
+        _write("cost", f"--parts cost{suffix}", _cost_table(rows) + "\n\n![strategies](strategies.png)", q)
     if "accuracy" in args.parts:
         rows = accuracy(tuple(args.seeds), 8 if q else 300, 8 if q else 1500)
-        parts["accuracy"] = "### Accuracy on MNIST-1D (defaults)\n\n" + _accuracy_table(rows)
+        seeds = " ".join(map(str, args.seeds))
+        _write("accuracy", f"--parts accuracy --seeds {seeds}{suffix}", _accuracy_table(rows), q)
     if "scaling" in args.parts:
-        parts["scaling"] = "### 2 workers vs 1\n\n" + _scaling_table(scaling(6 if q else 40))
-    body = f"load average at the end: {os.getloadavg()[0]:.1f}\n\n" + "\n\n".join(parts.values())
-    command = "python -m bench.bench_strategies" + (" --quick" if q else "")
-    write_section("strategies" + ("-quick" if q else ""), command, body)
+        _write("scaling", f"--parts scaling{suffix}", _scaling_table(scaling(6 if q else 40)), q)
     return 0
 
 

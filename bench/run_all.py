@@ -12,6 +12,7 @@ BENCHMARKS = [
     ["bench.bench_load"],
     ["bench.bench_sdk"],
     ["bench.bench_compare"],
+    ["bench.bench_strategies", "--seeds", "0", "1"],
 ]
 
 
