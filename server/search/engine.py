@@ -151,9 +151,15 @@ class Searcher:
     def _sync_buffers(self) -> None:
         """Average batch-norm running statistics across workers (each saw its own batches)."""
         if self.comm.active:
-            for buffer in self.net.buffers():
-                if buffer.is_floating_point():
-                    self.comm.mean_(buffer)
+            buffers = [b for name, b in self.net.named_buffers() if "running_" in name]
+            self._mean_in_place(buffers)
+
+    def _mean_in_place(self, tensors: list[torch.Tensor]) -> None:
+        """Average tensors across workers with one all-reduce."""
+        flat = self.comm.mean_(torch.cat([t.reshape(-1) for t in tensors]))
+        with torch.no_grad():
+            for t, part in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
+                t.copy_(part.view_as(t))
 
     def _update_encodings(self, objective: torch.Tensor) -> float:
         """One Adam step of the encodings on `objective`, gradients averaged over workers; the grad norm."""
@@ -161,9 +167,7 @@ class Searcher:
         objective.backward()
         grads = [g.grad for g in self.logits.values()]
         if self.comm.active:
-            flat = self.comm.mean_(torch.cat([g.reshape(-1) for g in grads]))
-            for g, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
-                g.copy_(part.view_as(g))
+            self._mean_in_place(grads)
         grad_norm = math.sqrt(sum(float((g**2).sum()) for g in grads))
         self.encoding_opt.step()
         return grad_norm
