@@ -101,12 +101,17 @@ class ServerClient:
         """This device's id once registered (kept across restarts)."""
         return self.outbox.get("device_id")
 
-    def register(self, *, force: bool = False) -> str:
-        """Register this device (once; kept across restarts unless `force`); returns the device id."""
+    def register(self, *, force: bool = False, enrollment_ticket: str = "") -> str:
+        """Register this device (once; kept across restarts unless `force`); returns the device id.
+
+        `enrollment_ticket`: from the app's backend, when the server requires one (it then proves that
+        this device may act for `user_id`); AuthenticationError when it is missing, forged or expired.
+        """
         if self.device_id and not force:
             return self.device_id
         request = pb.RegisterDeviceRequest(
-            app_id=self.app_id, user_id=self.user_id, device_name=self.device_name
+            app_id=self.app_id, user_id=self.user_id, device_name=self.device_name,
+            enrollment_ticket=enrollment_ticket,
         )
         reply = self._call("RegisterDevice", request, auth=False)
         self.outbox.set("device_id", reply.device_id)

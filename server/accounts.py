@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from server.domain import Consent, Device, Task, now
-from server.errors import NotFound, Unauthenticated
+from server.enrollment import TicketError, check_ticket
+from server.errors import NotFound, PermissionDenied, Unauthenticated
 from server.store import Store
 from server.tokens import device_id_of, hash_token, matches, new_device_token, new_id
 from server.validate import check_id, check_text
@@ -54,21 +55,44 @@ def _revoke_now(app_id: str, user_id: str, purpose: str,
 class Accounts:
     """Registers devices, authenticates tokens, and records consent grants and revocations."""
 
-    def __init__(self, store: Store, operator_token: str, revoke_hook: RevokeHook = _revoke_now) -> None:
+    def __init__(self, store: Store, operator_token: str, revoke_hook: RevokeHook = _revoke_now,
+                 enrollment_keys: Mapping[str, str] | None = None) -> None:
         self._store = store
         self._operator_hash = hash_token(operator_token)  # the plain token is not kept
         self._revoke_hook = revoke_hook
+        self._enrollment_keys = None if enrollment_keys is None else dict(enrollment_keys)
 
-    def register_device(self, app_id: str, user_id: str, name: str) -> tuple[Device, str]:
-        """Register a device for an app's user; returns it and its token (shown once, stored hashed)."""
+    @property
+    def open_registration(self) -> bool:
+        """Whether any caller may register a device for any user id (no enrollment keys configured)."""
+        return self._enrollment_keys is None
+
+    def register_device(self, app_id: str, user_id: str, name: str, ticket: str = "") -> tuple[Device, str]:
+        """Register a device for an app's user; returns it and its token (shown once, stored hashed).
+
+        With enrollment keys configured, `ticket` must be a valid enrollment ticket for exactly this app
+        and user (see `server.enrollment`).
+        """
         check_id("app_id", app_id)
         check_id("user_id", user_id)
         check_text("device_name", name)
+        self._check_enrollment(app_id, user_id, ticket)
         device_id = new_id("dev")
         token = new_device_token(device_id)
         device = Device(device_id, app_id, user_id, name, hash_token(token), now())
         self._store.add_device(device)
         return device, token
+
+    def _check_enrollment(self, app_id: str, user_id: str, ticket: str) -> None:
+        if self._enrollment_keys is None:
+            return
+        secret = self._enrollment_keys.get(app_id)
+        if secret is None:
+            raise PermissionDenied(f"app_id: {app_id!r} has no enrollment key on this server")
+        try:
+            check_ticket(secret, ticket, app_id, user_id)
+        except TicketError as e:
+            raise (PermissionDenied if e.wrong_subject else Unauthenticated)(str(e)) from e
 
     def authenticate(self, token: str) -> Principal:
         """The principal a bearer token belongs to; Unauthenticated if it belongs to no one."""

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from proto.autohas.v1 import personalization_pb2 as pb
 from proto.autohas.v1 import personalization_pb2_grpc as pb_grpc
+from server import enrollment
 from server.accounts import Accounts
 from server.api.device import DeviceServicer
 from server.api.guards import MessageInterceptor, StreamInterceptor
@@ -88,6 +89,10 @@ class App:
 
 def build_app(config: ServerConfig) -> App:
     """The core objects over `config.data_dir` (locked, so a second server on it fails fast)."""
+    keys = None if config.enrollment_keys is None else enrollment.load_keys(config.enrollment_keys)
+    if keys is None:
+        log.warning("open registration: no enrollment keys, so anyone knowing a user id can register as "
+                    "that user (give --enrollment-keys in production)")
     lock = _lock_data_dir(config.data_dir)
     try:
         store = open_store(config.store, config.data_dir)
@@ -97,7 +102,7 @@ def build_app(config: ServerConfig) -> App:
     jobs = JobManager(store, config.data_dir / "jobs", config.engine, config.search_device,
                       config.max_running_jobs, config.max_watch_streams, config.search_workers)
     models = ModelRegistry(store, config.data_dir / "models", config.engine, config.download_chunk_bytes)
-    return App(config, store, Accounts(store, config.operator_token, jobs.revoke),
+    return App(config, store, Accounts(store, config.operator_token, jobs.revoke, keys),
                Examples(store, config.max_batch_examples), jobs, models, health.HealthServicer(), lock)
 
 

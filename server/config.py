@@ -39,12 +39,16 @@ class ServerConfig:
     # Worker processes per search (torchrun ranks: gloo on CPU, one GPU each with CUDA); each does 1/N of
     # every step and they average gradients. More than one needs that many GPUs with CUDA.
     search_workers: int = 1
+    # JSON {app_id: secret}, chmod 600: RegisterDevice then needs an enrollment ticket from the app's backend
+    # (server/enrollment.py). None: open registration, for development (anyone knowing a user id can
+    # register as that user).
+    enrollment_keys: Path | None = None
     engine: str = "server.engine"  # module implementing `run_job` / `export_bundle` (see server.engine)
     store: str = "sqlite"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
-        for name in ("tls_cert", "tls_key", "tls_client_ca"):
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "enrollment_keys"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))

@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-streams", type=int, default=0,
                         help="streams waiting on their peers at once (0: all threads but a quarter)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="search device")
+    parser.add_argument("--enrollment-keys", type=Path,
+                        help="JSON {app_id: secret} (chmod 600): devices register only with a ticket from "
+                             "their app's backend (server/enrollment.py); without it registration is open")
     parser.add_argument("--search-workers", type=int, default=1,
                         help="worker processes per search under torchrun (one GPU each with CUDA)")
     parser.add_argument("--engine", default="server.engine",
@@ -63,7 +66,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[ServerConfig, str]:
                           tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
                           max_message_bytes=int(args.max_message_mb * MIB),
                           max_running_jobs=args.max_running_jobs, search_device=args.device,
-                          search_workers=args.search_workers,
+                          search_workers=args.search_workers, enrollment_keys=args.enrollment_keys,
                           engine=args.engine, rpc_threads=args.rpc_threads, max_streams=args.max_streams)
     return config, source
 

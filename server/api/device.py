@@ -25,7 +25,8 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
 
     def RegisterDevice(self, request: pb.RegisterDeviceRequest,
                        context: Ctx) -> pb.RegisterDeviceResponse:
-        device, token = self._accounts.register_device(request.app_id, request.user_id, request.device_name)
+        device, token = self._accounts.register_device(request.app_id, request.user_id, request.device_name,
+                                                       request.enrollment_ticket)
         return pb.RegisterDeviceResponse(device_id=device.device_id, device_token=token)
 
     def GrantConsent(self, request: pb.GrantConsentRequest, context: Ctx) -> pb.Consent:

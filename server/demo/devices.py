@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from server.demo.report import UserOutcome
 TASK_ID = "gestures"
 PURPOSE = "personalization"
 APPS = ("com.example.gestures", "com.example.fitness")
+#: (app_id, user_id) -> enrollment ticket: what each app's own backend hands its signed-in users
+AppBackend = Callable[[str, str], str]
 
 
 @dataclass
@@ -34,13 +37,15 @@ class Device:
         self.client.close()
 
 
-def make_device(user: SimulatedUser, index: int, root: Path, address: str, consents: bool) -> Device:
-    """Set up a device for `user`: state on disk under `root/<user_id>`, registered with the server."""
+def make_device(user: SimulatedUser, index: int, root: Path, address: str, consents: bool,
+                app_backend: AppBackend) -> Device:
+    """Set up a device for `user`: state on disk under `root/<user_id>`, registered with the server
+    with an enrollment ticket from its app's backend."""
     app = APPS[index % len(APPS)]
     home = root / user.user_id
     client = ServerClient(address, home / "state", app_id=app, user_id=user.user_id,
                           device_name=f"phone-{index:02d}")
-    client.register()
+    client.register(enrollment_ticket=app_backend(app, user.user_id))
     runtime = "onnx" if index % 2 == 0 else "tflite"
     n_local = int(len(user.y) * 2 / 3)  # the rest is the user's own evaluation data, never uploaded
     outcome = UserOutcome(user.user_id, app, consented=consents)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import sys
 import time
@@ -14,10 +15,21 @@ from tqdm import tqdm
 from proto.autohas.v1 import personalization_pb2 as pb
 from server.app import make_server
 from server.config import ServerConfig
-from server.demo.devices import PURPOSE, TASK_ID, Device, consent_and_upload, make_device, personalise, revoke
+from server.demo.devices import (
+    APPS,
+    PURPOSE,
+    TASK_ID,
+    AppBackend,
+    Device,
+    consent_and_upload,
+    make_device,
+    personalise,
+    revoke,
+)
 from server.demo.operator import OperatorClient
 from server.demo.population import NUM_CLASSES, SIGNAL_LENGTH, make_population
 from server.demo.report import EncodingHistory
+from server.enrollment import mint_ticket
 
 FORMATS = ("onnx", "tflite", "onnx-int8", "tflite-int8")
 
@@ -68,17 +80,24 @@ def run_demo(config: DemoConfig) -> DemoOutcome:
     """Run the whole flow against a fresh loopback server; the server is stopped at the end."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    server_config = ServerConfig(data_dir=config.data_dir / "server", operator_token=token, port=config.port)
+    keys = {app: secrets.token_urlsafe(32) for app in APPS}  # each app's backend shares one with the server
+    keys_file = config.data_dir / "enrollment-keys.json"
+    keys_file.unlink(missing_ok=True)
+    keys_file.touch(mode=0o600)
+    keys_file.write_text(json.dumps(keys))
+    server_config = ServerConfig(data_dir=config.data_dir / "server", operator_token=token, port=config.port,
+                                 enrollment_keys=keys_file)
     handle = make_server(server_config)  # OSError when the port is taken
     handle.start()
     try:
         with OperatorClient(handle.address, token) as operator:
-            return _flow(config, handle.address, operator)
+            backend = lambda app, user: mint_ticket(keys[app], app, user)  # noqa: E731
+            return _flow(config, handle.address, operator, backend)
     finally:
         handle.stop(grace=2.0)
 
 
-def _flow(config: DemoConfig, address: str, operator: OperatorClient) -> DemoOutcome:
+def _flow(config: DemoConfig, address: str, operator: OperatorClient, app_backend: AppBackend) -> DemoOutcome:
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     operator.create_task(pb.Task(
@@ -86,8 +105,8 @@ def _flow(config: DemoConfig, address: str, operator: OperatorClient) -> DemoOut
         input_shape=[1, SIGNAL_LENGTH], input_dtype=pb.DTYPE_FLOAT32, num_classes=NUM_CLASSES,
         label_names=[str(c) for c in range(NUM_CLASSES)]))
     users = make_population(config.users, config.examples_per_user, seed=config.seed)
-    devices = [make_device(u, i, config.data_dir / "devices", address, decision(i, config.users) != "decline")
-               for i, u in enumerate(users)]
+    devices = [make_device(u, i, config.data_dir / "devices", address, decision(i, config.users) != "decline",
+                           app_backend) for i, u in enumerate(users)]
     for device in tqdm(devices, desc="devices: consent + upload", unit="device", file=sys.stderr):
         if device.outcome.consented:
             consent_and_upload(device)

@@ -20,6 +20,8 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "cost_weight": (float, "weight of the expected-parameter penalty"),
     "encoding_lr": (float, "learning rate of the encodings (Adam)"),
     "max_skips": (int, "cap on skipped blocks in the derived model"),
+    "encoding_tol": (float, "stop once no encoding probability moves more than this in 25 steps (0: never)"),
+    "samples": (int, "reinforce: (architecture, hyper-parameter) pairs sampled per step, all workers"),
     "seed": (int, "random seed"),
 }
 

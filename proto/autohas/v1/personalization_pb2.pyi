@@ -62,14 +62,16 @@ class Tensor(_message.Message):
     def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class RegisterDeviceRequest(_message.Message):
-    __slots__ = ("app_id", "user_id", "device_name")
+    __slots__ = ("app_id", "user_id", "device_name", "enrollment_ticket")
     APP_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    ENROLLMENT_TICKET_FIELD_NUMBER: _ClassVar[int]
     app_id: str
     user_id: str
     device_name: str
-    def __init__(self, app_id: _Optional[str] = ..., user_id: _Optional[str] = ..., device_name: _Optional[str] = ...) -> None: ...
+    enrollment_ticket: str
+    def __init__(self, app_id: _Optional[str] = ..., user_id: _Optional[str] = ..., device_name: _Optional[str] = ..., enrollment_ticket: _Optional[str] = ...) -> None: ...
 
 class RegisterDeviceResponse(_message.Message):
     __slots__ = ("device_id", "device_token")

@@ -1,0 +1,105 @@
+"""Enrollment tickets: with keys configured, only a device holding its app backend's ticket registers."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from device_sdk import ServerClient
+from device_sdk.errors import AuthenticationError
+from proto.autohas.v1 import personalization_pb2 as pb
+from server.app import make_server
+from server.config import ServerConfig
+from server.enrollment import TicketError, check_ticket, load_keys, mint_ticket
+from tests.fixtures.server_fixtures import APP_ID, PURPOSE, RunningServer, bearer, expect_error
+
+SECRET = "s" * 16 + secrets.token_urlsafe(24)
+OTHER_APP = "com.example.other"
+
+
+def _keys_file(tmp_path: Path, keys: dict[str, str], mode: int = 0o600) -> Path:
+    path = tmp_path / "enrollment.json"
+    path.write_text(json.dumps(keys))
+    os.chmod(path, mode)
+    return path
+
+
+def test_a_ticket_proves_exactly_its_app_user_and_lifetime() -> None:
+    ticket = mint_ticket(SECRET, APP_ID, "alice", ttl_s=60, now=1000.0)
+    check_ticket(SECRET, ticket, APP_ID, "alice", now=1059.0)
+    with pytest.raises(TicketError, match="expired"):
+        check_ticket(SECRET, ticket, APP_ID, "alice", now=1060.0)
+    with pytest.raises(TicketError, match="another app or user") as info:
+        check_ticket(SECRET, ticket, APP_ID, "bob", now=1001.0)
+    assert info.value.wrong_subject
+    with pytest.raises(TicketError, match="bad signature"):
+        check_ticket("x" * 40, ticket, APP_ID, "alice", now=1001.0)
+    version, payload, signature = ticket.split(".")
+    forged = mint_ticket("y" * 40, APP_ID, "bob", ttl_s=60, now=1000.0).split(".")[1]
+    with pytest.raises(TicketError, match="bad signature"):  # someone else's claims under alice's signature
+        check_ticket(SECRET, f"{version}.{forged}.{signature}", APP_ID, "bob", now=1001.0)
+    for bad in ("", "v1.abc", "v2." + payload + "." + signature, "v1.a.b.c", "x" * 5000):
+        with pytest.raises(TicketError):
+            check_ticket(SECRET, bad, APP_ID, "alice", now=1001.0)
+    with pytest.raises(ValueError, match="at least 32"):
+        mint_ticket("short", APP_ID, "alice")
+
+
+def test_keys_must_be_private_well_formed_and_long(tmp_path: Path) -> None:
+    assert load_keys(_keys_file(tmp_path, {APP_ID: SECRET})) == {APP_ID: SECRET}
+    with pytest.raises(ValueError, match="chmod 600"):
+        load_keys(_keys_file(tmp_path, {APP_ID: SECRET}, mode=0o644))
+    with pytest.raises(ValueError, match="shorter than 32"):
+        load_keys(_keys_file(tmp_path, {APP_ID: "short"}))
+    with pytest.raises(ValueError, match="app_id -> secret"):
+        load_keys(_keys_file(tmp_path, {APP_ID: 5}))  # type: ignore[dict-item]
+
+
+def test_a_server_with_keys_registers_only_ticket_holders(
+    tmp_path: Path, server_factory: Callable[..., RunningServer]
+) -> None:
+    s = server_factory(enrollment_keys=_keys_file(tmp_path, {APP_ID: SECRET}))
+
+    def register(user: str, ticket: str = "", app: str = APP_ID) -> pb.RegisterDeviceResponse:
+        return s.device.RegisterDevice(pb.RegisterDeviceRequest(app_id=app, user_id=user, device_name="p",
+                                                                enrollment_ticket=ticket))
+
+    assert "requires one" in expect_error(grpc.StatusCode.UNAUTHENTICATED, register, "alice")
+    assert "bad signature" in expect_error(grpc.StatusCode.UNAUTHENTICATED, register, "alice",
+                                           mint_ticket("z" * 40, APP_ID, "alice"))
+    assert "expired" in expect_error(grpc.StatusCode.UNAUTHENTICATED, register, "alice",
+                                     mint_ticket(SECRET, APP_ID, "alice", ttl_s=1, now=0))
+    bobs = mint_ticket(SECRET, APP_ID, "bob")
+    assert "another app or user" in expect_error(grpc.StatusCode.PERMISSION_DENIED, register, "alice", bobs)
+    assert "no enrollment key" in expect_error(grpc.StatusCode.PERMISSION_DENIED, register, "carol",
+                                               mint_ticket(SECRET, OTHER_APP, "carol"), OTHER_APP)
+    reply = register("alice", mint_ticket(SECRET, APP_ID, "alice"))
+    consent = s.device.GrantConsent(pb.GrantConsentRequest(purpose=PURPOSE, consent_text_version="v1"),
+                                    metadata=bearer(reply.device_token))
+    assert consent.user_id == "alice" and consent.active
+
+
+def test_the_sdk_registers_with_a_ticket(
+    tmp_path: Path, server_factory: Callable[..., RunningServer]
+) -> None:
+    s = server_factory(enrollment_keys=_keys_file(tmp_path, {APP_ID: SECRET}))
+    with ServerClient(s.address, tmp_path / "state", app_id=APP_ID, user_id="dana") as client:
+        with pytest.raises(AuthenticationError, match="enrollment_ticket"):
+            client.register()
+        assert client.device_id is None  # nothing half-registered is kept
+        device_id = client.register(enrollment_ticket=mint_ticket(SECRET, APP_ID, "dana"))
+        assert device_id and client.device_id == device_id
+
+
+def test_a_server_refuses_to_start_with_readable_keys(tmp_path: Path) -> None:
+    config = ServerConfig(data_dir=tmp_path / "data", operator_token=secrets.token_urlsafe(32),
+                          enrollment_keys=_keys_file(tmp_path, {APP_ID: SECRET}, mode=0o644))
+    with pytest.raises(ValueError, match="chmod 600"):
+        make_server(config)
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
