@@ -153,7 +153,11 @@ def test_stopping_criteria(tmp_path: Path, toy_signal_npz: Path, changes: dict, 
     assert result["search_steps"] < 20 and reason in result["stop_reason"]
 
 
-def test_a_clearly_too_large_learning_rate_loses_weight(tmp_path: Path, toy_signal_npz: Path) -> None:
+@pytest.mark.parametrize("strategy", ["differentiable", "reinforce"])
+def test_a_clearly_too_large_learning_rate_loses_weight(
+    tmp_path: Path, toy_signal_npz: Path, strategy: str
+) -> None:
+    """Both strategies, on real rewards: the controller scores one-step temporary weights."""
     hparams = (
         Choice("learning_rate", (0.05, 5.0), CONTINUOUS),  # 5.0 with momentum 0.9: clearly too large
         Choice("weight_decay", (0.0,), CONTINUOUS),
@@ -163,7 +167,8 @@ def test_a_clearly_too_large_learning_rate_loses_weight(tmp_path: Path, toy_sign
     )
     space = SearchSpace(arch_choices(LAYOUTS["conv1d"], fixed=True), hparams)
     result = run_search(
-        _toy(toy_signal_npz, steps=16, warmup_fraction=0.0, encoding_lr=0.1, space=space), tmp_path
+        _toy(toy_signal_npz, steps=16, warmup_fraction=0.0, encoding_lr=0.1, space=space, strategy=strategy,
+             samples=8), tmp_path
     )
     assert result["encodings"]["learning_rate"]["5.0"] < 0.3
     assert result["lr_trajectory"][-1] < result["lr_trajectory"][0]  # the searched schedule moved down
