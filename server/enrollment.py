@@ -5,7 +5,9 @@ as that user and upload in their name. With an enrollment key per app (a JSON fi
 given to the server, each secret at least 32 characters), the app's backend, which has signed its user in,
 mints a short-lived ticket for (app, user) with `mint_ticket`, the app passes it to the SDK's
 `register(enrollment_ticket=...)`, and the server accepts the registration only with a valid ticket. Every
-app then needs a key: an app missing from the file cannot register devices.
+app then needs a key: an app missing from the file cannot register devices. A ticket binds a user, not a
+device: until it expires (at most `MAX_TTL_S` after it is checked) it registers any device of that user
+(a phone and a tablet), so mint one per sign-in and keep them short-lived.
 
 Ticket: ``v1.<base64url JSON {"app", "user", "exp"}>.<base64url HMAC-SHA256(secret, "v1." + payload)>``.
 This module needs the standard library only, so an app backend can vendor it.
@@ -26,6 +28,7 @@ VERSION = "v1"
 MIN_SECRET_CHARS = 32
 MAX_TICKET_CHARS = 2048
 DEFAULT_TTL_S = 600
+MAX_TTL_S = 3600  # the server refuses tickets valid for longer: a leaked one must not last
 
 
 class TicketError(ValueError):
@@ -50,11 +53,11 @@ def _signature(secret: str, payload: str) -> str:
 
 def mint_ticket(secret: str, app_id: str, user_id: str, ttl_s: float = DEFAULT_TTL_S,
                 now: float | None = None) -> str:
-    """A ticket letting one device register as `user_id` of `app_id`, valid for `ttl_s` seconds."""
+    """A ticket letting devices register as `user_id` of `app_id`, valid for `ttl_s` seconds."""
     if len(secret) < MIN_SECRET_CHARS:
         raise ValueError(f"secret: needs at least {MIN_SECRET_CHARS} characters")
-    if ttl_s <= 0:
-        raise ValueError(f"ttl_s: must be positive, got {ttl_s}")
+    if not 0 < ttl_s <= MAX_TTL_S:
+        raise ValueError(f"ttl_s: must be in (0, {MAX_TTL_S}], got {ttl_s}")
     expires = int((time.time() if now is None else now) + ttl_s)
     claims = {"app": app_id, "user": user_id, "exp": expires}
     payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
@@ -66,7 +69,7 @@ def check_ticket(secret: str, ticket: str, app_id: str, user_id: str, now: float
     if not ticket:
         raise TicketError(f"enrollment_ticket: app {app_id!r} requires one from its backend")
     parts = ticket.split(".")
-    if len(ticket) > MAX_TICKET_CHARS or len(parts) != 3 or parts[0] != VERSION:
+    if len(ticket) > MAX_TICKET_CHARS or not ticket.isascii() or len(parts) != 3 or parts[0] != VERSION:
         raise TicketError("enrollment_ticket: malformed")
     payload, signature = parts[1], parts[2]
     if not hmac.compare_digest(signature, _signature(secret, payload)):
@@ -76,8 +79,11 @@ def check_ticket(secret: str, ticket: str, app_id: str, user_id: str, now: float
         subject, expires = (str(claims["app"]), str(claims["user"])), float(claims["exp"])
     except (ValueError, KeyError, TypeError) as e:
         raise TicketError("enrollment_ticket: malformed") from e
-    if (time.time() if now is None else now) >= expires:
+    at = time.time() if now is None else now
+    if at >= expires:
         raise TicketError("enrollment_ticket: expired")
+    if expires - at > MAX_TTL_S:
+        raise TicketError(f"enrollment_ticket: valid for more than {MAX_TTL_S} s; mint short-lived tickets")
     if subject != (app_id, user_id):
         raise TicketError("enrollment_ticket: issued for another app or user", wrong_subject=True)
 

@@ -30,10 +30,13 @@ class WorkersFailed(RuntimeError):
 
 
 def run(config: Any, out_dir: str | Path, workers: int, on_progress: Callable[[dict[str, Any]], None],
-        should_stop: Callable[[], bool]) -> dict[str, Any]:
+        should_stop: Callable[[], bool], threads: int = 0) -> dict[str, Any]:
     """Run `config` (a `SearchConfig`) in `workers` processes; rank 0's result.json dict.
 
-    Raises `server.engine.Cancelled` when `should_stop()` turned true, `WorkersFailed` otherwise.
+    torchrun runs in its own session, so a terminal's Ctrl-C reaches the caller only, whose
+    `should_stop()` then stops every rank at the same step after a checkpoint. `threads`: torch threads
+    per worker (0: torchrun's default, 1). Raises `server.engine.Cancelled` when stopped, `WorkersFailed`
+    when the workers end without a result.
     """
     from server.engine import Cancelled
 
@@ -44,8 +47,10 @@ def run(config: Any, out_dir: str | Path, workers: int, on_progress: Callable[[d
     (out / "workers.config.json").write_text(json.dumps(config.to_json()))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={workers}",
                "-m", "server.multiworker", "--out", str(out), "--parent-pid", str(os.getpid())]
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads > 0 else {})}
     with open(out / LOG, "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env=env, start_new_session=True)
     progress = _Tail(out / PROGRESS)
     while process.poll() is None:
         for event in progress.read():
@@ -91,18 +96,23 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _started(pid: int) -> str | None:
+    """When process `pid` started (field 22 of /proc/<pid>/stat), None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
 def _exit_when_gone(pid: int, period: float = 0.5) -> None:
-    """Exit this rank when process `pid` (the job worker) no longer exists."""
+    """Exit this rank when process `pid` (the job worker) is gone, even if its pid was reused since."""
+    started = _started(pid)
 
     def watch() -> None:
-        while True:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                os._exit(3)
-            except PermissionError:  # exists, owned by someone else (pid reused): keep going
-                pass
+        while _started(pid) == started is not None:
             time.sleep(period)
+        os._exit(3)
 
     threading.Thread(target=watch, name="job-worker-watch", daemon=True).start()
 

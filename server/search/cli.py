@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 from server.search.config import DEVICES, MODES, STRATEGIES, SearchConfig
@@ -59,45 +61,29 @@ def main(argv: list[str] | None = None) -> int:
     return run(parser.parse_args(argv))
 
 
+class _Exit(Exception):
+    """Ends the command with an exit code and a message for stderr."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the search; exit code 0, 2 on a bad dataset or option, 130 when interrupted."""
+    """Run the search; exit 0, 2 on a bad dataset or option, 1 when workers fail, 130 when interrupted."""
     from server.search.distributed import launched_by_torchrun
-    from server.search.runner import SearchCancelled, run_search
 
-    if args.workers < 1:
-        print(f"autohas search: error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
-        return 2
-    if args.workers > 1 and not launched_by_torchrun():
-        return _torchrun(args)
-
-    try:
-        config = SearchConfig(
-            dataset=args.dataset,
-            mode=args.mode,
-            strategy=args.strategy,
-            device=args.device,
-            **{name: getattr(args, name) for name in _FLAGS},
-        )
-    except ValueError as exc:
-        print(f"autohas search: error: {exc}", file=sys.stderr)
-        return 2
-    if args.threads > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
     interrupted = {"flag": False}
     previous = signal.signal(signal.SIGINT, lambda *_: interrupted.update(flag=True))
     bar = _ProgressBar(disabled=args.quiet)
     try:
-        result = run_search(config, args.out, on_progress=bar.update, should_stop=lambda: interrupted["flag"])
-    except ValueError as exc:
-        bar.close()
-        print(f"autohas search: error: {exc}", file=sys.stderr)
-        return 2
-    except SearchCancelled as exc:
+        config = _config(args)
+        search = _with_workers if args.workers > 1 and not launched_by_torchrun() else _in_process
+        result = search(config, args, bar, lambda: interrupted["flag"])
+    except _Exit as exc:
         bar.close()
         print(f"autohas search: {exc}", file=sys.stderr)
-        return 130
+        return exc.code
     finally:
         signal.signal(signal.SIGINT, previous)
     bar.close()
@@ -106,18 +92,49 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _torchrun(args: argparse.Namespace) -> int:
-    """Run the same search in `args.workers` processes under torchrun; its exit code."""
-    import subprocess
+def _config(args: argparse.Namespace) -> SearchConfig:
+    if args.workers < 1:
+        raise _Exit(2, f"error: --workers must be >= 1, got {args.workers}")
+    try:
+        return SearchConfig(dataset=args.dataset, mode=args.mode, strategy=args.strategy, device=args.device,
+                            **{name: getattr(args, name) for name in _FLAGS})
+    except ValueError as exc:
+        raise _Exit(2, f"error: {exc}") from exc
 
-    options = ["--dataset", args.dataset, "--mode", args.mode, "--strategy", args.strategy,
-               "--device", args.device, "--out", args.out, "--threads", str(args.threads)]
-    for name in _FLAGS:
-        options += ["--" + name.replace("_", "-"), str(getattr(args, name))]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={args.workers}", "-m", "server.search.cli", *options,
-               *(["--quiet"] if args.quiet else [])]
-    return subprocess.call(command)
+
+def _in_process(config: SearchConfig, args: argparse.Namespace, bar: _ProgressBar,
+                should_stop: Callable[[], bool]) -> dict[str, Any]:
+    """The search in this process (also each rank's part under torchrun)."""
+    from server.search.runner import SearchCancelled, run_search
+
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        return run_search(config, args.out, on_progress=bar.update, should_stop=should_stop)
+    except ValueError as exc:
+        raise _Exit(2, f"error: {exc}") from exc
+    except SearchCancelled as exc:
+        raise _Exit(130, str(exc)) from exc
+
+
+def _with_workers(config: SearchConfig, args: argparse.Namespace, bar: _ProgressBar,
+                  should_stop: Callable[[], bool]) -> dict[str, Any]:
+    """The search in `args.workers` processes under torchrun (see `server.multiworker`); Ctrl-C reaches
+    this process only, which asks rank 0 to checkpoint and stop all ranks at the same step."""
+    from server import multiworker
+    from server.engine import Cancelled
+
+    def report(event: dict[str, Any]) -> None:
+        bar.update(SimpleNamespace(**event))
+
+    try:
+        return multiworker.run(config, args.out, args.workers, report, should_stop, threads=args.threads)
+    except Cancelled as exc:
+        raise _Exit(130, str(exc)) from exc
+    except multiworker.WorkersFailed as exc:
+        raise _Exit(1, f"error: {exc}") from exc
 
 
 def _summary(result: dict[str, Any], out: str) -> str:

@@ -5,7 +5,7 @@ torchrun itself) runs the same search in N processes: gloo on CPU, NCCL on GPUs 
 LOCAL_RANK), several nodes alike with torchrun's `--nnodes`. Every rank samples its own batches (and, for
 the controller, its own pairs) and does 1/N of each step's work; the gradients of the shared weights and of
 the encodings are averaged across ranks, so every rank holds the same weights and encodings after every
-step. Only rank 0 writes checkpoints and results (resuming needs its run directory on every node).
+step. Only rank 0 reads and writes the run directory (it sends a resumed checkpoint to the others).
 
 `Comm` is the whole interface the search uses; a single process gets `Comm()` and every call is a no-op.
 """
@@ -62,13 +62,13 @@ class Comm:
         dist.broadcast(t, src=0)
         return tuple(bool(v) for v in t.tolist())
 
-    def text(self, value: str) -> str:
-        """Rank 0's string, on every rank."""
+    def from_main(self, obj: Any) -> Any:
+        """Rank 0's `obj` (any picklable value, tensors included), on every rank."""
         if not self.active:
-            return value
-        box = [value]
+            return obj
+        box = [obj]
         dist.broadcast_object_list(box, src=0)
-        return str(box[0])
+        return box[0]
 
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's `obj`, in rank order, on every rank."""
@@ -79,8 +79,8 @@ class Comm:
         return out
 
     def share(self, n: int, minimum: int = 1) -> int:
-        """This rank's part of a per-step amount `n` (at least `minimum`)."""
-        return max(minimum, n // self.world_size)
+        """This rank's part of a per-step amount `n`: the parts add up to `n` (unless raised to `minimum`)."""
+        return max(minimum, n // self.world_size + int(self.rank < n % self.world_size))
 
     def rank_seed(self, seed: int) -> int:
         """The data-sampling seed of this rank."""

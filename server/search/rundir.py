@@ -32,20 +32,20 @@ def save_checkpoint(out: Path, searcher: Searcher, config: SearchConfig, seconds
     tmp.replace(out / CHECKPOINT)
 
 
-def load_checkpoint(out: Path, searcher: Searcher, config: SearchConfig
-                    ) -> tuple[float, bool, list[torch.Tensor]]:
-    """Restore `searcher` from search.pt if there is one.
+def read_checkpoint(out: Path, config: SearchConfig) -> dict[str, Any] | None:
+    """search.pt's content if there is one (ValueError if it was written under another config).
 
-    Returns (seconds searched so far, done, the workers' generator states in rank order or []).
+    Keys: `searcher` (for `Searcher.load_state_dict`), `search_seconds`, `done`, `rank_gens` (the workers'
+    data-sampling generator states in rank order; [] before multi-worker support).
     """
     path = out / CHECKPOINT
     if not path.exists():
-        return 0.0, False, []
+        return None
     state = torch.load(path, map_location="cpu", weights_only=True)  # generator states must stay on CPU
     if state["config"] != config.to_json():
         raise ValueError(f"{path} holds a search with a different config; use a new output directory")
-    searcher.load_state_dict(state["searcher"])
-    return float(state["search_seconds"]), bool(state["done"]), list(state.get("rank_gens", []))
+    state.setdefault("rank_gens", [])
+    return state
 
 
 def write_run(out: Path, result: dict[str, Any], model: nn.Module, args: ModelArgs, searcher: Searcher,

@@ -22,10 +22,13 @@ from server.search.engine import Batches, Searcher
 from server.search.hparams import LR_SCALE, validate_hparams
 from server.search.models import LAYOUTS, build_model, count_params, model_args_for
 from server.search.retrain import accuracy, retrain
-from server.search.rundir import load_checkpoint, save_checkpoint, write_run
+from server.search.rundir import read_checkpoint, save_checkpoint, write_run
 from server.search.space import SearchSpace
 from server.search.strategies import make_searcher
 from server.search.supernet import SuperNet
+
+#: a resumed rank without a saved generator reseeds with its rank seed + this times the step
+RESEED_STRIDE = 1_000_003
 
 
 class SearchCancelled(Exception):
@@ -141,15 +144,13 @@ class _Run:
     def search(self) -> tuple[Searcher, float]:
         """Run (or resume) the alternating loop; returns the searcher and its wall-clock seconds."""
         searcher, config = self.searcher(), self.config
-        previous, done, rank_gens = load_checkpoint(self.out, searcher, config)
-        if self.comm.rank < len(rank_gens):
-            searcher.batches.gen.set_state(rank_gens[self.comm.rank])
+        previous, done = self.resume(searcher)
         start = time.perf_counter()
         seconds = lambda: previous + time.perf_counter() - start  # noqa: E731
         while not done and searcher.step_index < config.steps:
             # every rank takes rank 0's decisions, so all leave the loop at the same step
             cancel, settled = self.comm.flags(self.should_stop(), bool(searcher.stop_reason))
-            searcher.stop_reason = self.comm.text(searcher.stop_reason) if settled else ""
+            searcher.stop_reason = str(self.comm.from_main(searcher.stop_reason)) if settled else ""
             if settled:
                 break
             if cancel:
@@ -163,6 +164,24 @@ class _Run:
         if not done:
             self.checkpoint(searcher, seconds(), done=True)
         return searcher, seconds() if not done else previous
+
+    def resume(self, searcher: Searcher) -> tuple[float, bool]:
+        """Restore rank 0's search.pt on every rank (only rank 0 reads files, so nodes need not share a
+        file system); returns (seconds searched so far, done). A rank the checkpoint has no generator
+        for (more workers than wrote it) gets a fresh stream of its own."""
+        comm = self.comm
+        state = read_checkpoint(self.out, self.config) if comm.is_main else None
+        state = comm.from_main(state)
+        if state is None:
+            return 0.0, False
+        searcher.load_state_dict(state["searcher"])
+        rank_gens = state["rank_gens"]
+        if comm.rank < len(rank_gens):
+            searcher.batches.gen.set_state(rank_gens[comm.rank])
+        elif comm.active:
+            seed = comm.rank_seed(self.config.seed) + RESEED_STRIDE * searcher.step_index
+            searcher.batches.gen.manual_seed(seed)
+        return float(state["search_seconds"]), bool(state["done"])
 
     def checkpoint(self, searcher: Searcher, seconds: float, done: bool) -> None:
         """Rank 0 writes search.pt, with every rank's data-sampling generator (all ranks must call)."""

@@ -150,10 +150,13 @@ def _bn(x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, channels: int | No
     """`bn` on the first `channels` channels (its running statistics are updated in place, as `bn` does)."""
     n = channels or bn.num_features
     mean, var = bn.running_mean, bn.running_var
+    factor = bn.momentum or 0.0
     if bn.training and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:  # a cumulative average, as nn.BatchNorm keeps it
+            factor = 1.0 / float(bn.num_batches_tracked)
     return F.batch_norm(x, None if mean is None else mean[:n], None if var is None else var[:n],
-                        bn.weight[:n], bn.bias[:n], bn.training, bn.momentum or 0.0, bn.eps)
+                        bn.weight[:n], bn.bias[:n], bn.training, factor, bn.eps)
 
 
 class SuperNet(nn.Module):

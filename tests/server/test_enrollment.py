@@ -44,11 +44,28 @@ def test_a_ticket_proves_exactly_its_app_user_and_lifetime() -> None:
     forged = mint_ticket("y" * 40, APP_ID, "bob", ttl_s=60, now=1000.0).split(".")[1]
     with pytest.raises(TicketError, match="bad signature"):  # someone else's claims under alice's signature
         check_ticket(SECRET, f"{version}.{forged}.{signature}", APP_ID, "bob", now=1001.0)
-    for bad in ("", "v1.abc", "v2." + payload + "." + signature, "v1.a.b.c", "x" * 5000):
+    for bad in ("", "v1.abc", "v2." + payload + "." + signature, "v1.a.b.c", "x" * 5000, "v1.abc.\u00e9",
+                f"v1.{payload}.{signature}\u00e9"):
         with pytest.raises(TicketError):
             check_ticket(SECRET, bad, APP_ID, "alice", now=1001.0)
     with pytest.raises(ValueError, match="at least 32"):
         mint_ticket("short", APP_ID, "alice")
+    with pytest.raises(ValueError, match="ttl_s"):
+        mint_ticket(SECRET, APP_ID, "alice", ttl_s=86_400)
+
+
+def test_a_ticket_valid_for_too_long_is_refused() -> None:
+    """A backend that signs its own long-lived claims (not via mint_ticket) still gets them refused."""
+    import base64
+    import hashlib
+    import hmac
+
+    payload = base64.urlsafe_b64encode(json.dumps({"app": APP_ID, "user": "alice", "exp": 10**10}).encode())
+    payload_text = payload.rstrip(b"=").decode()
+    signature = hmac.new(SECRET.encode(), f"v1.{payload_text}".encode(), hashlib.sha256).digest()
+    ticket = f"v1.{payload_text}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+    with pytest.raises(TicketError, match="more than 3600"):
+        check_ticket(SECRET, ticket, APP_ID, "alice")
 
 
 def test_keys_must_be_private_well_formed_and_long(tmp_path: Path) -> None:

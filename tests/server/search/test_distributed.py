@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -113,6 +114,7 @@ def test_a_single_process_comm_is_a_no_op() -> None:
     assert torch.equal(comm.mean_(t), torch.tensor([1.0, 2.0])) and comm.flags(True, False) == (True, False)
     assert comm.share(64, minimum=8) == 64 and comm.rank_seed(5) == 5
     assert Comm(rank=1, world_size=4).share(16, minimum=8) == 8
+    assert [Comm(rank=r, world_size=2).share(5) for r in (0, 1)] == [3, 2]  # the parts add up
 
 
 def test_ranks_exit_when_the_job_worker_dies(tmp_path: Path, toy_signal_npz: Path) -> None:
@@ -149,3 +151,37 @@ def _processes_naming(path: Path) -> list[int]:
         if str(path).encode() in cmdline and "\nState:\tZ" not in status:
             found.append(int(proc.name))
     return found
+
+
+def test_ctrl_c_stops_every_worker_after_a_checkpoint(tmp_path: Path, toy_signal_npz: Path) -> None:
+    """SIGINT reaches the `--workers` command only; rank 0 checkpoints, all ranks stop, exit code 130."""
+    command = [sys.executable, "-m", "server.search.cli", "--dataset", str(toy_signal_npz), "--device", "cpu",
+               "--steps", "100000", "--batch-size", "16", "--out", str(tmp_path), "--quiet", "--workers", "2",
+               "--strategy", "reinforce", "--samples", "2"]
+    cli = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    progress = tmp_path / multiworker.PROGRESS
+    deadline = time.monotonic() + 120
+    while not (progress.exists() and progress.read_text().count("\n") >= 3):
+        assert time.monotonic() < deadline and cli.poll() is None, "the search never started"
+        time.sleep(0.2)
+    cli.send_signal(signal.SIGINT)
+    _, stderr = cli.communicate(timeout=120)
+    assert cli.returncode == 130, stderr
+    assert "search cancelled at step" in stderr
+    assert torch.load(tmp_path / "search.pt", weights_only=True)["searcher"]["step"] >= 3
+    deadline = time.monotonic() + 30
+    while _processes_naming(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _processes_naming(tmp_path)
+
+
+def test_a_one_worker_checkpoint_resumes_with_two_workers(tmp_path: Path, toy_signal_npz: Path) -> None:
+    from server.search import SearchCancelled, run_search
+
+    config, seen = _config(toy_signal_npz), []
+    with pytest.raises(SearchCancelled):
+        run_search(config, tmp_path, on_progress=seen.append, should_stop=lambda: len(seen) >= 3)
+    result = multiworker.run(config, tmp_path, 2, lambda e: None, should_stop=lambda: False)
+    assert result["search_steps"] == 6 and result["workers"]["max_encoding_difference"] == 0.0
+    gens = torch.load(tmp_path / "search.pt", weights_only=True)["rank_gens"]
+    assert len(gens) == 2 and not torch.equal(gens[0], gens[1])  # rank 1 got a stream of its own
