@@ -118,8 +118,9 @@ def test_a_server_with_two_search_workers_runs_jobs_under_torchrun(
     populate(s, per_user=80)
     job, events = run_job(s, strategy="reinforce", steps=4, retrain_steps=2, seed=1)
     assert job.state == pb.JOB_STATE_SUCCEEDED, job.error
-    assert [e.step for e in events if e.stage == "search"][-1] == 4
+    assert any(e.stage == "search" for e in events)  # rank 0's progress reached the watcher (coalesced)
     result = json.loads((s.handle.app.jobs.run_dir(job.job_id) / "result.json").read_text())
+    assert result["search_steps"] == 4
     assert result["workers"]["world_size"] == 2 and result["workers"]["max_encoding_difference"] == 0.0
     assert result["strategy"] == "reinforce" and job.result.params == result["params"]
 
