@@ -144,21 +144,27 @@ def accuracy(seeds: tuple[int, ...], steps: int, retrain_steps: int) -> list[dic
     return rows
 
 
-def scaling(steps: int) -> list[dict[str, Any]]:
-    """Part 3: seconds per search step with 1 worker, 2 workers, and 1 worker with 2 threads."""
-    rows = []
-    setups = ((1, 1), (2, 1), (1, 2))  # (workers, torch threads per worker)
+def scaling(steps: int, repeats: int) -> list[dict[str, Any]]:
+    """Part 3: seconds per search step with 1 worker, 2 workers, and 1 worker with 2 threads; the median
+    of `repeats` runs (seeds 0, 1, ...), interleaved so that load changes hit every setup alike."""
+    layouts = ((1, 1), (2, 1), (1, 2))  # (workers, torch threads per worker)
+    setups = [(strategy, workers, threads) for strategy in STRATEGIES for workers, threads in layouts]
+    runs: dict[tuple[str, int, int], list[dict[str, Any]]] = {setup: [] for setup in setups}
     with tempfile.TemporaryDirectory() as tmp:
-        for strategy in STRATEGIES:
-            for workers, threads in setups:
-                out = Path(tmp) / f"{strategy}-{workers}-{threads}"
+        for seed in range(repeats):
+            for strategy, workers, threads in setups:
+                out = Path(tmp) / f"{strategy}-{workers}-{threads}-{seed}"
                 r = _search_cli(out, workers, threads, "--strategy", strategy, "--steps", str(steps),
-                                "--warmup-fraction", "0", "--retrain-steps", "0", "--encoding-tol", "0")
-                rows.append({"strategy": strategy, "workers": workers, "threads": threads,
-                             "s_per_step": r["search_seconds"] / r["search_steps"],
-                             "agree": r["workers"].get("max_encoding_difference", 0.0)})
-                print(f"scaling {rows[-1]}", flush=True)
-    return rows
+                                "--seed", str(seed), "--warmup-fraction", "0", "--retrain-steps", "0",
+                                "--encoding-tol", "0")
+                runs[(strategy, workers, threads)].append(r)
+                print(f"scaling {strategy} {workers}x{threads} seed {seed}: "
+                      f"{r['search_seconds'] / r['search_steps']:.3f} s/step", flush=True)
+    return [{"strategy": strategy, "workers": workers, "threads": threads,
+             "s_per_step": statistics.median(r["search_seconds"] / r["search_steps"] for r in found),
+             "spread": [round(r["search_seconds"] / r["search_steps"], 3) for r in found],
+             "agree": max(r["workers"].get("max_encoding_difference", 0.0) for r in found)}
+            for (strategy, workers, threads), found in runs.items()]
 
 
 def _cost_table(rows: list[dict[str, Any]]) -> str:
@@ -181,9 +187,10 @@ def _accuracy_table(rows: list[dict[str, Any]]) -> str:
 
 def _scaling_table(rows: list[dict[str, Any]]) -> str:
     base = {r["strategy"]: r["s_per_step"] for r in rows if (r["workers"], r["threads"]) == (1, 1)}
-    return markdown_table(["strategy", "workers", "threads each", "s / step", "speed-up vs 1x1",
-                           "max encoding difference across ranks"],
+    return markdown_table(["strategy", "workers", "threads each", "s / step (median)", "runs",
+                           "speed-up vs 1x1", "max encoding difference across ranks"],
                           [[r["strategy"], r["workers"], r["threads"], f"{r['s_per_step']:.3f}",
+                            " / ".join(f"{v:.3f}" for v in r.get("spread", [])),
                             f"{base[r['strategy']] / r['s_per_step']:.2f}x", f"{r['agree']:.1e}"]
                            for r in rows])
 
@@ -225,8 +232,9 @@ NOTES = {
     "scaling": "Each worker takes half of every step's batch and of the sampled pairs, and gradients are "
                "averaged, so the ranks' encodings stay identical (last column). The work per step is not "
                "identical across runs: each run draws its own batches and, for the controller, its own "
-               "sub-models, whose sizes set the step's cost; one 40-step run each, so a speed-up above 2x "
-               "is that noise, not a free lunch. 2 threads in one process are the other way to use 2 cores.",
+               "sub-models, whose sizes set the step's cost; hence the median of 3 runs of 40 steps (seeds "
+               "0-2, setups interleaved), with every run listed. 2 threads in one process are the other way "
+               "to use 2 cores.",
 }
 
 
@@ -260,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         seeds = " ".join(map(str, args.seeds))
         _write("accuracy", f"--parts accuracy --seeds {seeds}{suffix}", _accuracy_table(rows), q)
     if "scaling" in args.parts:
-        _write("scaling", f"--parts scaling{suffix}", _scaling_table(scaling(6 if q else 40)), q)
+        rows = scaling(6 if q else 40, 1 if q else 3)
+        _write("scaling", f"--parts scaling{suffix}", _scaling_table(rows), q)
     return 0
 
 
