@@ -234,7 +234,8 @@ NOTES = {
                "identical across runs: each run draws its own batches and, for the controller, its own "
                "sub-models, whose sizes set the step's cost; hence the median of 3 runs of 40 steps (seeds "
                "0-2, setups interleaved), with every run listed. 2 threads in one process are the other way "
-               "to use 2 cores.",
+               "to use 2 cores. The controller's 2-worker runs beat 2x in every repeat; halved tensors "
+               "(4 pairs and 64 examples a rank) running more efficiently is the likely cause, not verified.",
 }
 
 
