@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 PROGRESS, STOP, OUTCOME, LOG = "workers.progress.jsonl", "workers.stop", "workers.outcome.json", "workers.log"
+CONFIG = "workers.config.json"
 POLL_S = 0.2
 
 
@@ -44,7 +45,7 @@ def run(config: Any, out_dir: str | Path, workers: int, on_progress: Callable[[d
     out.mkdir(parents=True, exist_ok=True)
     for name in (PROGRESS, STOP, OUTCOME):
         (out / name).unlink(missing_ok=True)
-    (out / "workers.config.json").write_text(json.dumps(config.to_json()))
+    (out / CONFIG).write_text(json.dumps(config.to_json()))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={workers}",
                "-m", "server.multiworker", "--out", str(out), "--parent-pid", str(os.getpid())]
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads > 0 else {})}
@@ -64,6 +65,8 @@ def run(config: Any, out_dir: str | Path, workers: int, on_progress: Callable[[d
     if outcome.get("status") == "cancelled":
         raise Cancelled(outcome.get("message", "cancelled"))
     if process.returncode == 0 and outcome.get("status") == "done":
+        for name in (PROGRESS, STOP, OUTCOME, CONFIG):  # workers.log stays, for the record
+            (out / name).unlink(missing_ok=True)
         return json.loads((out / "result.json").read_text())
     reason = outcome.get("error") or f"exit code {process.returncode}; see {out / LOG}"
     raise WorkersFailed(f"{workers} search workers failed: {reason}")
@@ -137,7 +140,7 @@ def rank_main(argv: list[str] | None = None) -> int:
             progress.flush()
 
     try:
-        config = SearchConfig.from_json(json.loads((out / "workers.config.json").read_text()))
+        config = SearchConfig.from_json(json.loads((out / CONFIG).read_text()))
         run_search(config, out, on_progress=report, should_stop=lambda: (out / STOP).exists())
         outcome: dict[str, Any] = {"status": "done"}
     except SearchCancelled as e:

@@ -81,6 +81,8 @@ def test_a_multiworker_job_cancels_then_resumes_from_its_checkpoint(
     search_steps = [e["step"] for e in events if e["stage"] == "search"]
     assert search_steps[0] == stopped_at + 1 and search_steps[-1] == 6  # resumed, not restarted
     assert events[-1]["stage"] == "done"
+    left = sorted(p.name for p in tmp_path.glob("workers.*"))
+    assert left == ["workers.log"]  # the hand-over files are gone once the run is done
 
 
 def test_multiworker_failure_names_the_reason(tmp_path: Path) -> None:
