@@ -14,12 +14,14 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from server.jobs.files import write_json_atomic
+from server.jobs.worker import exit_when_gone
 
 PROGRESS, STOP, OUTCOME, LOG = "workers.progress.jsonl", "workers.stop", "workers.outcome.json", "workers.log"
 CONFIG = "workers.config.json"
@@ -93,33 +95,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, path)
-
-
-def _started(pid: int) -> str | None:
-    """When process `pid` started (field 22 of /proc/<pid>/stat), None if there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _exit_when_gone(pid: int, period: float = 0.5) -> None:
-    """Exit this rank when process `pid` (the job worker) is gone, even if its pid was reused since."""
-    started = _started(pid)
-
-    def watch() -> None:
-        while _started(pid) == started is not None:
-            time.sleep(period)
-        os._exit(3)
-
-    threading.Thread(target=watch, name="job-worker-watch", daemon=True).start()
-
-
 def rank_main(argv: list[str] | None = None) -> int:
     """One rank: run the search in the run directory's `workers.config.json`; rank 0 reports."""
     from server.engine import progress_dict
@@ -129,7 +104,7 @@ def rank_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--parent-pid", type=int, required=True)
     args = parser.parse_args(argv)
-    _exit_when_gone(args.parent_pid)
+    exit_when_gone(args.parent_pid)
     out = args.out
     is_main = int(os.environ.get("RANK", "0")) == 0
     progress = open(out / PROGRESS, "a") if is_main else None  # noqa: SIM115 (open for the whole run)
@@ -149,7 +124,7 @@ def rank_main(argv: list[str] | None = None) -> int:
         traceback.print_exc()  # into workers.log
         outcome = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
     if is_main:
-        _write_json(out / OUTCOME, outcome)
+        write_json_atomic(out / OUTCOME, outcome)
     if progress is not None:
         progress.close()
     return 1 if outcome["status"] == "failed" else 0

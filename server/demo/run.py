@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 import sys
 import time
@@ -30,6 +29,7 @@ from server.demo.operator import OperatorClient
 from server.demo.population import NUM_CLASSES, SIGNAL_LENGTH, make_population
 from server.demo.report import EncodingHistory
 from server.enrollment import mint_ticket
+from server.jobs.files import write_json_atomic
 
 FORMATS = ("onnx", "tflite", "onnx-int8", "tflite-int8")
 
@@ -82,9 +82,7 @@ def run_demo(config: DemoConfig) -> DemoOutcome:
     token = secrets.token_urlsafe(32)
     keys = {app: secrets.token_urlsafe(32) for app in APPS}  # each app's backend shares one with the server
     keys_file = config.data_dir / "enrollment-keys.json"
-    keys_file.unlink(missing_ok=True)
-    keys_file.touch(mode=0o600)
-    keys_file.write_text(json.dumps(keys))
+    write_json_atomic(keys_file, keys)  # private: the server refuses readable keys
     server_config = ServerConfig(data_dir=config.data_dir / "server", operator_token=token, port=config.port,
                                  enrollment_keys=keys_file)
     handle = make_server(server_config)  # OSError when the port is taken

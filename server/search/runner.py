@@ -174,9 +174,9 @@ class _Run:
         state = comm.from_main(state)
         if state is None:
             return 0.0, False
-        searcher.load_state_dict(state["searcher"])
+        searcher.load_state_dict(state["searcher"])  # restores rank 0's generator too
         rank_gens = state["rank_gens"]
-        if comm.rank < len(rank_gens):
+        if comm.active and comm.rank < len(rank_gens):
             searcher.batches.gen.set_state(rank_gens[comm.rank])
         elif comm.active:
             seed = comm.rank_seed(self.config.seed) + RESEED_STRIDE * searcher.step_index
