@@ -31,7 +31,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 proto: $(STAMP)
-	$(PY) -m proto.generate
+	$(PY) -m autohas_edge.proto.generate
 
 bench: $(STAMP)
 	$(PY) -m bench.run_all

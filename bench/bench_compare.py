@@ -108,8 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+")
     parser.add_argument("--datasets", nargs="+")
     parser.add_argument("--plot", type=Path, help="default: bench/compare.png (quick: bench/out/)")
-    parser.add_argument("--json", type=Path, help="raw runs; default: bench/out/compare-<preset>.json")
-    parser.add_argument("--no-write", action="store_true", help="print the report; write no section")
+    parser.add_argument(
+        "--json", type=Path, help="raw runs; default: bench/out/compare-<preset>.json"
+    )
+    parser.add_argument(
+        "--no-write", action="store_true", help="print the report; write no section"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     preset = _preset(args)
@@ -121,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     body = report(runs, preset, describe(preset, args.threads, time.perf_counter() - start, loads))
     print(body)
     if not args.no_write:
-        command = "python -m bench.bench_compare " + " ".join(sys.argv[1:] if argv is None else argv)
+        command = "python -m bench.bench_compare " + " ".join(
+            sys.argv[1:] if argv is None else argv
+        )
         write_section(section_name(preset), command.strip(), body)
     return 0
 

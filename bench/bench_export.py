@@ -67,7 +67,7 @@ def onnx_call(path: Path, x: np.ndarray) -> Callable[[], object]:
 
 def litert_call(path: Path, x: np.ndarray) -> Callable[[], object]:
     """LiteRT interpreter invoke(s) on `x`: one call for a matching batch, else one call per row."""
-    from export.runtimes import tflite_interpreter_class
+    from autohas_edge.export.runtimes import tflite_interpreter_class
 
     interpreter = tflite_interpreter_class()(model_path=str(path), num_threads=1)
     interpreter.allocate_tensors()
@@ -87,7 +87,7 @@ def measure(run_dir: Path, bundle: Path, x: np.ndarray, repeats: int) -> list[li
     """Table rows: runtime, precision, file, KiB, test accuracy, 1-input and batch-32 latency, speed-up."""
     import json
 
-    from server.search import load_model
+    from autohas_edge.server.search import load_model
 
     manifest = json.loads((bundle / "manifest.json").read_text())
     records = manifest["verification"]["artifacts"]
@@ -102,15 +102,29 @@ def measure(run_dir: Path, bundle: Path, x: np.ndarray, repeats: int) -> list[li
             lambda a: torch_call(model, a),
         )
     ]
-    for fmt, runtime, factory in (("onnx", "onnxruntime", onnx_call), ("tflite", "LiteRT", litert_call)):
+    for fmt, runtime, factory in (
+        ("onnx", "onnxruntime", onnx_call),
+        ("tflite", "LiteRT", litert_call),
+    ):
         for file, precision in ((f"model.{fmt}", "float32"), (f"model_int8.{fmt}", "int8")):
-            accuracy = records[file].get("test_accuracy", manifest["verification"]["float_test_accuracy"])
+            accuracy = records[file].get(
+                "test_accuracy", manifest["verification"]["float_test_accuracy"]
+            )
             cases.append(
-                (runtime, precision, bundle / file, accuracy, lambda a, p=bundle / file, f=factory: f(p, a))
+                (
+                    runtime,
+                    precision,
+                    bundle / file,
+                    accuracy,
+                    lambda a, p=bundle / file, f=factory: f(p, a),
+                )
             )
     rows, torch_one = [], None
     for runtime, precision, path, accuracy, make in cases:
-        single, batched = median_ms(make(one), repeats), median_ms(make(batch), max(repeats // 4, 10))
+        single, batched = (
+            median_ms(make(one), repeats),
+            median_ms(make(batch), max(repeats // 4, 10)),
+        )
         torch_one = torch_one or single
         rows.append([runtime, precision, path.name, f"{path.stat().st_size / 1024:.1f}", f"{accuracy:.2%}",
                      f"{single:.3f}", f"{batched:.3f}", f"{torch_one / single:.1f}x"])  # fmt: skip
@@ -121,7 +135,7 @@ def ensure_run(run_dir: Path) -> Path:
     """`run_dir` if it holds a finished run, else search MNIST-1D into it (default settings)."""
     if (run_dir / "model.pt").is_file():
         return run_dir
-    from server.search import SearchConfig, run_search
+    from autohas_edge.server.search import SearchConfig, run_search
 
     run_search(SearchConfig(dataset="mnist1d", device="cpu"), run_dir)
     return run_dir
@@ -133,17 +147,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--run", type=Path, default=None, help=f"a finished run (default: search into {RUN_DIR})"
     )
-    parser.add_argument("--repeats", type=int, default=300, help="timed calls per single-input latency")
+    parser.add_argument(
+        "--repeats", type=int, default=300, help="timed calls per single-input latency"
+    )
     parser.add_argument("--out", type=Path, default=DIST_DIR, help="where the bundle is written")
     parser.add_argument("--results", type=Path, default=RESULTS, help="the Markdown file to update")
     args = parser.parse_args(argv)
-    from export import ALL_FORMATS, export_run
-    from export.run import dataset_spec, read_result
-    from server.search import load_dataset
+    from autohas_edge.export import ALL_FORMATS, export_run
+    from autohas_edge.export.run import dataset_spec, read_result
+    from autohas_edge.server.search import load_dataset
 
     run_dir = ensure_run(args.run or RUN_DIR)
     report = export_run(run_dir, args.out, ALL_FORMATS)
-    x = np.ascontiguousarray(load_dataset(dataset_spec(read_result(run_dir))).x_test, dtype=np.float32)
+    x = np.ascontiguousarray(
+        load_dataset(dataset_spec(read_result(run_dir))).x_test, dtype=np.float32
+    )
     load = os.getloadavg()[0]
     rows = measure(run_dir, report.bundle, x, args.repeats)
     headers = [
@@ -159,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     body = _body(run_dir, report, rows, load)
     command = "python -m bench.bench_export" + (f" --run {args.run}" if args.run else "")
     table = markdown_table(headers, rows)
-    write_section(NAME, command + f" --repeats {args.repeats}", table + "\n\n" + body, path=args.results)
+    write_section(
+        NAME, command + f" --repeats {args.repeats}", table + "\n\n" + body, path=args.results
+    )
     print(markdown_table(headers, rows))
     return 0
 
@@ -183,7 +203,9 @@ def _body(run_dir: Path, report: Any, rows: list[list[object]], load: float) -> 
     ]
     if tflite["batch"] != "dynamic":
         why = "litert-torch cannot convert a dynamic batch for it; see the manifest's batch_note"
-        lines.append(f"LiteRT runs the batch-{tflite['batch']} model once per row for batch 32 ({why}).")
+        lines.append(
+            f"LiteRT runs the batch-{tflite['batch']} model once per row for batch 32 ({why})."
+        )
     return "\n".join(f"- {line}" for line in lines)
 
 

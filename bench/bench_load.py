@@ -28,13 +28,17 @@ from typing import Any
 import grpc
 import numpy as np
 
+from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
+from autohas_edge.proto.autohas.v1 import personalization_pb2_grpc as pb_grpc
 from bench.bench_server import Server, start_server
 from bench.results import markdown_table, write_section
-from proto.autohas.v1 import personalization_pb2 as pb
-from proto.autohas.v1 import personalization_pb2_grpc as pb_grpc
 
 APP, PURPOSE, TASK = "bench.app", "personalization", "load"
-SHAPE, CLASSES, BATCH = (1, 32), 3, 32  # a 1-D signal task; a device uploads 32 examples (4 KiB) a call
+SHAPE, CLASSES, BATCH = (
+    (1, 32),
+    3,
+    32,
+)  # a 1-D signal task; a device uploads 32 examples (4 KiB) a call
 DELIBERATE = {("upload-nan", "INVALID_ARGUMENT"), ("upload-no-consent", "FAILED_PRECONDITION")}
 MAX_LOOPS = 10_000  # a device's loop count is bounded whatever --seconds says
 
@@ -66,25 +70,43 @@ def batch(batch_id: str, rng: np.random.Generator, poison: bool = False) -> pb.E
     x = rng.normal(size=(BATCH, *SHAPE)).astype("<f4")
     if poison:
         x[rng.integers(BATCH), 0, 0] = np.nan
-    return pb.ExampleBatch(batch_id=batch_id, task_id=TASK, labels=rng.integers(0, CLASSES, BATCH).tolist(),
-                           features=pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=x.shape, data=x.tobytes()))
+    return pb.ExampleBatch(
+        batch_id=batch_id,
+        task_id=TASK,
+        labels=rng.integers(0, CLASSES, BATCH).tolist(),
+        features=pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=x.shape, data=x.tobytes()),
+    )
 
 
 def seed_search(server: Server, channel: grpc.Channel) -> str:
     """Create the task, upload 600 separable examples of a consenting user, start a long real search."""
     op = pb_grpc.OperatorServiceStub(channel)
-    task = pb.Task(task_id=TASK, app_ids=[APP], purpose=PURPOSE, input_shape=SHAPE,
-                   input_dtype=pb.DTYPE_FLOAT32, num_classes=CLASSES)
+    task = pb.Task(
+        task_id=TASK,
+        app_ids=[APP],
+        purpose=PURPOSE,
+        input_shape=SHAPE,
+        input_dtype=pb.DTYPE_FLOAT32,
+        num_classes=CLASSES,
+    )
     op.CreateTask(pb.CreateTaskRequest(task=task), metadata=server.md())
     device = pb_grpc.DeviceServiceStub(channel)
-    md = server.md(device.RegisterDevice(pb.RegisterDeviceRequest(app_id=APP, user_id="seed")).device_token)
-    device.GrantConsent(pb.GrantConsentRequest(purpose=PURPOSE, consent_text_version="v1"), metadata=md)
+    md = server.md(
+        device.RegisterDevice(pb.RegisterDeviceRequest(app_id=APP, user_id="seed")).device_token
+    )
+    device.GrantConsent(
+        pb.GrantConsentRequest(purpose=PURPOSE, consent_text_version="v1"), metadata=md
+    )
     rng = np.random.default_rng(0)
     y = rng.integers(0, CLASSES, 600)
     x = rng.normal(0, 0.3, (600, *SHAPE)).astype("<f4")
     x[np.arange(600), 0, 8 * y + 4] += 3.0
-    seed = pb.ExampleBatch(batch_id="seed", task_id=TASK, labels=y.tolist(),
-                           features=pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=x.shape, data=x.tobytes()))
+    seed = pb.ExampleBatch(
+        batch_id="seed",
+        task_id=TASK,
+        labels=y.tolist(),
+        features=pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=x.shape, data=x.tobytes()),
+    )
     device.UploadExamples(iter([seed]), metadata=md)
     spec = pb.JobSpec(task_id=TASK, mode=pb.SEARCH_MODE_JOINT, steps=100_000, retrain_steps=1)
     return str(op.StartJob(pb.StartJobRequest(spec=spec), metadata=server.md()).job_id)
@@ -96,11 +118,16 @@ def device_loop(server: Server, index: int, stop: threading.Event, tally: Tally)
     consents = index % 10 != 9
     with grpc.insecure_channel(server.address) as channel:
         stub = pb_grpc.DeviceServiceStub(channel)
-        reply = stub.RegisterDevice(pb.RegisterDeviceRequest(app_id=APP, user_id=f"user{index}"), timeout=30)
+        reply = stub.RegisterDevice(
+            pb.RegisterDeviceRequest(app_id=APP, user_id=f"user{index}"), timeout=30
+        )
         md = server.md(reply.device_token)
         if consents:
-            stub.GrantConsent(pb.GrantConsentRequest(purpose=PURPOSE, consent_text_version="v1"), metadata=md,
-                              timeout=30)
+            stub.GrantConsent(
+                pb.GrantConsentRequest(purpose=PURPOSE, consent_text_version="v1"),
+                metadata=md,
+                timeout=30,
+            )
         sent: list[pb.ExampleBatch] = []
         for loop in range(MAX_LOOPS):
             if stop.is_set():
@@ -112,15 +139,29 @@ def device_loop(server: Server, index: int, stop: threading.Event, tally: Tally)
 
 def poll(tally: Tally, stub: pb_grpc.DeviceServiceStub, md: Any, get_task: bool) -> None:
     """What a device polls: its task's models (for a newer one), sometimes the task itself."""
-    tally.timed("ListModels", "poll", lambda: stub.ListModels(pb.ListModelsRequest(task_id=TASK), metadata=md,
-                                                              timeout=30))
+    tally.timed(
+        "ListModels",
+        "poll",
+        lambda: stub.ListModels(pb.ListModelsRequest(task_id=TASK), metadata=md, timeout=30),
+    )
     if get_task:
-        tally.timed("GetTask", "poll", lambda: stub.GetTask(pb.GetTaskRequest(task_id=TASK), metadata=md,
-                                                            timeout=30))
+        tally.timed(
+            "GetTask",
+            "poll",
+            lambda: stub.GetTask(pb.GetTaskRequest(task_id=TASK), metadata=md, timeout=30),
+        )
 
 
-def one_upload(stub: pb_grpc.DeviceServiceStub, md: Any, rng: np.random.Generator, loop: int, index: int,
-               sent: list[pb.ExampleBatch], consents: bool, tally: Tally) -> None:
+def one_upload(
+    stub: pb_grpc.DeviceServiceStub,
+    md: Any,
+    rng: np.random.Generator,
+    loop: int,
+    index: int,
+    sent: list[pb.ExampleBatch],
+    consents: bool,
+    tally: Tally,
+) -> None:
     """A new batch, a poisoned one (1 in 20) or a retry of an earlier one (1 in 20)."""
     draw = rng.random()
     if not consents:
@@ -131,8 +172,11 @@ def one_upload(stub: pb_grpc.DeviceServiceStub, md: Any, rng: np.random.Generato
         kind, message = "upload-retry", sent[int(rng.integers(len(sent)))]
     else:
         kind, message = "upload", batch(f"d{index}-{loop}", rng)
-    reply = tally.timed("UploadExamples", kind, lambda: stub.UploadExamples(iter([message]), metadata=md,
-                                                                             timeout=30))
+    reply = tally.timed(
+        "UploadExamples",
+        kind,
+        lambda: stub.UploadExamples(iter([message]), metadata=md, timeout=30),
+    )
     if reply is not None:
         with tally.lock:
             tally.acked_examples += reply.examples_stored
@@ -146,8 +190,13 @@ def poll_job(server: Server, job_id: str, stop: threading.Event, tally: Tally) -
     with grpc.insecure_channel(server.address) as channel:
         op = pb_grpc.OperatorServiceStub(channel)
         while not stop.wait(0.1):
-            job = tally.timed("GetJob", "status", lambda: op.GetJob(pb.GetJobRequest(job_id=job_id),
-                                                                    metadata=server.md(), timeout=30))
+            job = tally.timed(
+                "GetJob",
+                "status",
+                lambda: op.GetJob(
+                    pb.GetJobRequest(job_id=job_id), metadata=server.md(), timeout=30
+                ),
+            )
             if job is not None:
                 steps.append(job.progress.step)
     return steps
@@ -177,22 +226,33 @@ def wait_for_search(server: Server, job_id: str, timeout: float = 600) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             job = op.GetJob(pb.GetJobRequest(job_id=job_id), metadata=server.md(), timeout=30)
-            if job.progress.stage == "search" or job.state not in (pb.JOB_STATE_RUNNING, pb.JOB_STATE_QUEUED):
+            if job.progress.stage == "search" or job.state not in (
+                pb.JOB_STATE_RUNNING,
+                pb.JOB_STATE_QUEUED,
+            ):
                 return
             time.sleep(0.5)
     raise RuntimeError("the search did not start")
 
 
-def run_load(server: Server, job_id: str, devices: int, seconds: float) -> tuple[Tally, list[int], list[Any]]:
+def run_load(
+    server: Server, job_id: str, devices: int, seconds: float
+) -> tuple[Tally, list[int], list[Any]]:
     """Devices and the status poller for `seconds`; returns the tally, steps seen and RSS samples."""
     tally, stop, rss_stop = Tally(), threading.Event(), threading.Event()
     rss: list[tuple[float, float]] = []
-    sampler = threading.Thread(target=sample_rss, args=(server.process.pid, rss_stop, rss), daemon=True)
+    sampler = threading.Thread(
+        target=sample_rss, args=(server.process.pid, rss_stop, rss), daemon=True
+    )
     sampler.start()
-    threads = [threading.Thread(target=device_loop, args=(server, i, stop, tally), daemon=True)
-               for i in range(devices)]
+    threads = [
+        threading.Thread(target=device_loop, args=(server, i, stop, tally), daemon=True)
+        for i in range(devices)
+    ]
     steps: list[int] = []
-    poller = threading.Thread(target=lambda: steps.extend(poll_job(server, job_id, stop, tally)), daemon=True)
+    poller = threading.Thread(
+        target=lambda: steps.extend(poll_job(server, job_id, stop, tally)), daemon=True
+    )
     for thread in (*threads, poller):
         thread.start()
     stop.wait(seconds)
@@ -208,8 +268,11 @@ def stored_examples(data_dir: Path) -> int:
     """Examples of the load task in the server's SQLite file (read-only)."""
     conn = sqlite3.connect(f"file:{data_dir / 'autohas.sqlite3'}?mode=ro", uri=True, timeout=30)
     try:
-        return int(conn.execute("SELECT COALESCE(SUM(count), 0) FROM examples WHERE task_id = ?",
-                                (TASK,)).fetchone()[0])
+        return int(
+            conn.execute(
+                "SELECT COALESCE(SUM(count), 0) FROM examples WHERE task_id = ?", (TASK,)
+            ).fetchone()[0]
+        )
     finally:
         conn.close()
 
@@ -222,14 +285,16 @@ def percentiles(values: list[float]) -> list[str]:
 def rss_summary(samples: list[tuple[float, float]]) -> tuple[str, bool]:
     """A line on the server's memory over the run, and whether it stayed flat."""
     t, mb = np.array([s[0] for s in samples]), np.array([s[1] for s in samples])
-    first, last = mb[: max(1, len(mb) // 6)].mean(), mb[-max(1, len(mb) // 6):].mean()
+    first, last = mb[: max(1, len(mb) // 6)].mean(), mb[-max(1, len(mb) // 6) :].mean()
     slope = float(np.polyfit(t, mb, 1)[0]) * 60 if len(t) > 1 else 0.0
     flat = last <= first * 1.10 + 5  # within 10% (+5 MB of allocator noise) of where it started
     every = ", ".join(f"{v:.0f}" for v in mb[:: max(1, len(mb) // 12)])
-    line = (f"Server RSS (MB, sampled every second): first sixth of the run {first:.1f}, last sixth "
-            f"{last:.1f}, max {mb.max():.1f}, linear trend {slope:+.1f} MB/min -> "
-            f"{'flat' if flat else 'GROWING'}. "
-            f"Samples: {every}.")
+    line = (
+        f"Server RSS (MB, sampled every second): first sixth of the run {first:.1f}, last sixth "
+        f"{last:.1f}, max {mb.max():.1f}, linear trend {slope:+.1f} MB/min -> "
+        f"{'flat' if flat else 'GROWING'}. "
+        f"Samples: {every}."
+    )
     return line, flat
 
 
@@ -240,8 +305,15 @@ def verdict(kind: str, code: str) -> str:
     return "deliberate" if (kind, code) in DELIBERATE else "**error**"
 
 
-def report(args: argparse.Namespace, tally: Tally, steps: list[int], rss: list[Any], acked: int,
-           stored: int, load: float) -> tuple[str, int]:
+def report(
+    args: argparse.Namespace,
+    tally: Tally,
+    steps: list[int],
+    rss: list[Any],
+    acked: int,
+    stored: int,
+    load: float,
+) -> tuple[str, int]:
     """The RESULTS.md body and the number of errors (failures that were not deliberate)."""
     errors = {k: n for k, n in tally.outcomes.items() if k[1] != "OK" and k not in DELIBERATE}
     rows = [[call, len(ms), *percentiles(ms)] for call, ms in sorted(tally.latency_ms.items())]
@@ -270,11 +342,16 @@ def report(args: argparse.Namespace, tally: Tally, steps: list[int], rss: list[A
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--devices", type=int, default=50, help="simulated devices (threads)")
-    parser.add_argument("--seconds", type=float, default=60.0, help="length of the load (at most 600)")
-    parser.add_argument("--no-write", action="store_true", help="print, do not update bench/RESULTS.md")
+    parser.add_argument(
+        "--seconds", type=float, default=60.0, help="length of the load (at most 600)"
+    )
+    parser.add_argument(
+        "--no-write", action="store_true", help="print, do not update bench/RESULTS.md"
+    )
     args = parser.parse_args()
     args.seconds = min(args.seconds, 600.0)
     load = os.getloadavg()[0]

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from autohas_edge.device_sdk import Hub, Model
 from bench.results import markdown_table, write_section
 from bench.users import SHIFTS, User, global_test_split, make_user
-from device_sdk import Hub, Model
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out" / "sdk"
@@ -54,7 +54,7 @@ def build_bundle(out: Path, steps: int, retrain_steps: int) -> Path:
     bundle = dist / run.name
     if (bundle / "manifest.json").is_file():
         return bundle
-    cli = [sys.executable, "-m", "server.cli"]
+    cli = [sys.executable, "-m", "autohas_edge.server.cli"]
     search = ["search", "--dataset", "mnist1d", "--steps", str(steps), "--retrain-steps", str(retrain_steps),
               "--device", "cpu", "--out", str(run), "--quiet"]  # fmt: skip
     subprocess.run([*cli, *search], cwd=ROOT, check=True)
@@ -219,11 +219,17 @@ def report(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Build (or take) a bundle, measure in a torch-free child, write RESULTS.md."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", type=Path, help="an exported bundle (default: search + export one)")
+    parser.add_argument(
+        "--bundle", type=Path, help="an exported bundle (default: search + export one)"
+    )
     parser.add_argument("--users", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=200, help="search steps when building the bundle")
+    parser.add_argument(
+        "--steps", type=int, default=200, help="search steps when building the bundle"
+    )
     parser.add_argument("--retrain-steps", type=int, default=1500)
-    parser.add_argument("--no-write", action="store_true", help="print, do not update bench/RESULTS.md")
+    parser.add_argument(
+        "--no-write", action="store_true", help="print, do not update bench/RESULTS.md"
+    )
     args = parser.parse_args(argv)
     bundle = args.bundle or build_bundle(OUT, args.steps, args.retrain_steps)
     users = OUT / "work" / "users.npz"

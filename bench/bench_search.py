@@ -22,14 +22,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from autohas_edge.server.search import ProgressEvent, SearchConfig, load_dataset, run_search
+from autohas_edge.server.search.data import Dataset
+from autohas_edge.server.search.defaults import default_space
+from autohas_edge.server.search.models import LAYOUTS, build_model, count_params, model_args_for
+from autohas_edge.server.search.retrain import accuracy, retrain
 from bench.results import markdown_table, write_section
-from server.search import ProgressEvent, SearchConfig, load_dataset, run_search
-from server.search.data import Dataset
-from server.search.defaults import default_space
-from server.search.models import LAYOUTS, build_model, count_params, model_args_for
-from server.search.retrain import accuracy, retrain
 
-TARGETS = "targets: test accuracy >= 0.97, params <= 50k, search + retrain < 600 s, search / retrain <= 2"
+TARGETS = (
+    "targets: test accuracy >= 0.97, params <= 50k, search + retrain < 600 s, search / retrain <= 2"
+)
 
 
 def _cpu_seconds() -> float:
@@ -56,16 +58,22 @@ class _Clock:
 
     def figures(self) -> dict[str, float]:
         """CPU seconds of search and retraining, mean load average, total wall seconds."""
-        return {"search_cpu": self.cpu("search", "retrain"), "retrain_cpu": self.cpu("retrain", "evaluate"),
-                "load": sum(self.load) / len(self.load),
-                "wall_seconds": self.marks["done"][0] - self.marks["load"][0]}
+        return {
+            "search_cpu": self.cpu("search", "retrain"),
+            "retrain_cpu": self.cpu("retrain", "evaluate"),
+            "load": sum(self.load) / len(self.load),
+            "wall_seconds": self.marks["done"][0] - self.marks["load"][0],
+        }
 
 
 def run_mode(mode: str, out: Path, seed: int) -> dict[str, Any]:
     """One default-settings MNIST-1D run: its result plus CPU and load figures."""
     clock = _Clock()
-    result = run_search(SearchConfig(dataset="mnist1d", mode=mode, seed=seed, device="cpu"),
-                        out / f"{mode}-seed{seed}", on_progress=clock.on_progress)
+    result = run_search(
+        SearchConfig(dataset="mnist1d", mode=mode, seed=seed, device="cpu"),
+        out / f"{mode}-seed{seed}",
+        on_progress=clock.on_progress,
+    )
     return {**result, **clock.figures()}
 
 
@@ -97,14 +105,22 @@ def random_baseline(budget_cpu: float, seed: int, trial_steps: int = 300) -> dic
     test_accuracy = accuracy(model, torch.as_tensor(data.x_test), torch.as_tensor(data.y_test))
     clock.mark("done")
     wall = {stage: mark[0] for stage, mark in clock.marks.items()}
-    return {"test_accuracy": test_accuracy, "params": count_params(args), "architecture": arch,
-            "hyperparameters": hps, "search_steps": f"{len(trials)} trials",
-            "retrain_steps": config.retrain_steps, "search_seconds": wall["retrain"] - wall["search"],
-            "retrain_seconds": wall["evaluate"] - wall["retrain"], **clock.figures()}
+    return {
+        "test_accuracy": test_accuracy,
+        "params": count_params(args),
+        "architecture": arch,
+        "hyperparameters": hps,
+        "search_steps": f"{len(trials)} trials",
+        "retrain_steps": config.retrain_steps,
+        "search_seconds": wall["retrain"] - wall["search"],
+        "retrain_seconds": wall["evaluate"] - wall["retrain"],
+        **clock.figures(),
+    }
 
 
-def _train(data: Dataset, args: dict[str, Any], hps: dict[str, Any], steps: int, with_val: bool,
-           seed: int) -> torch.nn.Module:
+def _train(
+    data: Dataset, args: dict[str, Any], hps: dict[str, Any], steps: int, with_val: bool, seed: int
+) -> torch.nn.Module:
     """A model trained from scratch with the search engine's own retraining loop."""
     torch.manual_seed(seed)
     model = build_model(args)
@@ -113,25 +129,59 @@ def _train(data: Dataset, args: dict[str, Any], hps: dict[str, Any], steps: int,
     x, y = data.x_train, data.y_train
     if with_val:
         x, y = np.concatenate([x, data.x_val]), np.concatenate([y, data.y_val])
-    retrain(model, torch.as_tensor(x), torch.as_tensor(y), hps, steps, 128, float(data.x_train.std()),
-            torch.Generator().manual_seed(seed), 5.0)
+    retrain(
+        model,
+        torch.as_tensor(x),
+        torch.as_tensor(y),
+        hps,
+        steps,
+        128,
+        float(data.x_train.std()),
+        torch.Generator().manual_seed(seed),
+        5.0,
+    )
     return model
 
 
 def _row(mode: str, seed: int, r: dict[str, Any]) -> list[object]:
     hps = r["hyperparameters"]
-    return [mode, seed, f"{r['test_accuracy']:.3f}", r["params"], r["search_steps"], r["retrain_steps"],
-            f"{r['search_seconds']:.0f}", f"{r['retrain_seconds']:.0f}",
-            f"{r['search_seconds'] / r['retrain_seconds']:.2f}", f"{r['search_cpu']:.0f}",
-            f"{r['retrain_cpu']:.0f}", f"{r['search_cpu'] / r['retrain_cpu']:.2f}",
-            f"{r['search_seconds'] + r['retrain_seconds']:.0f}", f"{r['load']:.1f}",
-            f"{hps['optimizer']} lr={float(hps['learning_rate']):.3g} wd={float(hps['weight_decay']):.2g} "
-            f"{hps['loss']} {hps['augment']}"]
+    return [
+        mode,
+        seed,
+        f"{r['test_accuracy']:.3f}",
+        r["params"],
+        r["search_steps"],
+        r["retrain_steps"],
+        f"{r['search_seconds']:.0f}",
+        f"{r['retrain_seconds']:.0f}",
+        f"{r['search_seconds'] / r['retrain_seconds']:.2f}",
+        f"{r['search_cpu']:.0f}",
+        f"{r['retrain_cpu']:.0f}",
+        f"{r['search_cpu'] / r['retrain_cpu']:.2f}",
+        f"{r['search_seconds'] + r['retrain_seconds']:.0f}",
+        f"{r['load']:.1f}",
+        f"{hps['optimizer']} lr={float(hps['learning_rate']):.3g} wd={float(hps['weight_decay']):.2g} "
+        f"{hps['loss']} {hps['augment']}",
+    ]
 
 
-HEADERS = ["mode", "seed", "test acc", "params", "search steps", "retrain steps", "search s", "retrain s",
-           "ratio", "search CPU s", "retrain CPU s", "CPU ratio", "search+retrain s", "load",
-           "derived hyper-parameters"]
+HEADERS = [
+    "mode",
+    "seed",
+    "test acc",
+    "params",
+    "search steps",
+    "retrain steps",
+    "search s",
+    "retrain s",
+    "ratio",
+    "search CPU s",
+    "retrain CPU s",
+    "CPU ratio",
+    "search+retrain s",
+    "load",
+    "derived hyper-parameters",
+]
 
 
 def _pairs(values: dict[str, Any]) -> str:
@@ -141,22 +191,30 @@ def _pairs(values: dict[str, Any]) -> str:
 def report(results: list[tuple[str, int, dict[str, Any]]], threads: int) -> str:
     """The Markdown body: the table, what its columns mean, and the derived architectures."""
     table = markdown_table(HEADERS, [_row(mode, seed, r) for mode, seed, r in results])
-    archs = "\n".join(f"- {mode} (seed {seed}): " + _pairs(r["architecture"]) for mode, seed, r in results)
-    return (f"MNIST-1D, default `SearchConfig` (search, then retraining of the derived model on train+val; "
-            f"test split of 1000), CPU, torch threads = {threads}.\n{TARGETS}.\n\n{table}\n\n"
-            "`ratio` = search s / retrain s (wall clock); `CPU ratio` is the same from the CPU seconds the "
-            "process got, which other jobs on the machine do not distort. `load` is the mean 1-minute load "
-            "average during the run: above the core count means other jobs competed for the CPU and "
-            "inflated the wall-clock columns. `random` is random search at the joint search's CPU seconds "
-            "(each sample trained 300 steps, the best on validation retrained like the others).\n\n"
-            f"Derived architectures:\n{archs}\n")
+    archs = "\n".join(
+        f"- {mode} (seed {seed}): " + _pairs(r["architecture"]) for mode, seed, r in results
+    )
+    return (
+        f"MNIST-1D, default `SearchConfig` (search, then retraining of the derived model on train+val; "
+        f"test split of 1000), CPU, torch threads = {threads}.\n{TARGETS}.\n\n{table}\n\n"
+        "`ratio` = search s / retrain s (wall clock); `CPU ratio` is the same from the CPU seconds the "
+        "process got, which other jobs on the machine do not distort. `load` is the mean 1-minute load "
+        "average during the run: above the core count means other jobs competed for the CPU and "
+        "inflated the wall-clock columns. `random` is random search at the joint search's CPU seconds "
+        "(each sample trained 300 steps, the best on validation retrained like the others).\n\n"
+        f"Derived architectures:\n{archs}\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the modes and seeds, print the table, and write the `search` section of bench/RESULTS.md."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--modes", nargs="+", default=["joint", "nas", "hpo", "random"],
-                        choices=["joint", "nas", "hpo", "random"])
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["joint", "nas", "hpo", "random"],
+        choices=["joint", "nas", "hpo", "random"],
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", default="runs/bench")

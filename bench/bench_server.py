@@ -23,9 +23,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
+from autohas_edge.proto.autohas.v1 import personalization_pb2_grpc as pb_grpc
 from bench.results import markdown_table, write_section
-from proto.autohas.v1 import personalization_pb2 as pb
-from proto.autohas.v1 import personalization_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 APP, PURPOSE, TASK, SEARCH_TASK = "bench.app", "personalization", "upload", "search"
@@ -49,10 +49,26 @@ class Server:
 def start_server(data_dir: Path) -> Server:
     """`autohas server --port 0` in its own process; returns once it listens."""
     token = secrets.token_urlsafe(32)
-    command = [sys.executable, "-m", "server.cli", "server", "--data-dir", str(data_dir), "--port", "0",
-               "--device", "cpu"]
-    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "AUTOHAS_OPERATOR_TOKEN": token},
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "autohas_edge.server.cli",
+        "server",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        "0",
+        "--device",
+        "cpu",
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env={**os.environ, "AUTOHAS_OPERATOR_TOKEN": token},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     match = re.search(r"listening on (\S+) ", process.stdout.readline())  # type: ignore[union-attr]
     if match is None:
         process.kill()
@@ -67,10 +83,14 @@ def batches(client: int, size: int, count: int, start: int) -> Iterator[pb.Examp
     tensor = pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=x.shape, data=x.tobytes())
     labels = (np.arange(size) % CLASSES).tolist()
     for i in range(start, start + count):
-        yield pb.ExampleBatch(batch_id=f"c{client}-{i}", task_id=TASK, features=tensor, labels=labels)
+        yield pb.ExampleBatch(
+            batch_id=f"c{client}-{i}", task_id=TASK, features=tensor, labels=labels
+        )
 
 
-def device(server: Server, channel: grpc.Channel, user: str) -> tuple[pb_grpc.DeviceServiceStub, str]:
+def device(
+    server: Server, channel: grpc.Channel, user: str
+) -> tuple[pb_grpc.DeviceServiceStub, str]:
     """A registered device whose user consented."""
     stub = pb_grpc.DeviceServiceStub(channel)
     token = stub.RegisterDevice(pb.RegisterDeviceRequest(app_id=APP, user_id=user)).device_token
@@ -79,7 +99,9 @@ def device(server: Server, channel: grpc.Channel, user: str) -> tuple[pb_grpc.De
     return stub, token
 
 
-def upload_run(server: Server, clients: int, seconds: float, batch: int, per_stream: int) -> dict[str, float]:
+def upload_run(
+    server: Server, clients: int, seconds: float, batch: int, per_stream: int
+) -> dict[str, float]:
     """Each client streams `per_stream` batches a call until time is up; counts acknowledged examples."""
     acked = [0] * clients
     channels = [grpc.insecure_channel(server.address) for _ in range(clients)]
@@ -105,11 +127,17 @@ def upload_run(server: Server, clients: int, seconds: float, batch: int, per_str
     for ch in channels:
         ch.close()
     examples = sum(acked)
-    return {"examples": examples, "seconds": elapsed, "examples_s": examples / elapsed,
-            "mb_s": examples * FEATURES * 4 / elapsed / 1e6}
+    return {
+        "examples": examples,
+        "seconds": elapsed,
+        "examples_s": examples / elapsed,
+        "mb_s": examples * FEATURES * 4 / elapsed / 1e6,
+    }
 
 
-def latencies(stub: pb_grpc.OperatorServiceStub, server: Server, job_id: str, seconds: float) -> np.ndarray:
+def latencies(
+    stub: pb_grpc.OperatorServiceStub, server: Server, job_id: str, seconds: float
+) -> np.ndarray:
     """GetJob called back to back for `seconds`; returns the latencies in ms."""
     out, deadline = [], time.perf_counter() + seconds
     while time.perf_counter() < deadline:
@@ -122,16 +150,28 @@ def latencies(stub: pb_grpc.OperatorServiceStub, server: Server, job_id: str, se
 def search_task(server: Server, channel: grpc.Channel) -> None:
     """A separable 1-D signal task with 600 consented examples for the search to run on."""
     op = pb_grpc.OperatorServiceStub(channel)
-    op.CreateTask(pb.CreateTaskRequest(task=pb.Task(task_id=SEARCH_TASK, app_ids=[APP], purpose=PURPOSE,
-                                                    input_shape=[1, 32], input_dtype=pb.DTYPE_FLOAT32,
-                                                    num_classes=3)), metadata=server.md())
+    op.CreateTask(
+        pb.CreateTaskRequest(
+            task=pb.Task(
+                task_id=SEARCH_TASK,
+                app_ids=[APP],
+                purpose=PURPOSE,
+                input_shape=[1, 32],
+                input_dtype=pb.DTYPE_FLOAT32,
+                num_classes=3,
+            )
+        ),
+        metadata=server.md(),
+    )
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 600)
     x = rng.normal(0, 0.3, (600, 1, 32)).astype("<f4")
     x[np.arange(600), 0, 8 * y + 4] += 3.0
     stub, token = device(server, channel, "searcher")
     features = pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=x.shape, data=x.tobytes())
-    batch = pb.ExampleBatch(batch_id="s0", task_id=SEARCH_TASK, labels=y.tolist(), features=features)
+    batch = pb.ExampleBatch(
+        batch_id="s0", task_id=SEARCH_TASK, labels=y.tolist(), features=features
+    )
     stub.UploadExamples(iter([batch]), metadata=server.md(token))
 
 
@@ -140,17 +180,26 @@ def job_latency(server: Server, seconds: float) -> list[list[object]]:
     channel = grpc.insecure_channel(server.address)
     op = pb_grpc.OperatorServiceStub(channel)
     search_task(server, channel)
-    spec = pb.JobSpec(task_id=SEARCH_TASK, mode=pb.SEARCH_MODE_JOINT, steps=100_000, retrain_steps=1)
+    spec = pb.JobSpec(
+        task_id=SEARCH_TASK, mode=pb.SEARCH_MODE_JOINT, steps=100_000, retrain_steps=1
+    )
     job = op.StartJob(pb.StartJobRequest(spec=spec), metadata=server.md())
     rows = []
-    idle = latencies(op, server, job.job_id, min(seconds, 3.0))  # while the worker still imports torch
-    while op.GetJob(pb.GetJobRequest(job_id=job.job_id), metadata=server.md()).progress.stage != "search":
+    idle = latencies(
+        op, server, job.job_id, min(seconds, 3.0)
+    )  # while the worker still imports torch
+    while (
+        op.GetJob(pb.GetJobRequest(job_id=job.job_id), metadata=server.md()).progress.stage
+        != "search"
+    ):
         time.sleep(0.2)
     busy = latencies(op, server, job.job_id, seconds)
     steps = op.GetJob(pb.GetJobRequest(job_id=job.job_id), metadata=server.md()).progress.step
     op.CancelJob(pb.CancelJobRequest(job_id=job.job_id), metadata=server.md())
     for label, ms in (("worker starting", idle), (f"search running (reached step {steps})", busy)):
-        rows.append([label, len(ms), f"{np.percentile(ms, 50):.2f}", f"{np.percentile(ms, 99):.2f}"])
+        rows.append(
+            [label, len(ms), f"{np.percentile(ms, 50):.2f}", f"{np.percentile(ms, 99):.2f}"]
+        )
     channel.close()
     return rows
 
@@ -166,15 +215,30 @@ def main() -> int:
         server = start_server(Path(tmp) / "var")
         try:
             with grpc.insecure_channel(server.address) as channel:
-                pb_grpc.OperatorServiceStub(channel).CreateTask(pb.CreateTaskRequest(task=pb.Task(
-                    task_id=TASK, app_ids=[APP], purpose=PURPOSE, input_shape=[FEATURES],
-                    input_dtype=pb.DTYPE_FLOAT32, num_classes=CLASSES)), metadata=server.md())
-            uploads = [(c, upload_run(server, c, args.seconds, args.batch, args.per_stream)) for c in (1, 16)]
+                pb_grpc.OperatorServiceStub(channel).CreateTask(
+                    pb.CreateTaskRequest(
+                        task=pb.Task(
+                            task_id=TASK,
+                            app_ids=[APP],
+                            purpose=PURPOSE,
+                            input_shape=[FEATURES],
+                            input_dtype=pb.DTYPE_FLOAT32,
+                            num_classes=CLASSES,
+                        )
+                    ),
+                    metadata=server.md(),
+                )
+            uploads = [
+                (c, upload_run(server, c, args.seconds, args.batch, args.per_stream))
+                for c in (1, 16)
+            ]
             latency = job_latency(server, args.seconds)
         finally:
             server.process.send_signal(signal.SIGTERM)
             server.process.wait(timeout=60)
-    upload_rows = [[c, int(r["examples"]), f"{r['examples_s']:,.0f}", f"{r['mb_s']:.1f}"] for c, r in uploads]
+    upload_rows = [
+        [c, int(r["examples"]), f"{r['examples_s']:,.0f}", f"{r['mb_s']:.1f}"] for c, r in uploads
+    ]
     body = (
         f"Server and clients on one machine over loopback (plaintext gRPC); server in its own process "
         f"(`autohas server`), clients are threads of the benchmark process; 1-minute load average at the "

@@ -8,12 +8,14 @@ import platform
 import re
 from pathlib import Path
 
-from server.demo.report import markdown_table
+from autohas_edge.server.demo.report import markdown_table
 
 __all__ = ["machine_description", "markdown_table", "write_section"]
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-_HEADER = "# Benchmark results\n\nEach section is written by the command it names; rerun it to refresh.\n"
+_HEADER = (
+    "# Benchmark results\n\nEach section is written by the command it names; rerun it to refresh.\n"
+)
 
 
 def machine_description() -> str:
@@ -26,7 +28,9 @@ def machine_description() -> str:
     except OSError:
         pass
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB RAM, Python {platform.python_version()}"
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB RAM, Python {platform.python_version()}"
+    )
 
 
 def write_section(name: str, command: str, body: str, path: Path = RESULTS) -> None:
@@ -38,7 +42,9 @@ def write_section(name: str, command: str, body: str, path: Path = RESULTS) -> N
         f"{body.strip()}\n<!-- END {name} -->\n"
     )
     text = path.read_text() if path.exists() else _HEADER
-    pattern = re.compile(rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->\n?", re.S)
+    pattern = re.compile(
+        rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->\n?", re.S
+    )
     if pattern.search(text):
         text = pattern.sub(lambda _: section, text)
     else:

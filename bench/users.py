@@ -33,7 +33,9 @@ def global_test_split(name: str = "mnist1d") -> tuple[np.ndarray, np.ndarray]:
         from mnist1d.data import get_dataset_args, make_dataset
 
         data = make_dataset(get_dataset_args())
-        return np.asarray(data["x_test"], np.float32)[:, None, :], np.asarray(data["y_test"], np.int64)
+        return np.asarray(data["x_test"], np.float32)[:, None, :], np.asarray(
+            data["y_test"], np.int64
+        )
     if name == "digits":
         from sklearn.datasets import load_digits
 
@@ -78,4 +80,11 @@ def make_user(
     labels = rng.choice(classes, n_tune + n_eval, p=p)
     idx = np.array([rng.choice(np.flatnonzero(y == c)) for c in labels])
     xs = transform(x[idx], shift, rng).astype(np.float32)
-    return User(f"user{index:02d}-{shift}", shift, xs[:n_tune], labels[:n_tune], xs[n_tune:], labels[n_tune:])
+    return User(
+        f"user{index:02d}-{shift}",
+        shift,
+        xs[:n_tune],
+        labels[:n_tune],
+        xs[n_tune:],
+        labels[n_tune:],
+    )

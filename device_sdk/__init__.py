@@ -2,7 +2,7 @@
 
 One `Hub` per device owns the models (a directory); every app asks it for a task's model::
 
-    from device_sdk import Hub, ServerClient
+    from autohas_edge.device_sdk import Hub, ServerClient
 
     hub = Hub("/data/autohas")
     with ServerClient("server:50051", "/data/autohas/state", app_id="com.example.keyboard",
@@ -23,10 +23,10 @@ names the problem (`InvalidInputError`, `BundleVerificationError`, `ConsentRequi
 `ServerUnavailableError`, ...); none of them loses what is stored on the device.
 """
 
-from device_sdk._serde import ConsentInfo, TaskInfo
-from device_sdk.bundle import Artifact, Manifest
-from device_sdk.client import FetchResult, ServerClient, UploadReport
-from device_sdk.errors import (
+from autohas_edge.device_sdk._serde import ConsentInfo, TaskInfo
+from autohas_edge.device_sdk.bundle import Artifact, Manifest
+from autohas_edge.device_sdk.client import FetchResult, ServerClient, UploadReport
+from autohas_edge.device_sdk.errors import (
     AuthenticationError,
     BundleError,
     BundleVerificationError,
@@ -41,10 +41,10 @@ from device_sdk.errors import (
     ServerError,
     ServerUnavailableError,
 )
-from device_sdk.hub import Hub
-from device_sdk.model import FineTuneResult, Model
-from device_sdk.runtime import available_runtimes
-from device_sdk.verify import VerificationReport, verify_bundle
+from autohas_edge.device_sdk.hub import Hub
+from autohas_edge.device_sdk.model import FineTuneResult, Model
+from autohas_edge.device_sdk.runtime import available_runtimes
+from autohas_edge.device_sdk.verify import VerificationReport, verify_bundle
 
 __all__ = [
     "Artifact",

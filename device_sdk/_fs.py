@@ -19,7 +19,9 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 def safe_component(value: str, what: str) -> str:
     """Return `value` if it can be used as one directory name, else raise ValueError naming `what`."""
     if not isinstance(value, str) or not _SAFE_NAME.match(value) or ".." in value:
-        raise ValueError(f"{what} {value!r} must match {_SAFE_NAME.pattern} (letters, digits, '.', '_', '-')")
+        raise ValueError(
+            f"{what} {value!r} must match {_SAFE_NAME.pattern} (letters, digits, '.', '_', '-')"
+        )
     return value
 
 

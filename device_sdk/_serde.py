@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from proto.autohas.v1 import personalization_pb2 as pb
+from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
 
 _DTYPES = {
     "float32": pb.DTYPE_FLOAT32,
@@ -66,7 +66,9 @@ def tensor_to_proto(x: np.ndarray) -> pb.Tensor:
 def tensor_from_proto(t: pb.Tensor) -> np.ndarray:
     """Inverse of `tensor_to_proto`."""
     dtype = np.dtype(_NAMES[t.dtype]).newbyteorder("<")
-    return np.frombuffer(t.data, dtype=dtype).reshape(tuple(t.shape)).astype(dtype.newbyteorder("="))
+    return (
+        np.frombuffer(t.data, dtype=dtype).reshape(tuple(t.shape)).astype(dtype.newbyteorder("="))
+    )
 
 
 def task_from_proto(t: pb.Task) -> TaskInfo:
@@ -83,6 +85,8 @@ def task_from_proto(t: pb.Task) -> TaskInfo:
 
 def consent_from_proto(c: pb.Consent) -> ConsentInfo:
     """A `Consent` message as a `ConsentInfo`."""
-    revoked = c.revoked_at.ToSeconds() + c.revoked_at.nanos / 1e9 if c.HasField("revoked_at") else None
+    revoked = (
+        c.revoked_at.ToSeconds() + c.revoked_at.nanos / 1e9 if c.HasField("revoked_at") else None
+    )
     granted = c.granted_at.ToSeconds() + c.granted_at.nanos / 1e9
     return ConsentInfo(c.purpose, c.consent_text_version, bool(c.active), granted, revoked)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from device_sdk.errors import InvalidInputError, LabelError
+from autohas_edge.device_sdk.errors import InvalidInputError, LabelError
 
 
 def as_examples(x: Any, input_shape: tuple[int, ...], what: str = "x") -> tuple[np.ndarray, bool]:
@@ -15,7 +15,9 @@ def as_examples(x: Any, input_shape: tuple[int, ...], what: str = "x") -> tuple[
     if arr.dtype == np.bool_ or not (
         np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
     ):
-        raise InvalidInputError(f"{what} has dtype {arr.dtype}; expected real numbers (float32 preferred)")
+        raise InvalidInputError(
+            f"{what} has dtype {arr.dtype}; expected real numbers (float32 preferred)"
+        )
     single = arr.shape == input_shape
     if single:
         arr = arr[None]
@@ -28,7 +30,9 @@ def as_examples(x: Any, input_shape: tuple[int, ...], what: str = "x") -> tuple[
         raise InvalidInputError(f"{what} holds no examples (shape {arr.shape})")
     out = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.all(np.isfinite(out)):
-        raise InvalidInputError(f"{what} contains NaN or infinite values (or values too large for float32)")
+        raise InvalidInputError(
+            f"{what} contains NaN or infinite values (or values too large for float32)"
+        )
     return out, single
 
 
@@ -43,7 +47,9 @@ def as_labels(y: Any, n: int, num_classes: int) -> np.ndarray:
         raise LabelError(f"labels have shape {arr.shape}; expected ({n},), one per example")
     bad = (arr < 0) | (arr >= num_classes)
     if bad.any():
-        raise LabelError(f"labels {sorted(set(arr[bad].tolist()))[:5]} are outside [0, {num_classes})")
+        raise LabelError(
+            f"labels {sorted(set(arr[bad].tolist()))[:5]} are outside [0, {num_classes})"
+        )
     return arr.astype(np.int64)
 
 

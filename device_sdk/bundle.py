@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from device_sdk._fs import sha256_file
-from device_sdk.errors import BundleError, BundleVerificationError
+from autohas_edge.device_sdk._fs import sha256_file
+from autohas_edge.device_sdk.errors import BundleError, BundleVerificationError
 
 FORMATS = ("onnx", "tflite", "onnx-int8", "tflite-int8")
 #: what `format="auto"` picks first: float before int8 (accuracy), TFLite before ONNX (it ran the
@@ -91,7 +91,9 @@ class Manifest:
         for a in self.artifacts:
             if a.format == fmt and a.role == role:
                 return a
-        raise BundleError(f"bundle has no {role!r} artifact in format {fmt!r} (has {self.formats()})")
+        raise BundleError(
+            f"bundle has no {role!r} artifact in format {fmt!r} (has {self.formats()})"
+        )
 
     def required_files(self, formats: Iterable[str] | None = None) -> list[str]:
         """Files a device needs for `formats` (all listed files when None)."""
@@ -123,7 +125,9 @@ class Manifest:
 
 
 def _tensor(spec: dict[str, Any]) -> TensorSpec:
-    return TensorSpec(str(spec.get("name", "")), tuple(spec["shape"]), str(spec.get("dtype", "float32")))
+    return TensorSpec(
+        str(spec.get("name", "")), tuple(spec["shape"]), str(spec.get("dtype", "float32"))
+    )
 
 
 def _artifact(a: dict[str, Any]) -> Artifact:
@@ -196,9 +200,13 @@ def verify_files(bundle_dir: Path, manifest: Manifest, paths: Iterable[str]) -> 
         if not path.is_file():
             raise BundleVerificationError(f"bundle file {rel} is missing")
         if path.stat().st_size != size:
-            raise BundleVerificationError(f"{rel} has {path.stat().st_size} bytes, manifest says {size}")
+            raise BundleVerificationError(
+                f"{rel} has {path.stat().st_size} bytes, manifest says {size}"
+            )
         if sha256_file(path) != sha:
-            raise BundleVerificationError(f"{rel} sha256 does not match the manifest: tampered or corrupt")
+            raise BundleVerificationError(
+                f"{rel} sha256 does not match the manifest: tampered or corrupt"
+            )
 
 
 def load_npz(path: Path, keys: Iterable[str]) -> dict[str, np.ndarray]:

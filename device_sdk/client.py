@@ -14,10 +14,16 @@ from typing import Any
 
 import grpc
 
-from device_sdk._serde import ConsentInfo, TaskInfo, consent_from_proto, task_from_proto, tensor_to_proto
-from device_sdk._validate import as_examples, as_labels
-from device_sdk.download import download_bundle
-from device_sdk.errors import (
+from autohas_edge.device_sdk._serde import (
+    ConsentInfo,
+    TaskInfo,
+    consent_from_proto,
+    task_from_proto,
+    tensor_to_proto,
+)
+from autohas_edge.device_sdk._validate import as_examples, as_labels
+from autohas_edge.device_sdk.download import download_bundle
+from autohas_edge.device_sdk.errors import (
     AuthenticationError,
     ConsentRequiredError,
     InvalidInputError,
@@ -26,10 +32,10 @@ from device_sdk.errors import (
     ServerError,
     ServerUnavailableError,
 )
-from device_sdk.hub import Hub
-from device_sdk.outbox import Outbox, QueuedBatch
-from proto.autohas.v1 import personalization_pb2 as pb
-from proto.autohas.v1 import personalization_pb2_grpc as pb_grpc
+from autohas_edge.device_sdk.hub import Hub
+from autohas_edge.device_sdk.outbox import Outbox, QueuedBatch
+from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
+from autohas_edge.proto.autohas.v1 import personalization_pb2_grpc as pb_grpc
 
 DEFAULT_PURPOSE = "personalization"
 _REVOKE = "revoke-pending/"
@@ -110,7 +116,9 @@ class ServerClient:
         if self.device_id and not force:
             return self.device_id
         request = pb.RegisterDeviceRequest(
-            app_id=self.app_id, user_id=self.user_id, device_name=self.device_name,
+            app_id=self.app_id,
+            user_id=self.user_id,
+            device_name=self.device_name,
             enrollment_ticket=enrollment_ticket,
         )
         reply = self._call("RegisterDevice", request, auth=False)
@@ -121,7 +129,8 @@ class ServerClient:
     def grant_consent(self, purpose: str = DEFAULT_PURPOSE, text_version: str = "1") -> ConsentInfo:
         """Record the user's consent to upload examples for `purpose`."""
         reply = self._call(
-            "GrantConsent", pb.GrantConsentRequest(purpose=purpose, consent_text_version=text_version)
+            "GrantConsent",
+            pb.GrantConsentRequest(purpose=purpose, consent_text_version=text_version),
         )
         return self._remember(consent_from_proto(reply))
 
@@ -227,7 +236,8 @@ class ServerClient:
         for batch in self.outbox.pending(limit=256):
             if not self.has_consent(batch.purpose):
                 raise ConsentRequiredError(
-                    f"queued batches need active consent for {batch.purpose!r}", "FAILED_PRECONDITION"
+                    f"queued batches need active consent for {batch.purpose!r}",
+                    "FAILED_PRECONDITION",
                 )
             size += batch.features.nbytes
             if batches and size > STREAM_BYTES:
@@ -283,13 +293,21 @@ class ServerClient:
         try:
             reply = self._call("GetModelManifest", pb.GetModelManifestRequest(task_id=task_id))
         except NotFoundError as exc:
-            raise ModelNotFoundError(f"the server has no model for task {task_id!r}: {exc}") from exc
+            raise ModelNotFoundError(
+                f"the server has no model for task {task_id!r}: {exc}"
+            ) from exc
         model_id = reply.model.model_id
-        have = hub.installed_formats(task_id, app_id) if hub.installed(task_id, app_id) == model_id else []
+        have = (
+            hub.installed_formats(task_id, app_id)
+            if hub.installed(task_id, app_id) == model_id
+            else []
+        )
         if have and (formats is None or set(formats) <= set(have)):
             return FetchResult(model_id, False)
         fetch = lambda path, offset: self._call(  # noqa: E731 - a one-line adapter
-            "DownloadModel", pb.DownloadModelRequest(model_id=model_id, path=path, offset=offset), stream=True
+            "DownloadModel",
+            pb.DownloadModelRequest(model_id=model_id, path=path, offset=offset),
+            stream=True,
         )
         directory, chosen = download_bundle(hub, reply, fetch, formats, on_chunk)
         hub.install(directory, task_id, app_id=app_id, formats=chosen, model_id=model_id)
@@ -299,7 +317,13 @@ class ServerClient:
     # -- plumbing -----------------------------------------------------------------------------------
 
     def _call(
-        self, method: str, request: Any, *, auth: bool = True, stream: bool = False, resend: bool = True
+        self,
+        method: str,
+        request: Any,
+        *,
+        auth: bool = True,
+        stream: bool = False,
+        resend: bool = True,
     ) -> Any:
         metadata = self._metadata() if auth else None
         if auth and resend:
@@ -340,7 +364,11 @@ def _guard_stream(chunks: Iterator[Any], method: str, address: str) -> Iterator[
         raise map_rpc_error(exc, method, address) from exc
 
 
-_UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+_UNAVAILABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+}
 
 
 def map_rpc_error(exc: grpc.RpcError, method: str, address: str) -> ServerError:
@@ -354,8 +382,9 @@ def map_rpc_error(exc: grpc.RpcError, method: str, address: str) -> ServerError:
         )
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" not in (details or ""):
         # the server is at its limit of open streams or calls: retryable, unlike an oversized message
-        return ServerUnavailableError(f"server {address} busy ({message}); retry later, local data is kept",
-                                      code.name)
+        return ServerUnavailableError(
+            f"server {address} busy ({message}); retry later, local data is kept", code.name
+        )
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return AuthenticationError(message, code.name)
     if code == grpc.StatusCode.NOT_FOUND:

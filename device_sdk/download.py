@@ -8,13 +8,13 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from device_sdk._fs import atomic_write_bytes, safe_component, sha256_file
-from device_sdk.bundle import AUTO_ORDER, MANIFEST, Manifest
-from device_sdk.errors import BundleError, DownloadError
-from device_sdk.runtime import available_runtimes
+from autohas_edge.device_sdk._fs import atomic_write_bytes, safe_component, sha256_file
+from autohas_edge.device_sdk.bundle import AUTO_ORDER, MANIFEST, Manifest
+from autohas_edge.device_sdk.errors import BundleError, DownloadError
+from autohas_edge.device_sdk.runtime import available_runtimes
 
 if TYPE_CHECKING:
-    from device_sdk.hub import Hub
+    from autohas_edge.device_sdk.hub import Hub
 
 #: fetch(path, offset) -> the server's stream of FileChunk messages from `offset`
 Fetch = Callable[[str, int], Iterator[Any]]
@@ -97,8 +97,12 @@ def download_file(
 
 def _finish(part: Path, final: Path, rel: str, sha: str, size: int, offset: int) -> None:
     if offset < size:
-        raise DownloadError(f"{rel}: the download stopped at {offset} of {size} bytes; it resumes next time")
+        raise DownloadError(
+            f"{rel}: the download stopped at {offset} of {size} bytes; it resumes next time"
+        )
     if offset > size or sha256_file(part) != sha:
         part.unlink()  # bad bytes cannot be resumed from: start this file again next time
-        raise DownloadError(f"{rel}: downloaded bytes do not match the sha256 in the manifest; discarded")
+        raise DownloadError(
+            f"{rel}: downloaded bytes do not match the sha256 in the manifest; discarded"
+        )
     os.replace(part, final)

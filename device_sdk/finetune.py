@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from device_sdk.errors import InvalidInputError
+from autohas_edge.device_sdk.errors import InvalidInputError
 
 #: The update conventions of the search engine (server/search/hparams.py, derive.fine_tuning), so that
 #: the manifest's hyper-parameters mean the same here: `learning_rate` is the optimizer's effective rate,

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from device_sdk._fs import atomic_save_npz, atomic_write_json, read_json
-from device_sdk.finetune import Head
+from autohas_edge.device_sdk._fs import atomic_save_npz, atomic_write_json, read_json
+from autohas_edge.device_sdk.finetune import Head
 
 _VERSION_FILE = re.compile(r"^v(\d{6})\.npz$")
 CURRENT = "CURRENT.json"

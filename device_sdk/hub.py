@@ -12,11 +12,11 @@ import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from device_sdk._fs import atomic_write_json, fsync_dir, read_json, safe_component
-from device_sdk.bundle import MANIFEST, Manifest
-from device_sdk.errors import BundleError, ModelNotFoundError
-from device_sdk.model import Engine, Model
-from device_sdk.verify import verify_bundle
+from autohas_edge.device_sdk._fs import atomic_write_json, fsync_dir, read_json, safe_component
+from autohas_edge.device_sdk.bundle import MANIFEST, Manifest
+from autohas_edge.device_sdk.errors import BundleError, ModelNotFoundError
+from autohas_edge.device_sdk.model import Engine, Model
+from autohas_edge.device_sdk.verify import verify_bundle
 
 try:
     import fcntl
@@ -66,15 +66,21 @@ class Hub:
         """
         source = Path(bundle_dir)
         manifest = Manifest.load(source)
-        task = safe_component(task_id or manifest.raw.get("task_id") or _missing_task(source), "task_id")
+        task = safe_component(
+            task_id or manifest.raw.get("task_id") or _missing_task(source), "task_id"
+        )
         model = safe_component(model_id or _model_id(source, manifest), "model_id")
         wanted = None if formats is None else list(dict.fromkeys(formats))
         with self._exclusive():
             name = self._ensure_bundle(source, manifest, model, wanted)
-            self._point(task, app_id, {"bundle": name, "model_id": model, "installed_at": time.time()})
+            self._point(
+                task, app_id, {"bundle": name, "model_id": model, "installed_at": time.time()}
+            )
         return model
 
-    def _ensure_bundle(self, source: Path, manifest: Manifest, model: str, formats: list[str] | None) -> str:
+    def _ensure_bundle(
+        self, source: Path, manifest: Manifest, model: str, formats: list[str] | None
+    ) -> str:
         staging = self.root / "staging" / f"{model}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         try:
             staging.mkdir(parents=True)
@@ -86,7 +92,9 @@ class Hub:
             target = self.root / "bundles" / name
             if target.exists():
                 return name
-            atomic_write_json(staging / VERIFIED, {"formats": list(report.formats), "errors": report.formats})
+            atomic_write_json(
+                staging / VERIFIED, {"formats": list(report.formats), "errors": report.formats}
+            )
             fsync_dir(staging)
             os.rename(staging, target)
             fsync_dir(target.parent)
@@ -97,11 +105,15 @@ class Hub:
             shutil.rmtree(staging, ignore_errors=True)
 
     def _point(self, task: str, app_id: str | None, pointer: dict[str, object]) -> None:
-        atomic_write_json(self._pointer_path(task, app_id and safe_component(app_id, "app_id")), pointer)
+        atomic_write_json(
+            self._pointer_path(task, app_id and safe_component(app_id, "app_id")), pointer
+        )
 
     # -- using ------------------------------------------------------------------------------------
 
-    def model(self, task_id: str, *, app_id: str, private: bool = False, format: str | None = None) -> Model:
+    def model(
+        self, task_id: str, *, app_id: str, private: bool = False, format: str | None = None
+    ) -> Model:
         """A handle to the task's model for one app: the app's own if it has one, else the shared one.
 
         `private=True` gives the app its own copy (starting from the shared model) so that its
@@ -132,7 +144,9 @@ class Hub:
         if pointer is None:
             return []
         return list(
-            read_json(self.root / "bundles" / str(pointer["bundle"]) / VERIFIED, {"formats": []})["formats"]
+            read_json(self.root / "bundles" / str(pointer["bundle"]) / VERIFIED, {"formats": []})[
+                "formats"
+            ]
         )
 
     def share(self, task_id: str, app_id: str) -> None:
@@ -161,7 +175,9 @@ class Hub:
         pointer = read_json(self._pointer_path(task, owner))
         if pointer is None:
             whose = "shared" if owner is None else f"app {owner!r}'s"
-            raise ModelNotFoundError(f"no {whose} model installed for task {task!r} under {self.root}")
+            raise ModelNotFoundError(
+                f"no {whose} model installed for task {task!r} under {self.root}"
+            )
         return dict(pointer)
 
     def _heads_dir(self, task: str, owner: str | None, model_id: str) -> Path:

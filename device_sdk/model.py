@@ -11,15 +11,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from device_sdk._validate import as_examples, as_labels
-from device_sdk.bundle import AUTO_ORDER, Manifest, load_head, verify_files
-from device_sdk.errors import BundleError
-from device_sdk.finetune import Head, HeadHyperparameters, holdout_split, softmax, train_head
-from device_sdk.heads import HeadStore
-from device_sdk.runtime import Runtime, available_runtimes, open_runtime
+from autohas_edge.device_sdk._validate import as_examples, as_labels
+from autohas_edge.device_sdk.bundle import AUTO_ORDER, Manifest, load_head, verify_files
+from autohas_edge.device_sdk.errors import BundleError
+from autohas_edge.device_sdk.finetune import (
+    Head,
+    HeadHyperparameters,
+    holdout_split,
+    softmax,
+    train_head,
+)
+from autohas_edge.device_sdk.heads import HeadStore
+from autohas_edge.device_sdk.runtime import Runtime, available_runtimes, open_runtime
 
 if TYPE_CHECKING:
-    from device_sdk.hub import Hub
+    from autohas_edge.device_sdk.hub import Hub
 
 
 class Engine:
@@ -46,7 +52,9 @@ def _pick_format(requested: str, verified: list[str], bundle: str) -> str:
         return runnable[0]
     if requested in runnable:
         return requested
-    raise BundleError(f"format {requested!r} is not available for bundle {bundle}: verified {runnable}")
+    raise BundleError(
+        f"format {requested!r} is not available for bundle {bundle}: verified {runnable}"
+    )
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,13 @@ class Model:
     """An app's handle to a task's model; obtain one with `Hub.model(task_id, app_id=...)`."""
 
     def __init__(self, hub: Hub, task_id: str, app_id: str, owner: str | None, fmt: str) -> None:
-        self.hub, self.task_id, self.app_id, self._owner, self._format = hub, task_id, app_id, owner, fmt
+        self.hub, self.task_id, self.app_id, self._owner, self._format = (
+            hub,
+            task_id,
+            app_id,
+            owner,
+            fmt,
+        )
         self._lock = threading.RLock()
         self._pointer_stamp: tuple[int, int] | None = None
         self._head_stamp: tuple[int, int] | None = None
@@ -185,7 +199,11 @@ class Model:
             diverged = not trained.finite() or not np.isfinite(losses[-1])
             after = -1.0 if diverged else trained.accuracy(features[held], labels[held])
             accepted = after > before
-            version = self._save(trained, hp, before, after, len(train), len(held)) if accepted else previous
+            version = (
+                self._save(trained, hp, before, after, len(train), len(held))
+                if accepted
+                else previous
+            )
         return FineTuneResult(
             accepted=accepted,
             version=version,
@@ -204,7 +222,9 @@ class Model:
             self._store.activate(version)
             self._sync()
 
-    def _save(self, head: Head, hp: HeadHyperparameters, before: float, after: float, n: int, m: int) -> int:
+    def _save(
+        self, head: Head, hp: HeadHyperparameters, before: float, after: float, n: int, m: int
+    ) -> int:
         meta = {
             "app_id": self.app_id,
             "format": self.format,

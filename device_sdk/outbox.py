@@ -56,7 +56,9 @@ class Outbox:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        self._db = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
@@ -110,14 +112,18 @@ class Outbox:
         """Number of batches in a state ("pending" or "rejected")."""
         with self._lock:
             return int(
-                self._db.execute("SELECT COUNT(*) FROM batches WHERE state = ?", (state,)).fetchone()[0]
+                self._db.execute(
+                    "SELECT COUNT(*) FROM batches WHERE state = ?", (state,)
+                ).fetchone()[0]
             )
 
     def remove(self, batch_ids: Iterable[str]) -> int:
         """Forget batches the server confirmed it stores."""
         ids = list(batch_ids)
         with self._transaction() as db:
-            return sum(db.execute("DELETE FROM batches WHERE batch_id = ?", (b,)).rowcount for b in ids)
+            return sum(
+                db.execute("DELETE FROM batches WHERE batch_id = ?", (b,)).rowcount for b in ids
+            )
 
     def record_failure(self, batch_ids: Iterable[str], error: str, *, reject: bool = False) -> None:
         """Count a failed attempt; `reject` parks a batch the server refused, so it blocks no others."""
@@ -148,7 +154,10 @@ class Outbox:
     def set(self, key: str, value: Any) -> None:
         """Store a JSON setting durably."""
         with self._transaction() as db:
-            db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+            db.execute(
+                "INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)",
+                (key, json.dumps(value)),
+            )
 
     def keys(self, prefix: str) -> list[str]:
         """Setting keys that start with `prefix`."""
@@ -167,4 +176,6 @@ class Outbox:
 def _batch(row: tuple[Any, ...]) -> QueuedBatch:
     batch_id, task_id, purpose, dtype, shape, features, labels, attempts = row
     x = np.frombuffer(features, dtype=np.dtype(dtype)).reshape(json.loads(shape))
-    return QueuedBatch(batch_id, task_id, purpose, x, np.frombuffer(labels, dtype="<i8"), int(attempts))
+    return QueuedBatch(
+        batch_id, task_id, purpose, x, np.frombuffer(labels, dtype="<i8"), int(attempts)
+    )

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from device_sdk.bundle import Artifact
-from device_sdk.errors import BundleError, RuntimeUnavailableError
+from autohas_edge.device_sdk.bundle import Artifact
+from autohas_edge.device_sdk.errors import BundleError, RuntimeUnavailableError
 
 
 class Runtime(ABC):
@@ -55,8 +55,12 @@ class OnnxRuntime(Runtime):
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own hierarchy; any failure means a bad file
+            self._session = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+        except (
+            Exception
+        ) as exc:  # onnxruntime raises its own hierarchy; any failure means a bad file
             raise BundleError(f"onnxruntime cannot load {self.path.name}: {exc}") from exc
         first = self._session.get_inputs()[0]
         self._input = first.name
@@ -77,7 +81,9 @@ class TfliteRuntime(Runtime):
             self._interp = module.Interpreter(model_path=str(path), num_threads=threads)
             self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise BundleError(f"the TFLite interpreter cannot load {self.path.name}: {exc}") from exc
+            raise BundleError(
+                f"the TFLite interpreter cannot load {self.path.name}: {exc}"
+            ) from exc
         self._in = self._interp.get_input_details()[0]
         self._out = self._interp.get_output_details()[0]
         self._shape = tuple(int(d) for d in self._in["shape"])
@@ -126,7 +132,9 @@ def _import_tflite() -> Any:
             return importlib.import_module(name)
         except ImportError:
             continue
-    raise RuntimeUnavailableError("no TFLite interpreter: pip install ai-edge-litert (or tflite-runtime)")
+    raise RuntimeUnavailableError(
+        "no TFLite interpreter: pip install ai-edge-litert (or tflite-runtime)"
+    )
 
 
 #: runtime family -> (backend class, the module whose presence makes it usable)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from device_sdk.bundle import Manifest, load_head, load_npz, verify_files
-from device_sdk.errors import BundleVerificationError
-from device_sdk.runtime import available_runtimes, open_runtime
+from autohas_edge.device_sdk.bundle import Manifest, load_head, load_npz, verify_files
+from autohas_edge.device_sdk.errors import BundleVerificationError
+from autohas_edge.device_sdk.runtime import available_runtimes, open_runtime
 
 #: float artifacts: largest |output - reference| allowed, times max(1, max |reference|). The export
 #: checks 1e-4 on its own machine; another CPU's kernels may round differently, hence the slack.
@@ -72,7 +72,9 @@ def _verify_format(
 ) -> float:
     x = ref["x"].astype(np.float32)
     if x.shape[1:] != manifest.input_shape:
-        raise BundleVerificationError(f"reference x is {x.shape[1:]}, the model input {manifest.input_shape}")
+        raise BundleVerificationError(
+            f"reference x is {x.shape[1:]}, the model input {manifest.input_shape}"
+        )
     weight, bias = load_head(bundle_dir, manifest)
     worst = 0.0
     for role, key in (("model", "logits"), ("features", "features")):
@@ -114,5 +116,7 @@ def _check(what: str, out: np.ndarray, ref: np.ndarray, tolerance: float) -> flo
     _check_shape(what, out, ref)
     err = _max_error(out, ref)
     if not np.isfinite(err) or err > tolerance:
-        raise BundleVerificationError(f"{what}: differs from reference.npz by {err:.3g} (> {tolerance:g})")
+        raise BundleVerificationError(
+            f"{what}: differs from reference.npz by {err:.3g} (> {tolerance:g})"
+        )
     return err

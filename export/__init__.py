@@ -10,12 +10,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from export.errors import ExportError, VerificationError
-from export.formats import ALL_FORMATS, FORMATS, parse_formats
-from export.verify import VerificationReport, verify_bundle
+from autohas_edge.export.errors import ExportError, VerificationError
+from autohas_edge.export.formats import ALL_FORMATS, FORMATS, parse_formats
+from autohas_edge.export.verify import VerificationReport, verify_bundle
 
 #: torch-side API, imported on first access
-_LAZY = {"export_run": "export.run", "export_model": "export.bundle", "ExportReport": "export.bundle"}
+_LAZY = {
+    "export_run": "autohas_edge.export.run",
+    "export_model": "autohas_edge.export.bundle",
+    "ExportReport": "autohas_edge.export.bundle",
+}
 
 __all__ = [
     "ALL_FORMATS",

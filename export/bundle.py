@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.contract import ModelSpec, check_contract, torch_outputs
-from export.errors import VerificationError
-from export.fold import fold_batch_norm
-from export.formats import FORMATS, OUTPUT_NAMES, ROLES, Format, parse_formats
-from export.manifest import (
+from autohas_edge.export.contract import ModelSpec, check_contract, torch_outputs
+from autohas_edge.export.errors import VerificationError
+from autohas_edge.export.fold import fold_batch_norm
+from autohas_edge.export.formats import FORMATS, OUTPUT_NAMES, ROLES, Format, parse_formats
+from autohas_edge.export.manifest import (
     HEAD_FILE,
     REFERENCE_FILE,
     SCHEMA_VERSION,
@@ -27,8 +27,8 @@ from export.manifest import (
     tool_versions,
     write_manifest,
 )
-from export.runtimes import load_runner
-from export.verify import (
+from autohas_edge.export.runtimes import load_runner
+from autohas_edge.export.verify import (
     FLOAT_TOLERANCE,
     INT8_MAX_ACCURACY_DROP,
     Head,
@@ -153,7 +153,9 @@ def export_model(
 
 def _write_artifacts(ctx: _Context, result: dict[str, Any], fmts: tuple[Format, ...]) -> None:
     """Every requested artifact, verified, then the manifest, into the staging folder."""
-    ctx.model, ctx.folded = fold_batch_norm(ctx.model)  # convert the folded copy, verify against the original
+    ctx.model, ctx.folded = fold_batch_norm(
+        ctx.model
+    )  # convert the folded copy, verify against the original
     with tempfile.TemporaryDirectory() as scratch:
         for runtime in ("onnx", "tflite"):
             _export_runtime(ctx, runtime, fmts, Path(scratch))
@@ -231,28 +233,33 @@ def _export_runtime(ctx: _Context, runtime: str, fmts: tuple[Format, ...], scrat
 
 
 def _convert(
-    runtime: str, module: torch.nn.Module, x_ref: np.ndarray, path: Path, output_name: str, fixed_reason: str
+    runtime: str,
+    module: torch.nn.Module,
+    x_ref: np.ndarray,
+    path: Path,
+    output_name: str,
+    fixed_reason: str,
 ) -> str:
     """Write the float artifact; returns why its batch is fixed ("" when dynamic)."""
     sample = torch.from_numpy(x_ref[:2].copy())
     with torch.no_grad():
         if runtime == "onnx":
-            from export.convert_onnx import export_onnx
+            from autohas_edge.export.convert_onnx import export_onnx
 
             export_onnx(module, sample, path, output_name)
             return ""
-        from export.convert_tflite import export_tflite
+        from autohas_edge.export.convert_tflite import export_tflite
 
         return export_tflite(module, sample, path, output_name, fixed_reason).note
 
 
 def _quantize(runtime: str, float_path: Path, path: Path, calibration_x: np.ndarray) -> None:
     if runtime == "onnx":
-        from export.convert_onnx import quantize_onnx
+        from autohas_edge.export.convert_onnx import quantize_onnx
 
         quantize_onnx(float_path, path, calibration_x)
     else:
-        from export.convert_tflite import quantize_tflite
+        from autohas_edge.export.convert_tflite import quantize_tflite
 
         quantize_tflite(float_path, path, calibration_x)
 
@@ -317,7 +324,11 @@ def _record_artifact(ctx: _Context, fmt: Format, role: str, path: Path, note: st
 
 
 def _quantization(fmt: Format, calibration_count: int) -> dict[str, Any]:
-    tool = "onnxruntime.quantization (QDQ)" if fmt.runtime == "onnx" else "ai-edge-quantizer (static_wi8_ai8)"
+    tool = (
+        "onnxruntime.quantization (QDQ)"
+        if fmt.runtime == "onnx"
+        else "ai-edge-quantizer (static_wi8_ai8)"
+    )
     return {
         "scheme": "static",
         "weights": "int8 per-channel",
@@ -343,7 +354,9 @@ def _verification(ctx: _Context) -> dict[str, Any]:
     }
 
 
-def _manifest(ctx: _Context, result: dict[str, Any], name: str, fmts: tuple[Format, ...]) -> dict[str, Any]:
+def _manifest(
+    ctx: _Context, result: dict[str, Any], name: str, fmts: tuple[Format, ...]
+) -> dict[str, Any]:
     """manifest.json as docs/architecture.md §5 describes it."""
     spec = ctx.spec
     return {
@@ -366,7 +379,13 @@ def _manifest(ctx: _Context, result: dict[str, Any], name: str, fmts: tuple[Form
         "hyperparameters": result.get("hyperparameters"),
         "search_metrics": {
             k: result.get(k)
-            for k in ("test_accuracy", "params", "search_seconds", "retrain_seconds", "retrain_steps")
+            for k in (
+                "test_accuracy",
+                "params",
+                "search_seconds",
+                "retrain_seconds",
+                "retrain_steps",
+            )
         },
         "dataset": result.get("dataset"),
         "fine_tuning": {

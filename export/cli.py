@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.errors import ExportError, one_line
-from export.formats import ALL_FORMATS, FORMATS, Format, parse_formats
+from autohas_edge.export.errors import ExportError, one_line
+from autohas_edge.export.formats import ALL_FORMATS, FORMATS, Format, parse_formats
 
 
 @dataclass
@@ -27,13 +27,21 @@ class Row:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `autohas export`."""
-    parser.add_argument("runs", nargs="+", type=Path, help="run directories written by `autohas search`")
     parser.add_argument(
-        "--formats", default=ALL_FORMATS, help=f"comma-separated, from {', '.join(FORMATS)} (default: all)"
+        "runs", nargs="+", type=Path, help="run directories written by `autohas search`"
     )
-    parser.add_argument("--out", type=Path, default=Path("dist"), help="bundles go to OUT/<run name>/")
     parser.add_argument(
-        "--reference", choices=("test", "synthetic"), default="test",
+        "--formats",
+        default=ALL_FORMATS,
+        help=f"comma-separated, from {', '.join(FORMATS)} (default: all)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("dist"), help="bundles go to OUT/<run name>/"
+    )
+    parser.add_argument(
+        "--reference",
+        choices=("test", "synthetic"),
+        default="test",
         help="reference.npz inputs: real test examples, or synthetic ones when the data is personal",
     )
 
@@ -49,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     print(summary_table(rows))
     failed = sum(not r.ok for r in rows)
     print(
-        f"{len(rows) - failed} exported, {failed} failed" + (f" -> {args.out}" if failed < len(rows) else "")
+        f"{len(rows) - failed} exported, {failed} failed"
+        + (f" -> {args.out}" if failed < len(rows) else "")
     )
     return 1 if failed else 0
 
@@ -88,12 +97,14 @@ def _export_one(
         return Row(str(run_dir), False, error=problem)
     names[name] = run_dir
     try:
-        from export.run import export_run
+        from autohas_edge.export.run import export_run
 
         report = export_run(run_dir, out, formats, on_stage=stage, reference=reference)
     except ExportError as err:
         return Row(str(run_dir), False, error=str(err))
-    except Exception as err:  # one broken model must not stop the batch; say what broke, in one line
+    except (
+        Exception
+    ) as err:  # one broken model must not stop the batch; say what broke, in one line
         return Row(str(run_dir), False, error=one_line(f"{run_dir}: {type(err).__name__}: {err}"))
     return Row(
         str(run_dir),
@@ -112,14 +123,24 @@ def summary_table(rows: list[Row]) -> str:
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
     out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     out.append("  ".join("-" * w for w in widths))
-    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines]
+    out += [
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    ]
     return "\n".join(out)
 
 
 def _cells(r: Row) -> list[str]:
     seconds = f"{r.seconds:.1f}" if r.ok else ""
     status = "ok" if r.ok else "FAILED"
-    return [r.run, status, r.bundle, _pct(r.float_accuracy), _pct(_min(r.int8_accuracy)), seconds, r.error]
+    return [
+        r.run,
+        status,
+        r.bundle,
+        _pct(r.float_accuracy),
+        _pct(_min(r.int8_accuracy)),
+        seconds,
+        r.error,
+    ]
 
 
 def _pct(value: float | None) -> str:

@@ -8,10 +8,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.errors import ExportError
+from autohas_edge.export.errors import ExportError
 
 #: keys `fine_tuning.hyperparameters` must carry (docs/architecture.md §5)
-FINE_TUNING_KEYS = ("learning_rate", "weight_decay", "epochs", "batch_size", "label_smoothing", "optimizer")
+FINE_TUNING_KEYS = (
+    "learning_rate",
+    "weight_decay",
+    "epochs",
+    "batch_size",
+    "label_smoothing",
+    "optimizer",
+)
 #: rows per torch forward pass when computing reference outputs
 CHUNK = 512
 
@@ -63,18 +70,23 @@ def check_contract(
     if logits.shape[1:] != (num_classes,) or features.shape[1:] != (classifier.in_features,):
         got = f"logits {list(logits.shape)} and features {list(features.shape)}"
         raise ExportError(
-            source, f"model outputs {got}, expected [n, {num_classes}] and [n, {classifier.in_features}]"
+            source,
+            f"model outputs {got}, expected [n, {num_classes}] and [n, {classifier.in_features}]",
         )
     with torch.no_grad():
         headed = classifier(torch.from_numpy(features)).numpy()
     if not np.allclose(headed, logits, atol=1e-5, rtol=1e-5):
-        raise ExportError(source, "model(x) != model.classifier(model.features(x)) (docs/architecture.md §4)")
+        raise ExportError(
+            source, "model(x) != model.classifier(model.features(x)) (docs/architecture.md §4)"
+        )
     labels = [str(n) for n in dataset.get("label_names") or range(num_classes)]
     fine_tuning = fine_tuning_hyperparameters(result, result_source)
     return ModelSpec(input_shape, num_classes, classifier.in_features, labels, fine_tuning)
 
 
-def fine_tuning_hyperparameters(result: dict[str, Any], source: str = "result.json") -> dict[str, Any]:
+def fine_tuning_hyperparameters(
+    result: dict[str, Any], source: str = "result.json"
+) -> dict[str, Any]:
     """The on-device head-training hyper-parameters from result.json's `fine_tuning`."""
     section = result.get("fine_tuning") or {}
     params = section.get("hyperparameters", section)

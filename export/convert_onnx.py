@@ -11,15 +11,17 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from export.errors import ExportError
-from export.formats import INPUT_NAME
-from export.quiet import quiet
+from autohas_edge.export.errors import ExportError
+from autohas_edge.export.formats import INPUT_NAME
+from autohas_edge.export.quiet import quiet
 
 #: the largest batch the exported graph accepts (torch.export needs a bound)
 MAX_BATCH = 1 << 16
 
 
-def export_onnx(module: torch.nn.Module, sample: torch.Tensor, path: Path, output_name: str) -> None:
+def export_onnx(
+    module: torch.nn.Module, sample: torch.Tensor, path: Path, output_name: str
+) -> None:
     """Export `module` to `path` with a dynamic batch dimension, weights inside the one file."""
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     # Export into a scratch folder so a stray sidecar (`.data`) can never end up in the bundle.

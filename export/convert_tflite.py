@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.errors import one_line
-from export.formats import INPUT_NAME
-from export.quiet import quiet
-from export.runtimes import tflite_interpreter_class
+from autohas_edge.export.errors import one_line
+from autohas_edge.export.formats import INPUT_NAME
+from autohas_edge.export.quiet import quiet
+from autohas_edge.export.runtimes import tflite_interpreter_class
 
 #: the largest batch a dynamic-batch TFLite graph would accept
 MAX_BATCH = 1 << 16
@@ -38,7 +38,11 @@ class _Named(torch.nn.Module):
 
 
 def export_tflite(
-    module: torch.nn.Module, sample: torch.Tensor, path: Path, output_name: str, fixed_reason: str = ""
+    module: torch.nn.Module,
+    sample: torch.Tensor,
+    path: Path,
+    output_name: str,
+    fixed_reason: str = "",
 ) -> TFLiteExport:
     """Convert `module` to `path`: a dynamic batch when litert-torch can lower it, else batch 1.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from export.errors import ExportError
+from autohas_edge.export.errors import ExportError
 
 ROLES = ("model", "features")
 #: the output name of each role, the same in every format
@@ -49,7 +49,9 @@ def parse_formats(spec: str | Iterable[str | Format]) -> tuple[Format, ...]:
     names = [str(n).strip() for n in items if str(n).strip()]
     unknown = [n for n in names if n not in FORMATS]
     if unknown:
-        raise ExportError("--formats", f"unknown format {unknown[0]!r} (choose from {', '.join(FORMATS)})")
+        raise ExportError(
+            "--formats", f"unknown format {unknown[0]!r} (choose from {', '.join(FORMATS)})"
+        )
     if not names:
         raise ExportError("--formats", f"no format given (choose from {', '.join(FORMATS)})")
     return tuple(f for n, f in FORMATS.items() if n in names)

@@ -9,7 +9,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from export.errors import ExportError
+from autohas_edge.export.errors import ExportError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -44,7 +44,11 @@ def file_entry(path: str | Path) -> dict[str, Any]:
 
 def files_table(bundle: Path) -> dict[str, dict[str, Any]]:
     """Every file of the bundle except the manifest itself -> its sha256 and size."""
-    return {p.name: file_entry(p) for p in sorted(bundle.iterdir()) if p.is_file() and p.name != MANIFEST}
+    return {
+        p.name: file_entry(p)
+        for p in sorted(bundle.iterdir())
+        if p.is_file() and p.name != MANIFEST
+    }
 
 
 def tool_versions() -> dict[str, str]:
@@ -82,7 +86,9 @@ def read_manifest(bundle: str | Path) -> dict[str, Any]:
         raise ExportError(path, f"missing key {missing[0]!r}")
     if manifest["schema_version"] != SCHEMA_VERSION:
         found = manifest["schema_version"]
-        raise ExportError(path, f"schema_version {found} is not {SCHEMA_VERSION}, the one this tool reads")
+        raise ExportError(
+            path, f"schema_version {found} is not {SCHEMA_VERSION}, the one this tool reads"
+        )
     return manifest
 
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from export.bundle import CALIBRATION_COUNT, ExportReport, export_model
-from export.errors import ExportError
-from export.formats import ALL_FORMATS, Format, parse_formats
+from autohas_edge.export.bundle import CALIBRATION_COUNT, ExportReport, export_model
+from autohas_edge.export.errors import ExportError
+from autohas_edge.export.formats import ALL_FORMATS, Format, parse_formats
 
 
 def export_run(
@@ -61,15 +61,19 @@ def read_result(run: Path) -> dict[str, Any]:
         raise ExportError(path, f"not valid JSON ({err})") from err
 
 
-def calibration_sample(x_train: np.ndarray, count: int = CALIBRATION_COUNT, seed: int = 0) -> np.ndarray:
+def calibration_sample(
+    x_train: np.ndarray, count: int = CALIBRATION_COUNT, seed: int = 0
+) -> np.ndarray:
     """A fixed random subset of the training split for int8 calibration."""
     x_train = np.asarray(x_train, dtype=np.float32)
-    rows = np.random.default_rng(seed).choice(len(x_train), size=min(count, len(x_train)), replace=False)
+    rows = np.random.default_rng(seed).choice(
+        len(x_train), size=min(count, len(x_train)), replace=False
+    )
     return x_train[np.sort(rows)]
 
 
 def _load_model(run: Path, result: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    from server.search import load_model
+    from autohas_edge.server.search import load_model
 
     checkpoint = run / "model.pt"
     if not checkpoint.is_file():
@@ -80,12 +84,14 @@ def _load_model(run: Path, result: dict[str, Any]) -> tuple[Any, dict[str, Any]]
         # load_state_dict's errors name "state_dict"; bad model_args raise KeyError / TypeError
         if isinstance(err, (KeyError, TypeError)) or "state_dict" in str(err):
             raise ExportError(checkpoint, f"checkpoint does not match its config: {err}") from err
-        raise ExportError(checkpoint, f"cannot read the checkpoint: {type(err).__name__}: {err}") from err
+        raise ExportError(
+            checkpoint, f"cannot read the checkpoint: {type(err).__name__}: {err}"
+        ) from err
     return model, loaded or result
 
 
 def _load_dataset(run: Path, result: dict[str, Any]) -> Any:
-    from server.search import load_dataset
+    from autohas_edge.server.search import load_dataset
 
     spec = dataset_spec(result, run / "result.json")
     try:

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from export.errors import ExportError
+from autohas_edge.export.errors import ExportError
 
 #: rows per call when a runtime has a dynamic batch
 CHUNK = 256
@@ -103,7 +103,9 @@ class TFLiteRunner:
         )
 
 
-def load_runner(path: str | Path, runtime: str, num_threads: int | None = None) -> OnnxRunner | TFLiteRunner:
+def load_runner(
+    path: str | Path, runtime: str, num_threads: int | None = None
+) -> OnnxRunner | TFLiteRunner:
     """Load `path` with the runtime named `runtime` ("onnx" or "tflite")."""
     if runtime == "onnx":
         return OnnxRunner(path, num_threads)

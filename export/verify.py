@@ -12,9 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from export.errors import ExportError, VerificationError
-from export.manifest import HEAD_FILE, MANIFEST, REFERENCE_FILE, read_manifest, sha256_file
-from export.runtimes import load_runner
+from autohas_edge.export.errors import ExportError, VerificationError
+from autohas_edge.export.manifest import (
+    HEAD_FILE,
+    MANIFEST,
+    REFERENCE_FILE,
+    read_manifest,
+    sha256_file,
+)
+from autohas_edge.export.runtimes import load_runner
 
 #: float artifacts: largest allowed |artifact - torch| on any reference output
 FLOAT_TOLERANCE = 1e-4
@@ -103,13 +109,17 @@ def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.argmax(logits, axis=1) == y))
 
 
-def measure(outputs: np.ndarray, role: str, reference: Reference, head: Head) -> tuple[float, float]:
+def measure(
+    outputs: np.ndarray, role: str, reference: Reference, head: Head
+) -> tuple[float, float]:
     """(max abs diff against the torch outputs, fraction of reference inputs with the same argmax)."""
     expected = reference.features if role == "features" else reference.logits
     if outputs.shape != expected.shape:
         return float("inf"), 0.0
     diff = float(np.max(np.abs(outputs.astype(np.float64) - expected)))
-    same = np.argmax(predict_logits(outputs, role, head), axis=1) == np.argmax(reference.logits, axis=1)
+    same = np.argmax(predict_logits(outputs, role, head), axis=1) == np.argmax(
+        reference.logits, axis=1
+    )
     return diff, float(np.mean(same))
 
 
@@ -120,9 +130,13 @@ def check_float(
     diff, agreement = measure(outputs, role, reference, head)
     problem = ""
     if diff > FLOAT_TOLERANCE:
-        problem = f"{path}: max abs diff {diff:.3g} > {FLOAT_TOLERANCE:g} against the torch reference"
+        problem = (
+            f"{path}: max abs diff {diff:.3g} > {FLOAT_TOLERANCE:g} against the torch reference"
+        )
     elif agreement < 1.0:
-        problem = f"{path}: argmax differs from torch on {1 - agreement:.1%} of the reference inputs"
+        problem = (
+            f"{path}: argmax differs from torch on {1 - agreement:.1%} of the reference inputs"
+        )
     return ArtifactCheck(path.name, fmt, role, not problem, diff, agreement, problem)
 
 
@@ -146,7 +160,9 @@ def check_int8(
     return ArtifactCheck(path.name, fmt, role, not problem, diff, agreement, problem)
 
 
-def run_artifact(path: Path, runtime: str, x: np.ndarray, num_threads: int | None = None) -> np.ndarray:
+def run_artifact(
+    path: Path, runtime: str, x: np.ndarray, num_threads: int | None = None
+) -> np.ndarray:
     """Run the artifact at `path` on `x` with its real runtime."""
     try:
         runner = load_runner(path, runtime, num_threads)
@@ -170,16 +186,25 @@ def check_files(bundle: Path, manifest: dict[str, Any]) -> list[str]:
         return unsafe  # never hash or run anything outside the bundle
     problems = [p for name, entry in listed.items() if (p := _file_problem(bundle / name, entry))]
     extra = [
-        p for p in sorted(bundle.iterdir()) if p.is_file() and p.name not in listed and p.name != MANIFEST
+        p
+        for p in sorted(bundle.iterdir())
+        if p.is_file() and p.name not in listed and p.name != MANIFEST
     ]
-    problems += [f"{path}: not listed in manifest.json" for path in extra if not path.name.startswith(".")]
+    problems += [
+        f"{path}: not listed in manifest.json" for path in extra if not path.name.startswith(".")
+    ]
     missing = [a["file"] for a in manifest["artifacts"] if a["file"] not in listed]
-    return problems + [f"{bundle / name}: artifact not listed in manifest files" for name in missing]
+    return problems + [
+        f"{bundle / name}: artifact not listed in manifest files" for name in missing
+    ]
 
 
 def _plain(name: object) -> bool:
     return (
-        isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name and "\\" not in name
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and Path(name).name == name
+        and "\\" not in name
     )
 
 
@@ -190,7 +215,8 @@ def _file_problem(path: Path, entry: dict[str, Any]) -> str:
     if digest != entry.get("sha256"):
         expected = str(entry.get("sha256"))[:12]
         return (
-            f"{path}: sha256 mismatch (manifest {expected}..., file {digest[:12]}...): tampered or corrupted"
+            f"{path}: sha256 mismatch (manifest {expected}..., file {digest[:12]}...): "
+            "tampered or corrupted"
         )
     if path.stat().st_size != entry.get("bytes"):
         return f"{path}: size {path.stat().st_size} bytes, manifest says {entry.get('bytes')}"

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from export.errors import ExportError
-from export.verify import ArtifactCheck, VerificationReport, verify_bundle
+from autohas_edge.export.errors import ExportError
+from autohas_edge.export.verify import ArtifactCheck, VerificationReport, verify_bundle
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,7 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "bundles", nargs="+", type=Path, help="bundle directories written by `autohas export`"
     )
-    parser.add_argument("--threads", type=int, default=None, help="runtime threads (default: the runtime's)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="runtime threads (default: the runtime's)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,4 +54,6 @@ def _line(check: ArtifactCheck) -> str:
         return f"{head} FAILED"
     status = "ok" if check.passed else "FAILED"
     agreement = check.argmax_agreement or 0.0
-    return f"{head} {status:<6} max|diff| {check.max_abs_diff:.2e}  argmax agreement {agreement:.0%}"
+    return (
+        f"{head} {status:<6} max|diff| {check.max_abs_diff:.2e}  argmax agreement {agreement:.0%}"
+    )

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from server.domain import Consent, Device, Task, now
-from server.enrollment import TicketError, check_ticket
-from server.errors import NotFound, PermissionDenied, Unauthenticated
-from server.store import Store
-from server.tokens import device_id_of, hash_token, matches, new_device_token, new_id
-from server.validate import check_id, check_text
+from autohas_edge.server.domain import Consent, Device, Task, now
+from autohas_edge.server.enrollment import TicketError, check_ticket
+from autohas_edge.server.errors import NotFound, PermissionDenied, Unauthenticated
+from autohas_edge.server.store import Store
+from autohas_edge.server.tokens import device_id_of, hash_token, matches, new_device_token, new_id
+from autohas_edge.server.validate import check_id, check_text
 
 MAX_TOKEN_CHARS = 512
 # Compared against when a token names no device, so an unknown id costs the same time as a wrong secret.
@@ -47,16 +47,22 @@ RevokeResult = tuple[Consent | None, int]
 RevokeHook = Callable[[str, str, str, Callable[[float], RevokeResult]], RevokeResult]
 
 
-def _revoke_now(app_id: str, user_id: str, purpose: str,
-                commit: Callable[[float], RevokeResult]) -> RevokeResult:
+def _revoke_now(
+    app_id: str, user_id: str, purpose: str, commit: Callable[[float], RevokeResult]
+) -> RevokeResult:
     return commit(now())
 
 
 class Accounts:
     """Registers devices, authenticates tokens, and records consent grants and revocations."""
 
-    def __init__(self, store: Store, operator_token: str, revoke_hook: RevokeHook = _revoke_now,
-                 enrollment_keys: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        operator_token: str,
+        revoke_hook: RevokeHook = _revoke_now,
+        enrollment_keys: Mapping[str, str] | None = None,
+    ) -> None:
         self._store = store
         self._operator_hash = hash_token(operator_token)  # the plain token is not kept
         self._revoke_hook = revoke_hook
@@ -67,7 +73,9 @@ class Accounts:
         """Whether any caller may register a device for any user id (no enrollment keys configured)."""
         return self._enrollment_keys is None
 
-    def register_device(self, app_id: str, user_id: str, name: str, ticket: str = "") -> tuple[Device, str]:
+    def register_device(
+        self, app_id: str, user_id: str, name: str, ticket: str = ""
+    ) -> tuple[Device, str]:
         """Register a device for an app's user; returns it and its token (shown once, stored hashed).
 
         With enrollment keys configured, `ticket` must be a valid enrollment ticket for exactly this app
@@ -110,8 +118,9 @@ class Accounts:
         """Record the device's user's consent for a purpose (idempotent for the same text version)."""
         check_id("purpose", purpose)
         check_id("consent_text_version", consent_text_version)
-        return self._store.grant_consent(Consent(device.app_id, device.user_id, purpose, consent_text_version,
-                                                 now()))
+        return self._store.grant_consent(
+            Consent(device.app_id, device.user_id, purpose, consent_text_version, now())
+        )
 
     def revoke_consent(self, device: Device, purpose: str) -> tuple[Consent, int]:
         """Revoke the user's consent for a purpose and delete their examples for it at once (from the store,

@@ -18,19 +18,19 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from proto.autohas.v1 import personalization_pb2 as pb
-from proto.autohas.v1 import personalization_pb2_grpc as pb_grpc
-from server import enrollment
-from server.accounts import Accounts
-from server.api.device import DeviceServicer
-from server.api.guards import MessageInterceptor, StreamInterceptor
-from server.api.interceptors import AuthInterceptor, ErrorInterceptor
-from server.api.operator import OperatorServicer
-from server.config import ServerConfig
-from server.examples import Examples
-from server.jobs import JobManager
-from server.models import ModelRegistry
-from server.store import Store, open_store
+from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
+from autohas_edge.proto.autohas.v1 import personalization_pb2_grpc as pb_grpc
+from autohas_edge.server import enrollment
+from autohas_edge.server.accounts import Accounts
+from autohas_edge.server.api.device import DeviceServicer
+from autohas_edge.server.api.guards import MessageInterceptor, StreamInterceptor
+from autohas_edge.server.api.interceptors import AuthInterceptor, ErrorInterceptor
+from autohas_edge.server.api.operator import OperatorServicer
+from autohas_edge.server.config import ServerConfig
+from autohas_edge.server.examples import Examples
+from autohas_edge.server.jobs import JobManager
+from autohas_edge.server.models import ModelRegistry
+from autohas_edge.server.store import Store, open_store
 
 log = logging.getLogger(__name__)
 SERVICE_NAMES = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
@@ -44,7 +44,9 @@ def _lock_data_dir(data_dir: Path) -> IO[str]:
     """Hold an exclusive lock on the data dir for this process's lifetime (one server per data dir)."""
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
-        os.chmod(data_dir, 0o700)  # people's data: also when the dir existed before (mkdir keeps its mode)
+        os.chmod(
+            data_dir, 0o700
+        )  # people's data: also when the dir existed before (mkdir keeps its mode)
     except OSError as e:  # a file system without modes: say so, but serve
         log.warning("could not make the data dir %s private (mode 0700): %s", data_dir, e)
     handle = open(data_dir / "server.lock", "a+")  # noqa: SIM115 (held open until App.close)
@@ -54,7 +56,9 @@ def _lock_data_dir(data_dir: Path) -> IO[str]:
         handle.seek(0)
         owner = handle.read().strip() or "?"
         handle.close()
-        raise DataDirInUse(f"data dir {data_dir} is in use by another server (pid {owner})") from None
+        raise DataDirInUse(
+            f"data dir {data_dir} is in use by another server (pid {owner})"
+        ) from None
     handle.truncate(0)
     handle.write(str(os.getpid()))
     handle.flush()
@@ -91,19 +95,38 @@ def build_app(config: ServerConfig) -> App:
     """The core objects over `config.data_dir` (locked, so a second server on it fails fast)."""
     keys = None if config.enrollment_keys is None else enrollment.load_keys(config.enrollment_keys)
     if keys is None:
-        log.warning("open registration: no enrollment keys, so anyone knowing a user id can register as "
-                    "that user (give --enrollment-keys in production)")
+        log.warning(
+            "open registration: no enrollment keys, so anyone knowing a user id can register as "
+            "that user (give --enrollment-keys in production)"
+        )
     lock = _lock_data_dir(config.data_dir)
     try:
         store = open_store(config.store, config.data_dir)
     except BaseException:
         lock.close()
         raise
-    jobs = JobManager(store, config.data_dir / "jobs", config.engine, config.search_device,
-                      config.max_running_jobs, config.max_watch_streams, config.search_workers)
-    models = ModelRegistry(store, config.data_dir / "models", config.engine, config.download_chunk_bytes)
-    return App(config, store, Accounts(store, config.operator_token, jobs.revoke, keys),
-               Examples(store, config.max_batch_examples), jobs, models, health.HealthServicer(), lock)
+    jobs = JobManager(
+        store,
+        config.data_dir / "jobs",
+        config.engine,
+        config.search_device,
+        config.max_running_jobs,
+        config.max_watch_streams,
+        config.search_workers,
+    )
+    models = ModelRegistry(
+        store, config.data_dir / "models", config.engine, config.download_chunk_bytes
+    )
+    return App(
+        config,
+        store,
+        Accounts(store, config.operator_token, jobs.revoke, keys),
+        Examples(store, config.max_batch_examples),
+        jobs,
+        models,
+        health.HealthServicer(),
+        lock,
+    )
 
 
 class ServerHandle(NamedTuple):
@@ -137,15 +160,20 @@ def _credentials(config: ServerConfig) -> grpc.ServerCredentials:
     assert config.tls_cert is not None and config.tls_key is not None
     pair = (config.tls_key.read_bytes(), config.tls_cert.read_bytes())
     ca = config.tls_client_ca.read_bytes() if config.tls_client_ca else None
-    return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=ca, require_client_auth=ca is not None
+    )
 
 
 def _bind(server: grpc.Server, config: ServerConfig) -> int:
     host = f"[{config.host}]" if ":" in config.host else config.host
     address = f"{host}:{config.port}"
     try:
-        port = server.add_secure_port(address, _credentials(config)) if config.tls else \
-            server.add_insecure_port(address)
+        port = (
+            server.add_secure_port(address, _credentials(config))
+            if config.tls
+            else server.add_insecure_port(address)
+        )
     except RuntimeError as e:
         raise OSError(f"cannot listen on {address}: {e}") from e
     if port == 0:
@@ -173,11 +201,19 @@ def make_server(config: ServerConfig) -> ServerHandle:
         # Outermost first: errors -> status codes; who is calling; stream limits; unparsable requests.
         server = grpc.server(
             ThreadPoolExecutor(max_workers=config.rpc_threads, thread_name_prefix="autohas-rpc"),
-            interceptors=[ErrorInterceptor(), AuthInterceptor(app.accounts), streams, MessageInterceptor()],
-            options=[("grpc.max_receive_message_length", config.max_message_bytes),
-                     ("grpc.max_send_message_length", config.max_message_bytes),
-                     ("grpc.so_reuseport", 0)],  # a taken port is an error, not a shared listener
-            maximum_concurrent_rpcs=config.max_concurrent_rpcs)
+            interceptors=[
+                ErrorInterceptor(),
+                AuthInterceptor(app.accounts),
+                streams,
+                MessageInterceptor(),
+            ],
+            options=[
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.max_send_message_length", config.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],  # a taken port is an error, not a shared listener
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        )
         _add_services(server, app)
         port = _bind(server, config)
     except BaseException:

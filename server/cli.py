@@ -12,11 +12,23 @@ import sys
 
 #: command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "search": ("server.search.cli", "run a joint architecture + hyper-parameter search on a dataset"),
-    "export": ("export.cli", "export searched runs to verified ONNX / TFLite bundles (batch)"),
-    "verify": ("export.verify_cli", "re-check an exported bundle's hashes and reference outputs"),
-    "server": ("server.serve_cli", "run the personalization gRPC server"),
-    "demo": ("server.demo.cli", "run the whole product end to end on embedded defaults"),
+    "search": (
+        "autohas_edge.server.search.cli",
+        "run a joint architecture + hyper-parameter search on a dataset",
+    ),
+    "export": (
+        "autohas_edge.export.cli",
+        "export searched runs to verified ONNX / TFLite bundles (batch)",
+    ),
+    "verify": (
+        "autohas_edge.export.verify_cli",
+        "re-check an exported bundle's hashes and reference outputs",
+    ),
+    "server": ("autohas_edge.server.serve_cli", "run the personalization gRPC server"),
+    "demo": (
+        "autohas_edge.server.demo.cli",
+        "run the whole product end to end on embedded defaults",
+    ),
 }
 
 

@@ -29,12 +29,16 @@ class ServerConfig:
     rpc_threads: int = 32
     max_concurrent_rpcs: int = 256
     max_running_jobs: int = 1
-    max_watch_streams: int = 8  # each WatchJob holds an RPC thread; more are refused, GetJob still answers
+    max_watch_streams: int = (
+        8  # each WatchJob holds an RPC thread; more are refused, GetJob still answers
+    )
     # Streams (UploadExamples, DownloadModel, WatchJob) that may wait on their peers at once, each wait
     # holding an RPC thread; 0 = all threads but a quarter (at least 2), kept for unary calls, so stalled
     # peers can never take every thread. One more gets RESOURCE_EXHAUSTED (retryable).
     max_streams: int = 0
-    stream_idle_timeout_s: float = 60.0  # a stream whose peer sends or reads nothing this long is cancelled
+    stream_idle_timeout_s: float = (
+        60.0  # a stream whose peer sends or reads nothing this long is cancelled
+    )
     search_device: str = "auto"
     # Worker processes per search (torchrun ranks: gloo on CPU, one GPU each with CUDA); each does 1/N of
     # every step and they average gradients. More than one needs that many GPUs with CUDA.
@@ -43,7 +47,8 @@ class ServerConfig:
     # (server/enrollment.py). None: open registration, for development (anyone knowing a user id can
     # register as that user).
     enrollment_keys: Path | None = None
-    engine: str = "server.engine"  # module implementing `run_job` / `export_bundle` (see server.engine)
+    # the module implementing `run_job` / `export_bundle` (see server/engine.py)
+    engine: str = "autohas_edge.server.engine"
     store: str = "sqlite"
 
     def __post_init__(self) -> None:
@@ -53,21 +58,33 @@ class ServerConfig:
             if value is not None:
                 object.__setattr__(self, name, Path(value))
         if len(self.operator_token) < MIN_OPERATOR_TOKEN_CHARS:
-            raise ValueError(f"operator_token: needs at least {MIN_OPERATOR_TOKEN_CHARS} characters")
+            raise ValueError(
+                f"operator_token: needs at least {MIN_OPERATOR_TOKEN_CHARS} characters"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key: give both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca: needs tls_cert and tls_key")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port: {self.port} is not in [0, 65535]")
-        for name in ("max_message_bytes", "max_batch_examples", "download_chunk_bytes", "rpc_threads",
-                     "max_concurrent_rpcs", "max_running_jobs", "max_watch_streams", "search_workers"):
+        for name in (
+            "max_message_bytes",
+            "max_batch_examples",
+            "download_chunk_bytes",
+            "rpc_threads",
+            "max_concurrent_rpcs",
+            "max_running_jobs",
+            "max_watch_streams",
+            "search_workers",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1")
         if self.max_watch_streams >= self.rpc_threads:
             raise ValueError("max_watch_streams: must leave RPC threads free (below rpc_threads)")
         if not 0 <= self.max_streams < self.rpc_threads:
-            raise ValueError("max_streams: must leave RPC threads free (0 <= max_streams < rpc_threads)")
+            raise ValueError(
+                "max_streams: must leave RPC threads free (0 <= max_streams < rpc_threads)"
+            )
         if not (math.isfinite(self.stream_idle_timeout_s) and self.stream_idle_timeout_s > 0):
             raise ValueError("stream_idle_timeout_s: must be a positive number of seconds")
         if self.download_chunk_bytes > self.max_message_bytes // 2:

@@ -73,8 +73,16 @@ class Task:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Task:
         """Inverse of `to_dict`."""
-        return cls(d["task_id"], tuple(d["app_ids"]), d["purpose"], tuple(d["input_shape"]),
-                   d["input_dtype"], int(d["num_classes"]), tuple(d["label_names"]), float(d["created_at"]))
+        return cls(
+            d["task_id"],
+            tuple(d["app_ids"]),
+            d["purpose"],
+            tuple(d["input_shape"]),
+            d["input_dtype"],
+            int(d["num_classes"]),
+            tuple(d["label_names"]),
+            float(d["created_at"]),
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -175,10 +183,18 @@ class JobProgress:
         """Inverse of `to_dict`; also accepts the worker's progress messages."""
         encodings = tuple(
             Encoding(e["name"], tuple(e["candidates"]), tuple(float(p) for p in e["probabilities"]))
-            for e in d.get("encodings", ()))
-        return cls(str(d.get("stage", "")), int(d.get("step", 0)), int(d.get("total_steps", 0)),
-                   float(d.get("train_loss", 0.0)), float(d.get("val_loss", 0.0)),
-                   float(d.get("learning_rate", 0.0)), encodings, float(d.get("time", 0.0)))
+            for e in d.get("encodings", ())
+        )
+        return cls(
+            str(d.get("stage", "")),
+            int(d.get("step", 0)),
+            int(d.get("total_steps", 0)),
+            float(d.get("train_loss", 0.0)),
+            float(d.get("val_loss", 0.0)),
+            float(d.get("learning_rate", 0.0)),
+            encodings,
+            float(d.get("time", 0.0)),
+        )
 
 
 @dataclass(frozen=True)
@@ -195,8 +211,11 @@ class ModelSummary:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {**dataclasses.asdict(self), "architecture": dict(self.architecture),
-                "hyperparameters": dict(self.hyperparameters)}
+        return {
+            **dataclasses.asdict(self),
+            "architecture": dict(self.architecture),
+            "hyperparameters": dict(self.hyperparameters),
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelSummary:
@@ -220,18 +239,33 @@ class Job:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {"job_id": self.job_id, "spec": self.spec.to_dict(), "state": self.state.value,
-                "created_at": self.created_at, "progress": self.progress.to_dict(),
-                "result": None if self.result is None else self.result.to_dict(), "error": self.error,
-                "started_at": self.started_at, "finished_at": self.finished_at}
+        return {
+            "job_id": self.job_id,
+            "spec": self.spec.to_dict(),
+            "state": self.state.value,
+            "created_at": self.created_at,
+            "progress": self.progress.to_dict(),
+            "result": None if self.result is None else self.result.to_dict(),
+            "error": self.error,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Job:
         """Inverse of `to_dict`."""
         result = None if d["result"] is None else ModelSummary.from_dict(d["result"])
-        return cls(d["job_id"], JobSpec.from_dict(d["spec"]), JobState(d["state"]), d["created_at"],
-                   JobProgress.from_dict(d["progress"]), result, d["error"], d["started_at"],
-                   d["finished_at"])
+        return cls(
+            d["job_id"],
+            JobSpec.from_dict(d["spec"]),
+            JobState(d["state"]),
+            d["created_at"],
+            JobProgress.from_dict(d["progress"]),
+            result,
+            d["error"],
+            d["started_at"],
+            d["finished_at"],
+        )
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,19 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from server.domain import ModelSummary
+from autohas_edge.server.domain import ModelSummary
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
 #: JobSpec field -> SearchConfig field; 0 / "" means "engine default" and is not passed on.
-_SPEC_TO_CONFIG = {"mode": "mode", "strategy": "strategy", "steps": "steps", "max_params": "max_params",
-                   "seed": "seed", "retrain_steps": "retrain_steps"}
+_SPEC_TO_CONFIG = {
+    "mode": "mode",
+    "strategy": "strategy",
+    "steps": "steps",
+    "max_params": "max_params",
+    "seed": "seed",
+    "retrain_steps": "retrain_steps",
+}
 #: server.search.config.STRATEGIES, repeated so that checking a spec needs no torch (a test keeps them equal)
 STRATEGIES = ("differentiable", "reinforce")
 #: JobSpec fields this engine has no setting for: it splits the data itself (10% validation, 20% test)
@@ -38,11 +44,15 @@ class Cancelled(Exception):
 def check_spec(spec: Mapping[str, Any]) -> None:
     """Raise ValueError naming the field if the engine cannot run this job spec (cheap: no torch)."""
     if spec.get("strategy") and spec["strategy"] not in STRATEGIES:
-        raise ValueError(f"spec.strategy: {spec['strategy']!r} is not one of {', '.join(STRATEGIES)}")
+        raise ValueError(
+            f"spec.strategy: {spec['strategy']!r} is not one of {', '.join(STRATEGIES)}"
+        )
     for name in _UNSUPPORTED:
         if spec.get(name):
-            raise ValueError(f"spec.{name}: not supported by this search engine (leave it 0: it holds out "
-                             "10% for validation and 20% for test)")
+            raise ValueError(
+                f"spec.{name}: not supported by this search engine (leave it 0: it holds out "
+                "10% for validation and 20% for test)"
+            )
 
 
 def checkpoint_every(steps: int) -> int:
@@ -56,7 +66,7 @@ def checkpoint_every(steps: int) -> int:
 
 def search_config(spec: Mapping[str, Any], dataset: str, device: str) -> Any:
     """The engine's `SearchConfig` for a job spec over a snapshot `.npz` (ValueError if invalid)."""
-    from server.search import SearchConfig
+    from autohas_edge.server.search import SearchConfig
 
     check_spec(spec)
     kwargs: dict[str, Any] = {"dataset": dataset, "device": device}
@@ -70,29 +80,48 @@ def search_config(spec: Mapping[str, Any], dataset: str, device: str) -> Any:
 
 def progress_dict(event: Any) -> dict[str, Any]:
     """A `server.search.ProgressEvent` as the plain dict `JobProgress.from_dict` reads."""
-    encodings = [{"name": name, "candidates": [str(c) for c in probs], "probabilities": list(probs.values())}
-                 for name, probs in (event.encodings or {}).items()]
-    return {"stage": event.stage, "step": event.step, "total_steps": event.total_steps,
-            "train_loss": event.train_loss, "val_loss": event.val_loss, "learning_rate": event.learning_rate,
-            "encodings": encodings}
+    encodings = [
+        {"name": name, "candidates": [str(c) for c in probs], "probabilities": list(probs.values())}
+        for name, probs in (event.encodings or {}).items()
+    ]
+    return {
+        "stage": event.stage,
+        "step": event.step,
+        "total_steps": event.total_steps,
+        "train_loss": event.train_loss,
+        "val_loss": event.val_loss,
+        "learning_rate": event.learning_rate,
+        "encodings": encodings,
+    }
 
 
-def run_job(spec: Mapping[str, Any], dataset: str, out_dir: str, device: str, on_progress: ProgressFn,
-            should_stop: Callable[[], bool], workers: int = 1) -> dict[str, Any]:
+def run_job(
+    spec: Mapping[str, Any],
+    dataset: str,
+    out_dir: str,
+    device: str,
+    on_progress: ProgressFn,
+    should_stop: Callable[[], bool],
+    workers: int = 1,
+) -> dict[str, Any]:
     """Run a search into `out_dir` (resuming from its checkpoint); returns the run's `result.json` dict.
 
     `workers` > 1 runs it in that many processes under torchrun (`server.multiworker`).
     """
-    from server.search import SearchCancelled, run_search
+    from autohas_edge.server.search import SearchCancelled, run_search
 
     config = search_config(spec, dataset, device)
     if workers > 1:
-        from server import multiworker
+        from autohas_edge.server import multiworker
 
         return multiworker.run(config, out_dir, workers, on_progress, should_stop)
     try:
-        result: dict[str, Any] = run_search(config, Path(out_dir), on_progress=lambda e: on_progress(
-            progress_dict(e)), should_stop=should_stop)
+        result: dict[str, Any] = run_search(
+            config,
+            Path(out_dir),
+            on_progress=lambda e: on_progress(progress_dict(e)),
+            should_stop=should_stop,
+        )
     except SearchCancelled as e:
         raise Cancelled(str(e)) from e
     return result
@@ -100,7 +129,7 @@ def run_job(spec: Mapping[str, Any], dataset: str, out_dir: str, device: str, on
 
 def export_bundle(run_dir: str, out_dir: str, formats: list[str]) -> None:
     """Export a finished run to a verified bundle at `out_dir` (empty formats = all of them)."""
-    import export
+    import autohas_edge.export as export
 
     out = Path(out_dir)
     # Synthetic reference inputs: every device of the app downloads the bundle, so it must not carry
@@ -114,6 +143,8 @@ def summarize(result: Mapping[str, Any]) -> ModelSummary:
     return ModelSummary(
         architecture={str(k): str(v) for k, v in (result.get("architecture") or {}).items()},
         hyperparameters={str(k): str(v) for k, v in (result.get("hyperparameters") or {}).items()},
-        params=int(result.get("params") or 0), test_accuracy=float(result.get("test_accuracy") or 0.0),
+        params=int(result.get("params") or 0),
+        test_accuracy=float(result.get("test_accuracy") or 0.0),
         search_seconds=float(result.get("search_seconds") or 0.0),
-        retrain_seconds=float(result.get("retrain_seconds") or 0.0))
+        retrain_seconds=float(result.get("retrain_seconds") or 0.0),
+    )

@@ -51,8 +51,9 @@ def _signature(secret: str, payload: str) -> str:
     return _b64(hmac.new(secret.encode(), f"{VERSION}.{payload}".encode(), hashlib.sha256).digest())
 
 
-def mint_ticket(secret: str, app_id: str, user_id: str, ttl_s: float = DEFAULT_TTL_S,
-                now: float | None = None) -> str:
+def mint_ticket(
+    secret: str, app_id: str, user_id: str, ttl_s: float = DEFAULT_TTL_S, now: float | None = None
+) -> str:
     """A ticket letting devices register as `user_id` of `app_id`, valid for `ttl_s` seconds."""
     if len(secret) < MIN_SECRET_CHARS:
         raise ValueError(f"secret: needs at least {MIN_SECRET_CHARS} characters")
@@ -64,12 +65,19 @@ def mint_ticket(secret: str, app_id: str, user_id: str, ttl_s: float = DEFAULT_T
     return f"{VERSION}.{payload}.{_signature(secret, payload)}"
 
 
-def check_ticket(secret: str, ticket: str, app_id: str, user_id: str, now: float | None = None) -> None:
+def check_ticket(
+    secret: str, ticket: str, app_id: str, user_id: str, now: float | None = None
+) -> None:
     """Raise `TicketError` unless `ticket` is a valid, unexpired ticket for exactly (app_id, user_id)."""
     if not ticket:
         raise TicketError(f"enrollment_ticket: app {app_id!r} requires one from its backend")
     parts = ticket.split(".")
-    if len(ticket) > MAX_TICKET_CHARS or not ticket.isascii() or len(parts) != 3 or parts[0] != VERSION:
+    if (
+        len(ticket) > MAX_TICKET_CHARS
+        or not ticket.isascii()
+        or len(parts) != 3
+        or parts[0] != VERSION
+    ):
         raise TicketError("enrollment_ticket: malformed")
     payload, signature = parts[1], parts[2]
     if not hmac.compare_digest(signature, _signature(secret, payload)):
@@ -83,7 +91,9 @@ def check_ticket(secret: str, ticket: str, app_id: str, user_id: str, now: float
     if at >= expires:
         raise TicketError("enrollment_ticket: expired")
     if expires - at > MAX_TTL_S:
-        raise TicketError(f"enrollment_ticket: valid for more than {MAX_TTL_S} s; mint short-lived tickets")
+        raise TicketError(
+            f"enrollment_ticket: valid for more than {MAX_TTL_S} s; mint short-lived tickets"
+        )
     if subject != (app_id, user_id):
         raise TicketError("enrollment_ticket: issued for another app or user", wrong_subject=True)
 
@@ -101,5 +111,7 @@ def load_keys(path: Path) -> dict[str, str]:
         raise ValueError(f"{path}: expected a JSON object of app_id -> secret strings")
     short = sorted(app for app, secret in keys.items() if len(secret) < MIN_SECRET_CHARS)
     if short:
-        raise ValueError(f"{path}: secrets of {short} are shorter than {MIN_SECRET_CHARS} characters")
+        raise ValueError(
+            f"{path}: secrets of {short} are shorter than {MIN_SECRET_CHARS} characters"
+        )
     return keys

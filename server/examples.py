@@ -9,11 +9,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from server.accounts import Principal
-from server.domain import Device, ExampleBatch, StoredBatch, Task, now
-from server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
-from server.store import Store
-from server.validate import check_batch, check_task
+from autohas_edge.server.accounts import Principal
+from autohas_edge.server.domain import Device, ExampleBatch, StoredBatch, Task, now
+from autohas_edge.server.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+from autohas_edge.server.store import Store
+from autohas_edge.server.validate import check_batch, check_task
 
 
 @dataclass
@@ -82,16 +88,30 @@ class Examples:
         task = self.get_task(Principal(device), batch.task_id)
         check_batch(batch, task, self._max_batch_examples)
         x = np.ascontiguousarray(batch.features)
-        stored = StoredBatch(device.device_id, batch.batch_id, task.task_id, device.app_id, device.user_id,
-                             int(x.shape[0]), str(x.dtype), x.shape, x.tobytes(),
-                             np.ascontiguousarray(batch.labels, dtype="<i8").tobytes(), batch_digest(batch),
-                             now())
+        stored = StoredBatch(
+            device.device_id,
+            batch.batch_id,
+            task.task_id,
+            device.app_id,
+            device.user_id,
+            int(x.shape[0]),
+            str(x.dtype),
+            x.shape,
+            x.tobytes(),
+            np.ascontiguousarray(batch.labels, dtype="<i8").tobytes(),
+            batch_digest(batch),
+            now(),
+        )
         status = self._store.add_batch(stored, task.purpose)
         if status == "no_consent":
-            raise FailedPrecondition(f"consent: user {device.user_id!r} has no active consent for purpose "
-                                     f"{task.purpose!r} (batch {batch.batch_id!r})")
+            raise FailedPrecondition(
+                f"consent: user {device.user_id!r} has no active consent for purpose "
+                f"{task.purpose!r} (batch {batch.batch_id!r})"
+            )
         if status == "conflict":
-            raise AlreadyExists(f"batch_id: {batch.batch_id!r} was stored before with different content")
+            raise AlreadyExists(
+                f"batch_id: {batch.batch_id!r} was stored before with different content"
+            )
         if status == "stored":
             result.stored_batch_ids.append(batch.batch_id)
             result.examples_stored += stored.count

@@ -15,12 +15,18 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.accounts import Principal
-from server.domain import EXPORT_FORMATS, JobState, ModelFile, ModelInfo, now
-from server.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
-from server.jobs import JobManager, worker
-from server.store import Store
-from server.tokens import new_id
+from autohas_edge.server.accounts import Principal
+from autohas_edge.server.domain import EXPORT_FORMATS, JobState, ModelFile, ModelInfo, now
+from autohas_edge.server.errors import (
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+from autohas_edge.server.jobs import JobManager, worker
+from autohas_edge.server.store import Store
+from autohas_edge.server.tokens import new_id
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -51,16 +57,27 @@ def hash_file(path: Path) -> str:
 def bundle_files(bundle: Path) -> tuple[ModelFile, ...]:
     """Every regular file under a bundle directory with its sha256 and size, by relative path."""
     files = sorted(p for p in bundle.rglob("*") if p.is_file() and not p.is_symlink())
-    return tuple(ModelFile(p.relative_to(bundle).as_posix(), hash_file(p), p.stat().st_size) for p in files)
+    return tuple(
+        ModelFile(p.relative_to(bundle).as_posix(), hash_file(p), p.stat().st_size) for p in files
+    )
 
 
 class ModelRegistry:
     """Records bundles, checks who may read them, and streams their files."""
 
     def __init__(self, store: Store, models_dir: Path, engine: str, chunk_bytes: int) -> None:
-        self._store, self._dir, self._engine, self._chunk_bytes = store, Path(models_dir), engine, chunk_bytes
-        self._staging = self._dir / ".staging"  # bundles being written; renamed into place when complete
-        shutil.rmtree(self._staging, ignore_errors=True)  # half-written exports of a server that stopped
+        self._store, self._dir, self._engine, self._chunk_bytes = (
+            store,
+            Path(models_dir),
+            engine,
+            chunk_bytes,
+        )
+        self._staging = (
+            self._dir / ".staging"
+        )  # bundles being written; renamed into place when complete
+        shutil.rmtree(
+            self._staging, ignore_errors=True
+        )  # half-written exports of a server that stopped
         self._staging.mkdir(parents=True)
         self._executor: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -84,7 +101,9 @@ class ModelRegistry:
             shutil.rmtree(tmp, ignore_errors=True)
             raise FailedPrecondition(f"the bundle has no {MANIFEST}")
         manifest = json.loads((tmp / MANIFEST).read_text())
-        formats = tuple(sorted({str(a.get("format", "")) for a in manifest.get("artifacts", [])} - {""}))
+        formats = tuple(
+            sorted({str(a.get("format", "")) for a in manifest.get("artifacts", [])} - {""})
+        )
         dest = self.bundle_dir(model_id)
         os.replace(tmp, dest)
         info = ModelInfo(model_id, task_id, job_id, formats, now())
@@ -96,9 +115,13 @@ class ModelRegistry:
         if task is None:
             raise NotFound(f"task_id: no task {task_id[:128]!r}")
         if not principal.can_read(task):
-            raise PermissionDenied(f"task_id: {principal.describe()} may not read models of task {task_id!r}")
+            raise PermissionDenied(
+                f"task_id: {principal.describe()} may not read models of task {task_id!r}"
+            )
 
-    def _model(self, principal: Principal, model_id: str) -> tuple[ModelInfo, tuple[ModelFile, ...]]:
+    def _model(
+        self, principal: Principal, model_id: str
+    ) -> tuple[ModelInfo, tuple[ModelFile, ...]]:
         found = self._store.get_model(model_id) if model_id else None
         if found is None:
             raise NotFound(f"model_id: no model {model_id[:128]!r}")
@@ -113,8 +136,9 @@ class ModelRegistry:
         readable = {t.task_id for t in self._store.list_tasks() if principal.can_read(t)}
         return [m for m in self._store.list_models() if m.task_id in readable]
 
-    def manifest(self, principal: Principal, model_id: str,
-                 task_id: str) -> tuple[ModelInfo, str, tuple[ModelFile, ...]]:
+    def manifest(
+        self, principal: Principal, model_id: str, task_id: str
+    ) -> tuple[ModelInfo, str, tuple[ModelFile, ...]]:
         """A model (by id, or a task's newest) with its manifest.json text and its files."""
         if not model_id:
             if not task_id:
@@ -127,8 +151,9 @@ class ModelRegistry:
         info, files = self._model(principal, model_id)
         return info, (self.bundle_dir(model_id) / MANIFEST).read_text(), files
 
-    def chunks(self, principal: Principal, model_id: str, path: str, offset: int,
-               chunk_bytes: int) -> Iterator[tuple[ModelFile, int, bytes]]:
+    def chunks(
+        self, principal: Principal, model_id: str, path: str, offset: int, chunk_bytes: int
+    ) -> Iterator[tuple[ModelFile, int, bytes]]:
         """Read one bundle file from `offset` in chunks of `chunk_bytes` (0 = the server's default; raised
         to `MIN_CHUNK_BYTES`, capped at the server's chunk size)."""
         _, files = self._model(principal, model_id)
@@ -140,23 +165,32 @@ class ModelRegistry:
             raise InvalidArgument("offset", f"{offset} is not in [0, {file.bytes}]")
         if chunk_bytes < 0:
             raise InvalidArgument("chunk_bytes", f"{chunk_bytes} is negative")
-        size = min(max(chunk_bytes, MIN_CHUNK_BYTES) if chunk_bytes else self._chunk_bytes, self._chunk_bytes)
+        size = min(
+            max(chunk_bytes, MIN_CHUNK_BYTES) if chunk_bytes else self._chunk_bytes,
+            self._chunk_bytes,
+        )
         return self._read(file, self.bundle_dir(model_id) / file.path, offset, size)
 
     @staticmethod
-    def _read(file: ModelFile, path: Path, offset: int, size: int) -> Iterator[tuple[ModelFile, int, bytes]]:
+    def _read(
+        file: ModelFile, path: Path, offset: int, size: int
+    ) -> Iterator[tuple[ModelFile, int, bytes]]:
         with open(path, "rb") as f:
             f.seek(offset)
             while True:  # an empty file, or a resume at its end, still gets one (empty) chunk
                 data = f.read(size)
                 if not data and offset < file.bytes:
-                    raise DataLoss(f"path: {file.path} of the bundle is shorter on disk than recorded")
+                    raise DataLoss(
+                        f"path: {file.path} of the bundle is shorter on disk than recorded"
+                    )
                 yield file, offset, data
                 offset += len(data)
                 if offset >= file.bytes:
                     return
 
-    def export(self, jobs: JobManager, job_ids: list[str], formats: list[str]) -> list[ExportOutcome]:
+    def export(
+        self, jobs: JobManager, job_ids: list[str], formats: list[str]
+    ) -> list[ExportOutcome]:
         """Export each finished job's model in the given formats (empty = the exporter's default)."""
         if not job_ids:
             raise InvalidArgument("job_ids", "at least one job id is required")
@@ -166,26 +200,38 @@ class ModelRegistry:
             if fmt not in EXPORT_FORMATS:
                 known = ", ".join(EXPORT_FORMATS)
                 raise InvalidArgument(f"formats[{i}]", f"{fmt[:64]!r} is not one of {known}")
-        found = [jobs.get(job_id) for job_id in job_ids]  # every id must exist before any export starts
+        found = [
+            jobs.get(job_id) for job_id in job_ids
+        ]  # every id must exist before any export starts
         outcomes = []
         for job in found:
             if job.state is not JobState.SUCCEEDED:
-                outcomes.append(ExportOutcome(job.job_id, error=f"job is {job.state.value}, not succeeded"))
+                outcomes.append(
+                    ExportOutcome(job.job_id, error=f"job is {job.state.value}, not succeeded")
+                )
                 continue
             blocker = jobs.export_blocker(job.job_id)
             if blocker:
-                outcomes.append(ExportOutcome(job.job_id, error=f"job cannot be exported: {blocker}"))
+                outcomes.append(
+                    ExportOutcome(job.job_id, error=f"job cannot be exported: {blocker}")
+                )
                 continue
-            outcomes.append(self._export_one(job.job_id, job.spec.task_id, jobs.run_dir(job.job_id), formats))
+            outcomes.append(
+                self._export_one(job.job_id, job.spec.task_id, jobs.run_dir(job.job_id), formats)
+            )
             if outcomes[-1].model is not None:
                 jobs.attach_model(job.job_id, outcomes[-1].model.model_id)
         return outcomes
 
-    def _export_one(self, job_id: str, task_id: str, run_dir: Path, formats: list[str]) -> ExportOutcome:
+    def _export_one(
+        self, job_id: str, task_id: str, run_dir: Path, formats: list[str]
+    ) -> ExportOutcome:
         model_id = new_id("model")
         tmp = self._staging / model_id
         try:
-            self._pool().submit(worker.export_model, self._engine, str(run_dir), str(tmp), formats).result()
+            self._pool().submit(
+                worker.export_model, self._engine, str(run_dir), str(tmp), formats
+            ).result()
             return ExportOutcome(job_id, model=self._register(model_id, task_id, job_id, tmp))
         except Exception as e:
             if isinstance(e, BrokenProcessPool):
@@ -199,7 +245,9 @@ class ModelRegistry:
         """The export worker process (started on first use; torch never loads into the server process)."""
         with self._lock:
             if self._executor is None:
-                self._executor = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+                self._executor = ProcessPoolExecutor(
+                    max_workers=1, mp_context=mp.get_context("spawn")
+                )
             return self._executor
 
     def close(self) -> None:

@@ -20,10 +20,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from server.jobs.files import write_json_atomic
-from server.jobs.worker import exit_when_gone
+from autohas_edge.server.jobs.files import write_json_atomic
+from autohas_edge.server.jobs.worker import exit_when_gone
 
-PROGRESS, STOP, OUTCOME, LOG = "workers.progress.jsonl", "workers.stop", "workers.outcome.json", "workers.log"
+PROGRESS, STOP, OUTCOME, LOG = (
+    "workers.progress.jsonl",
+    "workers.stop",
+    "workers.outcome.json",
+    "workers.log",
+)
 CONFIG = "workers.config.json"
 POLL_S = 0.2
 
@@ -32,8 +37,14 @@ class WorkersFailed(RuntimeError):
     """The search workers exited without a result."""
 
 
-def run(config: Any, out_dir: str | Path, workers: int, on_progress: Callable[[dict[str, Any]], None],
-        should_stop: Callable[[], bool], threads: int = 0) -> dict[str, Any]:
+def run(
+    config: Any,
+    out_dir: str | Path,
+    workers: int,
+    on_progress: Callable[[dict[str, Any]], None],
+    should_stop: Callable[[], bool],
+    threads: int = 0,
+) -> dict[str, Any]:
     """Run `config` (a `SearchConfig`) in `workers` processes; rank 0's result.json dict.
 
     torchrun runs in its own session, so a terminal's Ctrl-C reaches the caller only, whose
@@ -41,19 +52,36 @@ def run(config: Any, out_dir: str | Path, workers: int, on_progress: Callable[[d
     per worker (0: torchrun's default, 1). Raises `server.engine.Cancelled` when stopped, `WorkersFailed`
     when the workers end without a result.
     """
-    from server.engine import Cancelled
+    from autohas_edge.server.engine import Cancelled
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name in (PROGRESS, STOP, OUTCOME):
         (out / name).unlink(missing_ok=True)
     (out / CONFIG).write_text(json.dumps(config.to_json()))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={workers}",
-               "-m", "server.multiworker", "--out", str(out), "--parent-pid", str(os.getpid())]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={workers}",
+        "-m",
+        "autohas_edge.server.multiworker",
+        "--out",
+        str(out),
+        "--parent-pid",
+        str(os.getpid()),
+    ]
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads > 0 else {})}
     with open(out / LOG, "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=env, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
     progress = _Tail(out / PROGRESS)
     while process.poll() is None:
         for event in progress.read():
@@ -97,8 +125,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def rank_main(argv: list[str] | None = None) -> int:
     """One rank: run the search in the run directory's `workers.config.json`; rank 0 reports."""
-    from server.engine import progress_dict
-    from server.search import SearchCancelled, SearchConfig, run_search
+    from autohas_edge.server.engine import progress_dict
+    from autohas_edge.server.search import SearchCancelled, SearchConfig, run_search
 
     parser = argparse.ArgumentParser(prog="python -m server.multiworker")
     parser.add_argument("--out", type=Path, required=True)

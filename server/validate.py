@@ -7,8 +7,8 @@ import re
 
 import numpy as np
 
-from server.domain import DTYPES, SEARCH_MODES, ExampleBatch, JobSpec, Task
-from server.errors import InvalidArgument
+from autohas_edge.server.domain import DTYPES, SEARCH_MODES, ExampleBatch, JobSpec, Task
+from autohas_edge.server.errors import InvalidArgument
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=/-]{0,127}")
 MAX_TEXT = 256
@@ -23,8 +23,11 @@ def check_id(field: str, value: str) -> str:
     if not value:
         raise InvalidArgument(field, "required")
     if not _ID.fullmatch(value):
-        raise InvalidArgument(field, f"{value[:64]!r} is not 1-128 letters, digits or ._:@+=/- "
-                                     "starting with a letter or digit")
+        raise InvalidArgument(
+            field,
+            f"{value[:64]!r} is not 1-128 letters, digits or ._:@+=/- "
+            "starting with a letter or digit",
+        )
     return value
 
 
@@ -44,18 +47,30 @@ def check_task(task: Task) -> Task:
         check_id(f"task.app_ids[{i}]", app_id)
     check_id("task.purpose", task.purpose)
     shape = task.input_shape
-    if not 1 <= len(shape) <= 3 or any(d < 1 for d in shape) or math.prod(shape) > MAX_INPUT_ELEMENTS:
-        raise InvalidArgument("task.input_shape", f"{list(shape)} is not [F], [1, L] or [1, H, W] with "
-                                                  f"positive sizes, at most {MAX_INPUT_ELEMENTS} elements")
+    if (
+        not 1 <= len(shape) <= 3
+        or any(d < 1 for d in shape)
+        or math.prod(shape) > MAX_INPUT_ELEMENTS
+    ):
+        raise InvalidArgument(
+            "task.input_shape",
+            f"{list(shape)} is not [F], [1, L] or [1, H, W] with "
+            f"positive sizes, at most {MAX_INPUT_ELEMENTS} elements",
+        )
     if len(shape) > 1 and shape[0] != 1:
-        raise InvalidArgument("task.input_shape", f"{list(shape)}: signals and images have 1 channel first")
+        raise InvalidArgument(
+            "task.input_shape", f"{list(shape)}: signals and images have 1 channel first"
+        )
     if task.input_dtype not in DTYPES:
         raise InvalidArgument("task.input_dtype", "required (one of " + ", ".join(DTYPES) + ")")
     if not 2 <= task.num_classes <= MAX_CLASSES:
-        raise InvalidArgument("task.num_classes", f"{task.num_classes} is not in [2, {MAX_CLASSES}]")
+        raise InvalidArgument(
+            "task.num_classes", f"{task.num_classes} is not in [2, {MAX_CLASSES}]"
+        )
     if task.label_names and len(task.label_names) != task.num_classes:
-        raise InvalidArgument("task.label_names",
-                              f"{len(task.label_names)} names for {task.num_classes} classes")
+        raise InvalidArgument(
+            "task.label_names", f"{len(task.label_names)} names for {task.num_classes} classes"
+        )
     for i, name in enumerate(task.label_names):
         check_text(f"task.label_names[{i}]", name)
     return task
@@ -74,13 +89,17 @@ def check_batch(batch: ExampleBatch, task: Task, max_examples: int) -> None:
     if n == 0:
         raise InvalidArgument("features.shape", f"empty batch: {list(x.shape)} has no examples")
     if n > max_examples:
-        raise InvalidArgument("features.shape", f"{n} examples exceed the limit of {max_examples} a batch")
+        raise InvalidArgument(
+            "features.shape", f"{n} examples exceed the limit of {max_examples} a batch"
+        )
     if y.shape != (n,):
         raise InvalidArgument("labels", f"expected {n} labels (one per example), got {y.size}")
     if np.issubdtype(x.dtype, np.floating):
         finite = np.isfinite(x.reshape(n, -1)).all(axis=1)
         if not finite.all():
-            raise InvalidArgument("features.data", f"example {int(np.argmin(finite))} contains NaN or inf")
+            raise InvalidArgument(
+                "features.data", f"example {int(np.argmin(finite))} contains NaN or inf"
+            )
     bad = (y < 0) | (y >= task.num_classes)
     if bad.any():
         i = int(np.argmax(bad))
@@ -94,8 +113,12 @@ def check_spec(spec: JobSpec) -> JobSpec:
         raise InvalidArgument("spec.mode", f"{spec.mode!r} is not one of {', '.join(SEARCH_MODES)}")
     if spec.strategy:
         check_id("spec.strategy", spec.strategy)
-    for name, top in (("steps", MAX_STEPS), ("retrain_steps", MAX_STEPS), ("max_params", 2**62),
-                      ("seed", MAX_SEED)):
+    for name, top in (
+        ("steps", MAX_STEPS),
+        ("retrain_steps", MAX_STEPS),
+        ("max_params", 2**62),
+        ("seed", MAX_SEED),
+    ):
         if not 0 <= getattr(spec, name) <= top:
             raise InvalidArgument(f"spec.{name}", f"{getattr(spec, name)} is not in [0, {top}]")
     for name in ("validation_fraction", "test_fraction"):
@@ -103,5 +126,7 @@ def check_spec(spec: JobSpec) -> JobSpec:
         if not (math.isfinite(value) and 0.0 <= value < 1.0):
             raise InvalidArgument(f"spec.{name}", f"{value} is not in [0, 1)")
     if spec.validation_fraction + spec.test_fraction >= 1.0:
-        raise InvalidArgument("spec.test_fraction", "validation_fraction + test_fraction must be below 1")
+        raise InvalidArgument(
+            "spec.test_fraction", "validation_fraction + test_fraction must be below 1"
+        )
     return spec

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.demo.population import make_mnist1d
+from autohas_edge.server.demo.population import make_mnist1d
 from tests.fixtures.server_fixtures import RunningServer
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -26,8 +26,13 @@ def test_readme_sdk_example_runs(
     server_factory: Callable[..., RunningServer], tiny_bundle: Path, tmp_path: Path, capsys
 ) -> None:
     server = server_factory(data_dir=tmp_path / "server")
-    server.create_task("gestures", app_ids=("com.example.gestures", "com.example.fitness"),
-                       purpose="personalization", input_shape=(1, 40), num_classes=10)
+    server.create_task(
+        "gestures",
+        app_ids=("com.example.gestures", "com.example.fitness"),
+        purpose="personalization",
+        input_shape=(1, 40),
+        num_classes=10,
+    )
     model_id = server.handle.app.models.import_bundle("gestures", "readme", tiny_bundle).model_id
     data = make_mnist1d(seed=1)
     x, y = data["x"][:120, None, :].astype(np.float32), data["y"][:120]
@@ -36,6 +41,8 @@ def test_readme_sdk_example_runs(
     assert namespace["model"].model_id == namespace["fitness"].model_id == model_id
     assert namespace["probabilities"].shape == (5, 10)
     np.testing.assert_allclose(namespace["probabilities"].sum(axis=1), 1.0, rtol=1e-4)
-    assert server.handle.app.store.count_examples("gestures", "com.example.gestures", "user-42") == 40
+    assert (
+        server.handle.app.store.count_examples("gestures", "com.example.gestures", "user-42") == 40
+    )
     accepted, before, after = capsys.readouterr().out.split()
     assert accepted in ("True", "False") and float(after) >= 0 and float(before) >= 0

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from autohas_edge.server.search import Dataset
+from autohas_edge.server.search.models import ChildNet, build_model, model_args_for
+from autohas_edge.server.search.retrain import accuracy, retrain
 from bench.compare.space import Config, JointSpace
-from server.search import Dataset
-from server.search.models import ChildNet, build_model, model_args_for
-from server.search.retrain import accuracy, retrain
 
 
 @dataclass(frozen=True)

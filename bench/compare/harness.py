@@ -12,9 +12,9 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from autohas_edge.server.search import SearchConfig, load_dataset
 from bench.compare.methods import MethodRun, TrialSettings, run_autohas, run_random, run_tpe
 from bench.compare.space import JointSpace
-from server.search import SearchConfig, load_dataset
 
 METHODS = ("autohas-joint", "autohas-nas", "autohas-hpo", "random", "tpe")
 

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from server.search.models import ChildNet
-from server.search.supernet import SuperNet
+from autohas_edge.server.search.models import ChildNet
+from autohas_edge.server.search.supernet import SuperNet
 
 #: model classes whose calls are counted (sub-modules are not: one call of the model is one pass)
 COUNTED = (SuperNet, ChildNet)

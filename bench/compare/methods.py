@@ -18,11 +18,11 @@ from typing import Any
 
 import optuna
 
+from autohas_edge.server.search import Dataset, SearchConfig, run_search
+from autohas_edge.server.search.space import CONTINUOUS
 from bench.compare.child import TrialOutcome, train_trial
 from bench.compare.meter import ComputeMeter, Reading
 from bench.compare.space import Config, JointSpace, uniform_draw, value_range
-from server.search import Dataset, SearchConfig, run_search
-from server.search.space import CONTINUOUS
 
 #: consecutive infeasible draws after which a baseline gives up (the default spaces are ~80% feasible)
 MAX_REJECTIONS = 1000
@@ -57,7 +57,9 @@ class MethodRun:
 
 
 def _point(reading: Reading, val_accuracy: float, test_accuracy: float) -> Point:
-    return Point(reading.examples, reading.seconds, reading.cpu_seconds, val_accuracy, test_accuracy)
+    return Point(
+        reading.examples, reading.seconds, reading.cpu_seconds, val_accuracy, test_accuracy
+    )
 
 
 def run_autohas(config: SearchConfig, out_dir: str | None = None) -> MethodRun:
@@ -69,7 +71,10 @@ def run_autohas(config: SearchConfig, out_dir: str | None = None) -> MethodRun:
         "search_examples": reading.by_model.get("SuperNet", 0),
         "retrain_examples": reading.by_model.get("ChildNet", 0),
         "forward_only_examples": reading.forward_only,
-        **{k: result[k] for k in ("search_seconds", "retrain_seconds", "search_steps", "retrain_steps")},
+        **{
+            k: result[k]
+            for k in ("search_seconds", "retrain_seconds", "search_steps", "retrain_steps")
+        },
         **{k: result[k] for k in ("stop_reason", "params", "architecture", "hyperparameters")},
     }
     point = _point(reading, math.nan, float(result["test_accuracy"]))
@@ -129,7 +134,9 @@ def _run_trials(
                 seed=seed * 100_003 + len(trials),
             )
             report(outcome)
-            if best is None or outcome.val_accuracy > best.val_accuracy:  # ties keep the earlier one
+            if (
+                best is None or outcome.val_accuracy > best.val_accuracy
+            ):  # ties keep the earlier one
                 best = outcome
             points.append(_point(meter.read(), best.val_accuracy, best.test_accuracy))
             trials.append({"config": config, **outcome.__dict__})
@@ -170,7 +177,12 @@ def make_study(seed: int, startup_trials: int) -> optuna.Study:
 
 
 def run_tpe(
-    data: Dataset, space: JointSpace, seed: int, budget: int, settings: TrialSettings, startup_trials: int
+    data: Dataset,
+    space: JointSpace,
+    seed: int,
+    budget: int,
+    settings: TrialSettings,
+    startup_trials: int,
 ) -> MethodRun:
     """Optuna TPE (ask/tell): maximises validation accuracy; infeasible trials are pruned at no compute."""
     study = make_study(seed, startup_trials)

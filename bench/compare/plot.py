@@ -29,7 +29,10 @@ UNITS = (
 def _curve(runs: list[MethodRun], grid: np.ndarray, unit: str) -> tuple[np.ndarray, ...]:
     """Mean, min and max over seeds of the incumbent's test accuracy (NaN until every seed has one)."""
     acc = np.array(
-        [[(p.test_accuracy if (p := at_compute(r, x, unit)) else math.nan) for x in grid] for r in runs]
+        [
+            [(p.test_accuracy if (p := at_compute(r, x, unit)) else math.nan) for x in grid]
+            for r in runs
+        ]
     )
     out = np.full((3, len(grid)), math.nan)
     complete = ~np.isnan(acc).any(axis=0)
@@ -79,7 +82,14 @@ def _panel(ax: Any, runs: list[MethodRun], unit: str, scale: float) -> None:
         y = np.array([r.final.test_accuracy for r in own])
         spread = [[y.mean() - y.min()], [y.max() - y.mean()]]
         ax.errorbar(
-            x.mean(), y.mean(), xerr=x.std(), yerr=spread, fmt="o", color=colour, capsize=3, label=method
+            x.mean(),
+            y.mean(),
+            xerr=x.std(),
+            yerr=spread,
+            fmt="o",
+            color=colour,
+            capsize=3,
+            label=method,
         )
         low = min(low, float(y.min()))
     ax.set_xlim(left=0)

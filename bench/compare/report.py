@@ -62,7 +62,9 @@ def reach_summary(ratios: list[float | None], budget_factor: float) -> str:
     return f"{gmean:.2f} C ({len(reached)}/{len(ratios)} seeds{span})"
 
 
-def _ratios(runs: dict, dataset: str, method: str, seeds: tuple[int, ...], unit: str) -> list[float | None]:
+def _ratios(
+    runs: dict, dataset: str, method: str, seeds: tuple[int, ...], unit: str
+) -> list[float | None]:
     out: list[float | None] = []
     for seed in seeds:
         joint, run = runs[(dataset, "autohas-joint", seed)].final, runs[(dataset, method, seed)]
@@ -116,7 +118,10 @@ def curve_table(runs: dict, preset: Preset, dataset: str) -> str:
         row: list[object] = [method]
         for k in multiples(preset.budget_factor):
             points = [
-                at_compute(runs[(dataset, method, s)], k * runs[(dataset, "autohas-joint", s)].final.examples)
+                at_compute(
+                    runs[(dataset, method, s)],
+                    k * runs[(dataset, "autohas-joint", s)].final.examples,
+                )
                 for s in preset.seeds
             ]
             cell = mean_sd([p.test_accuracy if p else math.nan for p in points])

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from server.search import Dataset, SearchConfig
-from server.search.defaults import default_space
-from server.search.models import LAYOUTS, Layout, count_params, model_args_for
-from server.search.space import CONTINUOUS, Choice, SearchSpace
+from autohas_edge.server.search import Dataset, SearchConfig
+from autohas_edge.server.search.defaults import default_space
+from autohas_edge.server.search.models import LAYOUTS, Layout, count_params, model_args_for
+from autohas_edge.server.search.space import CONTINUOUS, Choice, SearchSpace
 
 Config = dict[str, Any]
 
@@ -39,7 +39,9 @@ class JointSpace:
         """The space AutoHAS's joint mode searches on `data`, with `config`'s constraints."""
         layout = LAYOUTS[data.family]
         space = default_space(layout, data.modality, "joint")
-        return cls(space, layout, data.input_shape, data.num_classes, config.max_params, config.max_skips)
+        return cls(
+            space, layout, data.input_shape, data.num_classes, config.max_params, config.max_skips
+        )
 
     def params(self, config: Config) -> int:
         """Parameters of the child model `config` selects."""

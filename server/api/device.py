@@ -6,13 +6,13 @@ from collections.abc import Iterator
 
 import grpc
 
-from proto.autohas.v1 import personalization_pb2 as pb
-from proto.autohas.v1 import personalization_pb2_grpc as pb_grpc
-from server.accounts import Accounts
-from server.api import serde
-from server.api.interceptors import device_of, principal_of
-from server.examples import Examples
-from server.models import ModelRegistry
+from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
+from autohas_edge.proto.autohas.v1 import personalization_pb2_grpc as pb_grpc
+from autohas_edge.server.accounts import Accounts
+from autohas_edge.server.api import serde
+from autohas_edge.server.api.interceptors import device_of, principal_of
+from autohas_edge.server.examples import Examples
+from autohas_edge.server.models import ModelRegistry
 
 Ctx = grpc.ServicerContext
 
@@ -23,32 +23,41 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
     def __init__(self, accounts: Accounts, examples: Examples, models: ModelRegistry) -> None:
         self._accounts, self._examples, self._models = accounts, examples, models
 
-    def RegisterDevice(self, request: pb.RegisterDeviceRequest,
-                       context: Ctx) -> pb.RegisterDeviceResponse:
-        device, token = self._accounts.register_device(request.app_id, request.user_id, request.device_name,
-                                                       request.enrollment_ticket)
+    def RegisterDevice(
+        self, request: pb.RegisterDeviceRequest, context: Ctx
+    ) -> pb.RegisterDeviceResponse:
+        device, token = self._accounts.register_device(
+            request.app_id, request.user_id, request.device_name, request.enrollment_ticket
+        )
         return pb.RegisterDeviceResponse(device_id=device.device_id, device_token=token)
 
     def GrantConsent(self, request: pb.GrantConsentRequest, context: Ctx) -> pb.Consent:
         device = device_of(context)
-        consent = self._accounts.grant_consent(device, request.purpose, request.consent_text_version)
+        consent = self._accounts.grant_consent(
+            device, request.purpose, request.consent_text_version
+        )
         return serde.consent_to_proto(consent)
 
-    def RevokeConsent(self, request: pb.RevokeConsentRequest,
-                      context: Ctx) -> pb.RevokeConsentResponse:
+    def RevokeConsent(
+        self, request: pb.RevokeConsentRequest, context: Ctx
+    ) -> pb.RevokeConsentResponse:
         consent, deleted = self._accounts.revoke_consent(device_of(context), request.purpose)
-        return pb.RevokeConsentResponse(consent=serde.consent_to_proto(consent), examples_deleted=deleted)
+        return pb.RevokeConsentResponse(
+            consent=serde.consent_to_proto(consent), examples_deleted=deleted
+        )
 
-    def ListConsents(self, request: pb.ListConsentsRequest,
-                     context: Ctx) -> pb.ListConsentsResponse:
+    def ListConsents(
+        self, request: pb.ListConsentsRequest, context: Ctx
+    ) -> pb.ListConsentsResponse:
         consents = self._accounts.list_consents(device_of(context))
         return pb.ListConsentsResponse(consents=[serde.consent_to_proto(c) for c in consents])
 
     def GetTask(self, request: pb.GetTaskRequest, context: Ctx) -> pb.Task:
         return serde.task_to_proto(self._examples.get_task(principal_of(context), request.task_id))
 
-    def UploadExamples(self, request_iterator: Iterator[pb.ExampleBatch],
-                       context: Ctx) -> pb.UploadSummary:
+    def UploadExamples(
+        self, request_iterator: Iterator[pb.ExampleBatch], context: Ctx
+    ) -> pb.UploadSummary:
         batches = (serde.batch_from_proto(message) for message in request_iterator)
         return serde.upload_result_to_proto(self._examples.upload(device_of(context), batches))
 
@@ -56,17 +65,28 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
         models = self._models.list(principal_of(context), request.task_id)
         return pb.ListModelsResponse(models=[serde.model_info_to_proto(m) for m in models])
 
-    def GetModelManifest(self, request: pb.GetModelManifestRequest,
-                         context: Ctx) -> pb.ModelManifest:
+    def GetModelManifest(
+        self, request: pb.GetModelManifestRequest, context: Ctx
+    ) -> pb.ModelManifest:
         principal = principal_of(context)
         info, manifest, files = self._models.manifest(principal, request.model_id, request.task_id)
-        return pb.ModelManifest(model=serde.model_info_to_proto(info), manifest_json=manifest,
-                                files=[serde.model_file_to_proto(f) for f in files])
+        return pb.ModelManifest(
+            model=serde.model_info_to_proto(info),
+            manifest_json=manifest,
+            files=[serde.model_file_to_proto(f) for f in files],
+        )
 
-    def DownloadModel(self, request: pb.DownloadModelRequest,
-                      context: Ctx) -> Iterator[pb.FileChunk]:
-        chunks = self._models.chunks(principal_of(context), request.model_id, request.path, request.offset,
-                                     request.chunk_bytes)
+    def DownloadModel(
+        self, request: pb.DownloadModelRequest, context: Ctx
+    ) -> Iterator[pb.FileChunk]:
+        chunks = self._models.chunks(
+            principal_of(context),
+            request.model_id,
+            request.path,
+            request.offset,
+            request.chunk_bytes,
+        )
         for file, offset, data in chunks:
-            yield pb.FileChunk(path=file.path, offset=offset, data=data, total_bytes=file.bytes,
-                               sha256=file.sha256)
+            yield pb.FileChunk(
+                path=file.path, offset=offset, data=data, total_bytes=file.bytes, sha256=file.sha256
+            )

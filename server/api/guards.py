@@ -21,8 +21,8 @@ from typing import Any
 
 import grpc
 
-from server.api.interceptors import Behavior, access_table, wrap_handler
-from server.errors import InvalidArgument, ResourceExhausted
+from autohas_edge.server.api.interceptors import Behavior, access_table, wrap_handler
+from autohas_edge.server.errors import InvalidArgument, ResourceExhausted
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,9 @@ class Malformed:
     """Stands in for a request message whose bytes did not parse."""
 
     def __init__(self, type_name: str, error: Exception) -> None:
-        self.detail = f"not a valid {type_name} message ({type(error).__name__}: {str(error)[:200]})"
+        self.detail = (
+            f"not a valid {type_name} message ({type(error).__name__}: {str(error)[:200]})"
+        )
 
 
 def lenient(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
@@ -63,8 +65,11 @@ class MessageInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
-        if handler is None or handler.request_deserializer is None or \
-                details.method not in self._methods:  # type: ignore[attr-defined]
+        if (
+            handler is None
+            or handler.request_deserializer is None
+            or details.method not in self._methods
+        ):  # type: ignore[attr-defined]
             return handler
 
         def around(behavior: Behavior, request: Any, context: grpc.ServicerContext) -> Any:
@@ -103,7 +108,9 @@ class IdleWatchdog:
         with self._lock:
             self._watched.add(entry)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="stream-watchdog", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._run, name="stream-watchdog", daemon=True
+                )
                 self._thread.start()
         return entry
 
@@ -121,13 +128,21 @@ class IdleWatchdog:
                     return
                 stalled = self._stalled(time.monotonic())
             for entry in stalled:
-                log.warning("cancelling %s: its peer made no progress for %.0f s", entry.method,
-                            self._timeout)
+                log.warning(
+                    "cancelling %s: its peer made no progress for %.0f s",
+                    entry.method,
+                    self._timeout,
+                )
                 entry.context.cancel()
 
     def _stalled(self, now: float) -> list[_Watched]:
-        stalled = [e for e in self._watched if not e.cancelled and e.waiting_since is not None
-                   and now - e.waiting_since > self._timeout]
+        stalled = [
+            e
+            for e in self._watched
+            if not e.cancelled
+            and e.waiting_since is not None
+            and now - e.waiting_since > self._timeout
+        ]
         for entry in stalled:
             entry.cancelled = True
         self.cancelled += len(stalled)
@@ -179,13 +194,18 @@ class StreamInterceptor(grpc.ServerInterceptor):
     def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
         method = details.method  # type: ignore[attr-defined]
-        if handler is None or method not in self._methods or not (
-                handler.request_streaming or handler.response_streaming):
+        if (
+            handler is None
+            or method not in self._methods
+            or not (handler.request_streaming or handler.response_streaming)
+        ):
             return handler
 
         def around(behavior: Behavior, request: Any, context: grpc.ServicerContext) -> Any:
             entry = self.watchdog.watch(context, method)
-            if not context.add_callback(lambda: self._end(entry)):  # runs once the RPC ends, however
+            if not context.add_callback(
+                lambda: self._end(entry)
+            ):  # runs once the RPC ends, however
                 self._end(entry)
             if handler.request_streaming:
                 request = self._requests(request, entry)
@@ -203,8 +223,10 @@ class StreamInterceptor(grpc.ServerInterceptor):
         """Take a slot before waiting on the peer; RESOURCE_EXHAUSTED when none is free."""
         if not self.slots.take(entry):
             name = entry.method.rsplit("/", 1)[-1]
-            raise ResourceExhausted(f"{name}: {self.slots.limit} streams are waiting on their peers, the "
-                                    "server's limit; retry later")
+            raise ResourceExhausted(
+                f"{name}: {self.slots.limit} streams are waiting on their peers, the "
+                "server's limit; retry later"
+            )
         entry.waiting_since = time.monotonic()
 
     def _peer_done(self, entry: _Watched) -> None:

@@ -13,10 +13,10 @@ from typing import Any
 
 import grpc
 
-from proto.autohas.v1 import personalization_pb2 as pb
-from server.accounts import Accounts, Principal
-from server.domain import Device
-from server.errors import PermissionDenied, ServerError, Unauthenticated
+from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
+from autohas_edge.server.accounts import Accounts, Principal
+from autohas_edge.server.domain import Device
+from autohas_edge.server.errors import PermissionDenied, ServerError, Unauthenticated
 
 log = logging.getLogger(__name__)
 Behavior = Callable[[Any, Any], Any]
@@ -33,8 +33,12 @@ class Access(enum.Enum):
 
 
 _PUBLIC = {"DeviceService.RegisterDevice"}
-_READER = {"DeviceService.GetTask", "DeviceService.ListModels", "DeviceService.GetModelManifest",
-           "DeviceService.DownloadModel"}
+_READER = {
+    "DeviceService.GetTask",
+    "DeviceService.ListModels",
+    "DeviceService.GetModelManifest",
+    "DeviceService.DownloadModel",
+}
 
 
 def access_table() -> dict[str, Access]:
@@ -91,8 +95,11 @@ def bearer_token(metadata: Any) -> str:
     return token.strip()
 
 
-def wrap_handler(handler: grpc.RpcMethodHandler, around: Around,
-                 request_deserializer: Callable[[bytes], Any] | None = None) -> grpc.RpcMethodHandler:
+def wrap_handler(
+    handler: grpc.RpcMethodHandler,
+    around: Around,
+    request_deserializer: Callable[[bytes], Any] | None = None,
+) -> grpc.RpcMethodHandler:
     """The same handler with its behavior called through `around(behavior, request, context)`.
 
     `request_deserializer` replaces the handler's own when given.
@@ -105,9 +112,11 @@ def wrap_handler(handler: grpc.RpcMethodHandler, around: Around,
         behavior, factory = handler.unary_stream, grpc.unary_stream_rpc_method_handler
     else:
         behavior, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
-    return factory(lambda request, context: around(behavior, request, context),
-                   request_deserializer=request_deserializer or handler.request_deserializer,
-                   response_serializer=handler.response_serializer)
+    return factory(
+        lambda request, context: around(behavior, request, context),
+        request_deserializer=request_deserializer or handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
@@ -127,7 +136,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
         def around(behavior: Behavior, request: Any, context: grpc.ServicerContext) -> Any:
             principal = self._accounts.authenticate(bearer_token(context.invocation_metadata()))
             if (access is Access.OPERATOR and not principal.is_operator) or (
-                    access is Access.DEVICE and principal.is_operator):
+                access is Access.DEVICE and principal.is_operator
+            ):
                 who = principal.describe()
                 raise PermissionDenied(f"{method} needs {access.value}; the caller is the {who}")
             return behavior(request, AuthContext(context, principal))

@@ -6,12 +6,12 @@ from collections.abc import Iterator
 
 import grpc
 
-from proto.autohas.v1 import personalization_pb2 as pb
-from proto.autohas.v1 import personalization_pb2_grpc as pb_grpc
-from server.api import serde
-from server.examples import Examples
-from server.jobs import JobManager
-from server.models import ModelRegistry
+from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
+from autohas_edge.proto.autohas.v1 import personalization_pb2_grpc as pb_grpc
+from autohas_edge.server.api import serde
+from autohas_edge.server.examples import Examples
+from autohas_edge.server.jobs import JobManager
+from autohas_edge.server.models import ModelRegistry
 
 Ctx = grpc.ServicerContext
 
@@ -26,7 +26,9 @@ class OperatorServicer(pb_grpc.OperatorServiceServicer):
         return serde.task_to_proto(self._examples.create_task(serde.task_from_proto(request.task)))
 
     def ListTasks(self, request: pb.ListTasksRequest, context: Ctx) -> pb.ListTasksResponse:
-        return pb.ListTasksResponse(tasks=[serde.task_to_proto(t) for t in self._examples.list_tasks()])
+        return pb.ListTasksResponse(
+            tasks=[serde.task_to_proto(t) for t in self._examples.list_tasks()]
+        )
 
     def StartJob(self, request: pb.StartJobRequest, context: Ctx) -> pb.Job:
         return serde.job_to_proto(self._jobs.submit(serde.spec_from_proto(request.spec)))
@@ -48,7 +50,8 @@ class OperatorServicer(pb_grpc.OperatorServiceServicer):
     def GetJobAudit(self, request: pb.GetJobRequest, context: Ctx) -> pb.JobAudit:
         return serde.audit_to_proto(self._jobs.audit(request.job_id))
 
-    def ExportModels(self, request: pb.ExportModelsRequest,
-                     context: Ctx) -> pb.ExportModelsResponse:
+    def ExportModels(
+        self, request: pb.ExportModelsRequest, context: Ctx
+    ) -> pb.ExportModelsResponse:
         outcomes = self._models.export(self._jobs, list(request.job_ids), list(request.formats))
         return pb.ExportModelsResponse(results=[serde.export_outcome_to_proto(o) for o in outcomes])

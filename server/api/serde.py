@@ -10,8 +10,8 @@ import math
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from proto.autohas.v1 import personalization_pb2 as pb
-from server.domain import (
+from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
+from autohas_edge.server.domain import (
     DTYPES,
     Consent,
     Encoding,
@@ -27,19 +27,35 @@ from server.domain import (
     Task,
     UserCount,
 )
-from server.errors import InvalidArgument
-from server.examples import UploadResult
-from server.models import ExportOutcome
+from autohas_edge.server.errors import InvalidArgument
+from autohas_edge.server.examples import UploadResult
+from autohas_edge.server.models import ExportOutcome
 
 MAX_TENSOR_RANK = 8
-_DTYPE_TO_PROTO = {"float32": pb.DTYPE_FLOAT32, "float16": pb.DTYPE_FLOAT16, "int8": pb.DTYPE_INT8,
-                   "uint8": pb.DTYPE_UINT8, "int32": pb.DTYPE_INT32}
+_DTYPE_TO_PROTO = {
+    "float32": pb.DTYPE_FLOAT32,
+    "float16": pb.DTYPE_FLOAT16,
+    "int8": pb.DTYPE_INT8,
+    "uint8": pb.DTYPE_UINT8,
+    "int32": pb.DTYPE_INT32,
+}
 _DTYPE_FROM_PROTO = {v: k for k, v in _DTYPE_TO_PROTO.items()}
-_MODE_TO_PROTO = {"joint": pb.SEARCH_MODE_JOINT, "nas": pb.SEARCH_MODE_NAS, "hpo": pb.SEARCH_MODE_HPO}
-_MODE_FROM_PROTO = {**{v: k for k, v in _MODE_TO_PROTO.items()}, pb.SEARCH_MODE_UNSPECIFIED: "joint"}
-_STATE_TO_PROTO = {JobState.QUEUED: pb.JOB_STATE_QUEUED, JobState.RUNNING: pb.JOB_STATE_RUNNING,
-                   JobState.SUCCEEDED: pb.JOB_STATE_SUCCEEDED, JobState.FAILED: pb.JOB_STATE_FAILED,
-                   JobState.CANCELLED: pb.JOB_STATE_CANCELLED}
+_MODE_TO_PROTO = {
+    "joint": pb.SEARCH_MODE_JOINT,
+    "nas": pb.SEARCH_MODE_NAS,
+    "hpo": pb.SEARCH_MODE_HPO,
+}
+_MODE_FROM_PROTO = {
+    **{v: k for k, v in _MODE_TO_PROTO.items()},
+    pb.SEARCH_MODE_UNSPECIFIED: "joint",
+}
+_STATE_TO_PROTO = {
+    JobState.QUEUED: pb.JOB_STATE_QUEUED,
+    JobState.RUNNING: pb.JOB_STATE_RUNNING,
+    JobState.SUCCEEDED: pb.JOB_STATE_SUCCEEDED,
+    JobState.FAILED: pb.JOB_STATE_FAILED,
+    JobState.CANCELLED: pb.JOB_STATE_CANCELLED,
+}
 _STATE_FROM_PROTO = {v: k for k, v in _STATE_TO_PROTO.items()}
 
 
@@ -86,48 +102,78 @@ def tensor_from_proto(msg: pb.Tensor, field: str) -> np.ndarray:
         raise InvalidArgument(f"{field}.dtype", "unspecified or unknown dtype")
     shape = tuple(msg.shape)
     if not 1 <= len(shape) <= MAX_TENSOR_RANK or min(shape) < 0:
-        raise InvalidArgument(f"{field}.shape", f"{list(shape)[:16]} is not 1-{MAX_TENSOR_RANK} sizes >= 0")
+        raise InvalidArgument(
+            f"{field}.shape", f"{list(shape)[:16]} is not 1-{MAX_TENSOR_RANK} sizes >= 0"
+        )
     dtype = DTYPES[name].newbyteorder("<")
     expected = math.prod(shape) * dtype.itemsize
     if len(msg.data) != expected:
-        raise InvalidArgument(f"{field}.data",
-                              f"{len(msg.data)} bytes, but {name} {list(shape)} needs {expected}")
+        raise InvalidArgument(
+            f"{field}.data", f"{len(msg.data)} bytes, but {name} {list(shape)} needs {expected}"
+        )
     return np.frombuffer(msg.data, dtype=dtype).reshape(shape)
 
 
 def task_to_proto(task: Task) -> pb.Task:
     """A Task as its message."""
-    return pb.Task(task_id=task.task_id, app_ids=task.app_ids, purpose=task.purpose,
-                   input_shape=task.input_shape, input_dtype=dtype_to_proto(task.input_dtype),
-                   num_classes=task.num_classes, label_names=task.label_names,
-                   created_at=timestamp_to_proto(task.created_at))
+    return pb.Task(
+        task_id=task.task_id,
+        app_ids=task.app_ids,
+        purpose=task.purpose,
+        input_shape=task.input_shape,
+        input_dtype=dtype_to_proto(task.input_dtype),
+        num_classes=task.num_classes,
+        label_names=task.label_names,
+        created_at=timestamp_to_proto(task.created_at),
+    )
 
 
 def task_from_proto(msg: pb.Task) -> Task:
     """A Task message as a (not yet validated) Task."""
-    return Task(msg.task_id, tuple(msg.app_ids), msg.purpose, tuple(msg.input_shape),
-                dtype_from_proto(msg.input_dtype), msg.num_classes, tuple(msg.label_names),
-                timestamp_from_proto(msg, "created_at") or 0.0)
+    return Task(
+        msg.task_id,
+        tuple(msg.app_ids),
+        msg.purpose,
+        tuple(msg.input_shape),
+        dtype_from_proto(msg.input_dtype),
+        msg.num_classes,
+        tuple(msg.label_names),
+        timestamp_from_proto(msg, "created_at") or 0.0,
+    )
 
 
 def consent_to_proto(consent: Consent) -> pb.Consent:
     """A Consent as its message."""
-    return pb.Consent(user_id=consent.user_id, purpose=consent.purpose,
-                      consent_text_version=consent.consent_text_version,
-                      granted_at=timestamp_to_proto(consent.granted_at),
-                      revoked_at=timestamp_to_proto(consent.revoked_at), active=consent.active)
+    return pb.Consent(
+        user_id=consent.user_id,
+        purpose=consent.purpose,
+        consent_text_version=consent.consent_text_version,
+        granted_at=timestamp_to_proto(consent.granted_at),
+        revoked_at=timestamp_to_proto(consent.revoked_at),
+        active=consent.active,
+    )
 
 
 def consent_from_proto(msg: pb.Consent, app_id: str = "") -> Consent:
     """A Consent message as a Consent (the message does not carry the app)."""
-    return Consent(app_id, msg.user_id, msg.purpose, msg.consent_text_version,
-                   timestamp_from_proto(msg, "granted_at") or 0.0, timestamp_from_proto(msg, "revoked_at"))
+    return Consent(
+        app_id,
+        msg.user_id,
+        msg.purpose,
+        msg.consent_text_version,
+        timestamp_from_proto(msg, "granted_at") or 0.0,
+        timestamp_from_proto(msg, "revoked_at"),
+    )
 
 
 def batch_to_proto(batch: ExampleBatch) -> pb.ExampleBatch:
     """An ExampleBatch as its message."""
-    return pb.ExampleBatch(batch_id=batch.batch_id, task_id=batch.task_id,
-                           features=tensor_to_proto(batch.features), labels=batch.labels.tolist())
+    return pb.ExampleBatch(
+        batch_id=batch.batch_id,
+        task_id=batch.task_id,
+        features=tensor_to_proto(batch.features),
+        labels=batch.labels.tolist(),
+    )
 
 
 def batch_from_proto(msg: pb.ExampleBatch) -> ExampleBatch:
@@ -135,35 +181,57 @@ def batch_from_proto(msg: pb.ExampleBatch) -> ExampleBatch:
     if not msg.HasField("features"):
         raise InvalidArgument("features", "required")
     labels = np.asarray(msg.labels, dtype=np.int64)
-    return ExampleBatch(msg.batch_id, msg.task_id, tensor_from_proto(msg.features, "features"), labels)
+    return ExampleBatch(
+        msg.batch_id, msg.task_id, tensor_from_proto(msg.features, "features"), labels
+    )
 
 
 def upload_result_to_proto(result: UploadResult) -> pb.UploadSummary:
     """An UploadResult as an UploadSummary."""
-    return pb.UploadSummary(stored_batch_ids=result.stored_batch_ids,
-                            duplicate_batch_ids=result.duplicate_batch_ids,
-                            examples_stored=result.examples_stored)
+    return pb.UploadSummary(
+        stored_batch_ids=result.stored_batch_ids,
+        duplicate_batch_ids=result.duplicate_batch_ids,
+        examples_stored=result.examples_stored,
+    )
 
 
 def upload_result_from_proto(msg: pb.UploadSummary) -> UploadResult:
     """An UploadSummary as an UploadResult."""
-    return UploadResult(list(msg.stored_batch_ids), list(msg.duplicate_batch_ids), msg.examples_stored)
+    return UploadResult(
+        list(msg.stored_batch_ids), list(msg.duplicate_batch_ids), msg.examples_stored
+    )
 
 
 def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
     """A JobSpec as its message."""
-    return pb.JobSpec(task_id=spec.task_id, mode=_MODE_TO_PROTO[spec.mode], strategy=spec.strategy,
-                      steps=spec.steps, max_params=spec.max_params, seed=spec.seed,
-                      validation_fraction=spec.validation_fraction, test_fraction=spec.test_fraction,
-                      retrain_steps=spec.retrain_steps)
+    return pb.JobSpec(
+        task_id=spec.task_id,
+        mode=_MODE_TO_PROTO[spec.mode],
+        strategy=spec.strategy,
+        steps=spec.steps,
+        max_params=spec.max_params,
+        seed=spec.seed,
+        validation_fraction=spec.validation_fraction,
+        test_fraction=spec.test_fraction,
+        retrain_steps=spec.retrain_steps,
+    )
 
 
 def spec_from_proto(msg: pb.JobSpec) -> JobSpec:
     """A JobSpec message as a (not yet validated) JobSpec."""
     if msg.mode not in _MODE_FROM_PROTO:
         raise InvalidArgument("spec.mode", f"unknown mode {msg.mode}")
-    return JobSpec(msg.task_id, _MODE_FROM_PROTO[msg.mode], msg.strategy, msg.steps, msg.max_params, msg.seed,
-                   msg.validation_fraction, msg.test_fraction, msg.retrain_steps)
+    return JobSpec(
+        msg.task_id,
+        _MODE_FROM_PROTO[msg.mode],
+        msg.strategy,
+        msg.steps,
+        msg.max_params,
+        msg.seed,
+        msg.validation_fraction,
+        msg.test_fraction,
+        msg.retrain_steps,
+    )
 
 
 def state_to_proto(state: JobState) -> int:
@@ -180,81 +248,148 @@ def state_from_proto(value: int) -> JobState:
 
 def progress_to_proto(job_id: str, state: JobState, progress: JobProgress) -> pb.JobProgress:
     """A job's progress as a JobProgress message."""
-    encodings = [pb.EncodingValue(name=e.name, candidates=e.candidates, probabilities=e.probabilities)
-                 for e in progress.encodings]
-    return pb.JobProgress(job_id=job_id, state=state_to_proto(state), stage=progress.stage,
-                          step=progress.step, total_steps=progress.total_steps,
-                          train_loss=progress.train_loss, val_loss=progress.val_loss,
-                          learning_rate=progress.learning_rate, encodings=encodings,
-                          time=timestamp_to_proto(progress.time))
+    encodings = [
+        pb.EncodingValue(name=e.name, candidates=e.candidates, probabilities=e.probabilities)
+        for e in progress.encodings
+    ]
+    return pb.JobProgress(
+        job_id=job_id,
+        state=state_to_proto(state),
+        stage=progress.stage,
+        step=progress.step,
+        total_steps=progress.total_steps,
+        train_loss=progress.train_loss,
+        val_loss=progress.val_loss,
+        learning_rate=progress.learning_rate,
+        encodings=encodings,
+        time=timestamp_to_proto(progress.time),
+    )
 
 
 def progress_from_proto(msg: pb.JobProgress) -> tuple[str, JobState, JobProgress]:
     """A JobProgress message as (job id, state, progress)."""
-    encodings = tuple(Encoding(e.name, tuple(e.candidates), tuple(e.probabilities)) for e in msg.encodings)
-    progress = JobProgress(msg.stage, msg.step, msg.total_steps, msg.train_loss, msg.val_loss,
-                           msg.learning_rate, encodings, timestamp_from_proto(msg, "time") or 0.0)
+    encodings = tuple(
+        Encoding(e.name, tuple(e.candidates), tuple(e.probabilities)) for e in msg.encodings
+    )
+    progress = JobProgress(
+        msg.stage,
+        msg.step,
+        msg.total_steps,
+        msg.train_loss,
+        msg.val_loss,
+        msg.learning_rate,
+        encodings,
+        timestamp_from_proto(msg, "time") or 0.0,
+    )
     return msg.job_id, state_from_proto(msg.state), progress
 
 
 def summary_to_proto(summary: ModelSummary) -> pb.ModelSummary:
     """A ModelSummary as its message."""
-    return pb.ModelSummary(model_id=summary.model_id, architecture=dict(summary.architecture),
-                           hyperparameters=dict(summary.hyperparameters), params=summary.params,
-                           test_accuracy=summary.test_accuracy, search_seconds=summary.search_seconds,
-                           retrain_seconds=summary.retrain_seconds)
+    return pb.ModelSummary(
+        model_id=summary.model_id,
+        architecture=dict(summary.architecture),
+        hyperparameters=dict(summary.hyperparameters),
+        params=summary.params,
+        test_accuracy=summary.test_accuracy,
+        search_seconds=summary.search_seconds,
+        retrain_seconds=summary.retrain_seconds,
+    )
 
 
 def summary_from_proto(msg: pb.ModelSummary) -> ModelSummary:
     """A ModelSummary message as a ModelSummary."""
-    return ModelSummary(msg.model_id, dict(msg.architecture), dict(msg.hyperparameters), msg.params,
-                        msg.test_accuracy, msg.search_seconds, msg.retrain_seconds)
+    return ModelSummary(
+        msg.model_id,
+        dict(msg.architecture),
+        dict(msg.hyperparameters),
+        msg.params,
+        msg.test_accuracy,
+        msg.search_seconds,
+        msg.retrain_seconds,
+    )
 
 
 def job_to_proto(job: Job) -> pb.Job:
     """A Job as its message."""
-    return pb.Job(job_id=job.job_id, spec=spec_to_proto(job.spec), state=state_to_proto(job.state),
-                  progress=progress_to_proto(job.job_id, job.state, job.progress),
-                  result=None if job.result is None else summary_to_proto(job.result), error=job.error,
-                  created_at=timestamp_to_proto(job.created_at),
-                  started_at=timestamp_to_proto(job.started_at),
-                  finished_at=timestamp_to_proto(job.finished_at))
+    return pb.Job(
+        job_id=job.job_id,
+        spec=spec_to_proto(job.spec),
+        state=state_to_proto(job.state),
+        progress=progress_to_proto(job.job_id, job.state, job.progress),
+        result=None if job.result is None else summary_to_proto(job.result),
+        error=job.error,
+        created_at=timestamp_to_proto(job.created_at),
+        started_at=timestamp_to_proto(job.started_at),
+        finished_at=timestamp_to_proto(job.finished_at),
+    )
 
 
 def job_from_proto(msg: pb.Job) -> Job:
     """A Job message as a Job."""
-    return Job(msg.job_id, spec_from_proto(msg.spec), state_from_proto(msg.state),
-               timestamp_from_proto(msg, "created_at") or 0.0, progress_from_proto(msg.progress)[2],
-               summary_from_proto(msg.result) if msg.HasField("result") else None, msg.error,
-               timestamp_from_proto(msg, "started_at"), timestamp_from_proto(msg, "finished_at"))
+    return Job(
+        msg.job_id,
+        spec_from_proto(msg.spec),
+        state_from_proto(msg.state),
+        timestamp_from_proto(msg, "created_at") or 0.0,
+        progress_from_proto(msg.progress)[2],
+        summary_from_proto(msg.result) if msg.HasField("result") else None,
+        msg.error,
+        timestamp_from_proto(msg, "started_at"),
+        timestamp_from_proto(msg, "finished_at"),
+    )
 
 
 def audit_to_proto(audit: JobAudit) -> pb.JobAudit:
     """A JobAudit as its message."""
-    users = [pb.UserExampleCount(app_id=u.app_id, user_id=u.user_id, examples=u.examples,
-                                 consent_text_version=u.consent_text_version) for u in audit.users]
-    return pb.JobAudit(job_id=audit.job_id, task_id=audit.task_id, purpose=audit.purpose,
-                       snapshot_at=timestamp_to_proto(audit.snapshot_at), users=users,
-                       total_examples=audit.total_examples)
+    users = [
+        pb.UserExampleCount(
+            app_id=u.app_id,
+            user_id=u.user_id,
+            examples=u.examples,
+            consent_text_version=u.consent_text_version,
+        )
+        for u in audit.users
+    ]
+    return pb.JobAudit(
+        job_id=audit.job_id,
+        task_id=audit.task_id,
+        purpose=audit.purpose,
+        snapshot_at=timestamp_to_proto(audit.snapshot_at),
+        users=users,
+        total_examples=audit.total_examples,
+    )
 
 
 def audit_from_proto(msg: pb.JobAudit) -> JobAudit:
     """A JobAudit message as a JobAudit."""
-    users = tuple(UserCount(u.app_id, u.user_id, u.examples, u.consent_text_version) for u in msg.users)
+    users = tuple(
+        UserCount(u.app_id, u.user_id, u.examples, u.consent_text_version) for u in msg.users
+    )
     snapshot_at = timestamp_from_proto(msg, "snapshot_at") or 0.0
     return JobAudit(msg.job_id, msg.task_id, msg.purpose, snapshot_at, users)
 
 
 def model_info_to_proto(info: ModelInfo) -> pb.ModelInfo:
     """A ModelInfo as its message."""
-    return pb.ModelInfo(model_id=info.model_id, task_id=info.task_id, job_id=info.job_id,
-                        formats=info.formats, created_at=timestamp_to_proto(info.created_at))
+    return pb.ModelInfo(
+        model_id=info.model_id,
+        task_id=info.task_id,
+        job_id=info.job_id,
+        formats=info.formats,
+        created_at=timestamp_to_proto(info.created_at),
+    )
 
 
 def model_info_from_proto(msg: pb.ModelInfo) -> ModelInfo:
     """A ModelInfo message as a ModelInfo."""
-    return ModelInfo(msg.model_id, msg.task_id, msg.job_id, tuple(msg.formats),
-                     timestamp_from_proto(msg, "created_at") or 0.0)
+    return ModelInfo(
+        msg.model_id,
+        msg.task_id,
+        msg.job_id,
+        tuple(msg.formats),
+        timestamp_from_proto(msg, "created_at") or 0.0,
+    )
 
 
 def model_file_to_proto(file: ModelFile) -> pb.ModelFile:

@@ -11,24 +11,41 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `autohas demo`."""
-    parser.add_argument("--data-dir", type=Path, default=Path("var/demo"),
-                        help="server data and simulated devices (wiped at start)")
-    parser.add_argument("--report", type=Path, default=Path("report"), help="Markdown + PNG report folder")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("var/demo"),
+        help="server data and simulated devices (wiped at start)",
+    )
+    parser.add_argument(
+        "--report", type=Path, default=Path("report"), help="Markdown + PNG report folder"
+    )
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--steps", type=int, default=150, help="search steps")
-    parser.add_argument("--retrain-steps", type=int, default=1000, help="training steps of the derived model")
+    parser.add_argument(
+        "--retrain-steps", type=int, default=1000, help="training steps of the derived model"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--port", type=int, default=0, help="loopback port of the server (0 = a free one)")
+    parser.add_argument(
+        "--port", type=int, default=0, help="loopback port of the server (0 = a free one)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; one-line errors for a bad environment."""
-    from server.demo.run import DemoConfig, run_demo
-    from server.demo.summary import print_summary, write_report
+    from autohas_edge.server.demo.run import DemoConfig, run_demo
+    from autohas_edge.server.demo.summary import print_summary, write_report
 
     try:
-        config = DemoConfig(args.data_dir, args.report, users=args.users, steps=args.steps,
-                            retrain_steps=args.retrain_steps, seed=args.seed, port=args.port)
+        config = DemoConfig(
+            args.data_dir,
+            args.report,
+            users=args.users,
+            steps=args.steps,
+            retrain_steps=args.retrain_steps,
+            seed=args.seed,
+            port=args.port,
+        )
         _fresh(args.data_dir)
         start = time.perf_counter()
         outcome = run_demo(config)

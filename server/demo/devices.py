@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from device_sdk import Hub, ServerClient
-from server.demo.population import SimulatedUser
-from server.demo.report import UserOutcome
+from autohas_edge.device_sdk import Hub, ServerClient
+from autohas_edge.server.demo.population import SimulatedUser
+from autohas_edge.server.demo.report import UserOutcome
 
 TASK_ID = "gestures"
 PURPOSE = "personalization"
@@ -37,20 +37,35 @@ class Device:
         self.client.close()
 
 
-def make_device(user: SimulatedUser, index: int, root: Path, address: str, consents: bool,
-                app_backend: AppBackend) -> Device:
+def make_device(
+    user: SimulatedUser,
+    index: int,
+    root: Path,
+    address: str,
+    consents: bool,
+    app_backend: AppBackend,
+) -> Device:
     """Set up a device for `user`: state on disk under `root/<user_id>`, registered with the server
     with an enrollment ticket from its app's backend."""
     app = APPS[index % len(APPS)]
     home = root / user.user_id
-    client = ServerClient(address, home / "state", app_id=app, user_id=user.user_id,
-                          device_name=f"phone-{index:02d}")
+    client = ServerClient(
+        address, home / "state", app_id=app, user_id=user.user_id, device_name=f"phone-{index:02d}"
+    )
     client.register(enrollment_ticket=app_backend(app, user.user_id))
     runtime = "onnx" if index % 2 == 0 else "tflite"
     n_local = int(len(user.y) * 2 / 3)  # the rest is the user's own evaluation data, never uploaded
     outcome = UserOutcome(user.user_id, app, consented=consents)
-    return Device(user, app, client, Hub(home / "hub", format=runtime, threads=1), runtime, outcome,
-                  slice(0, n_local), slice(n_local, None))
+    return Device(
+        user,
+        app,
+        client,
+        Hub(home / "hub", format=runtime, threads=1),
+        runtime,
+        outcome,
+        slice(0, n_local),
+        slice(n_local, None),
+    )
 
 
 def consent_and_upload(device: Device) -> None:
@@ -58,7 +73,7 @@ def consent_and_upload(device: Device) -> None:
     device.client.grant_consent(PURPOSE, text_version="2026-11")
     x, y = device.user.x[device.local], device.user.y[device.local]
     for start in range(0, len(y), 40):
-        device.client.upload(TASK_ID, x[start:start + 40], y[start:start + 40])
+        device.client.upload(TASK_ID, x[start : start + 40], y[start : start + 40])
     device.outcome.uploaded = len(y)
 
 

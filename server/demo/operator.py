@@ -6,8 +6,8 @@ from collections.abc import Iterator, Sequence
 
 import grpc
 
-from proto.autohas.v1 import personalization_pb2 as pb
-from proto.autohas.v1 import personalization_pb2_grpc as pb_grpc
+from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
+from autohas_edge.proto.autohas.v1 import personalization_pb2_grpc as pb_grpc
 
 MODES = {"joint": pb.SEARCH_MODE_JOINT, "nas": pb.SEARCH_MODE_NAS, "hpo": pb.SEARCH_MODE_HPO}
 
@@ -33,16 +33,32 @@ class OperatorClient:
 
     def create_task(self, task: pb.Task) -> pb.Task:
         """Declare a task devices can upload to."""
-        return self._stub.CreateTask(pb.CreateTaskRequest(task=task), metadata=self._metadata,
-                                     timeout=self.timeout)
+        return self._stub.CreateTask(
+            pb.CreateTaskRequest(task=task), metadata=self._metadata, timeout=self.timeout
+        )
 
-    def start_job(self, task_id: str, *, mode: str = "joint", steps: int = 0, retrain_steps: int = 0,
-                  max_params: int = 0, seed: int = 0) -> pb.Job:
+    def start_job(
+        self,
+        task_id: str,
+        *,
+        mode: str = "joint",
+        steps: int = 0,
+        retrain_steps: int = 0,
+        max_params: int = 0,
+        seed: int = 0,
+    ) -> pb.Job:
         """Start a search over the task's consented data."""
-        spec = pb.JobSpec(task_id=task_id, mode=MODES[mode], steps=steps, retrain_steps=retrain_steps,
-                          max_params=max_params, seed=seed)
-        return self._stub.StartJob(pb.StartJobRequest(spec=spec), metadata=self._metadata,
-                                   timeout=self.timeout)
+        spec = pb.JobSpec(
+            task_id=task_id,
+            mode=MODES[mode],
+            steps=steps,
+            retrain_steps=retrain_steps,
+            max_params=max_params,
+            seed=seed,
+        )
+        return self._stub.StartJob(
+            pb.StartJobRequest(spec=spec), metadata=self._metadata, timeout=self.timeout
+        )
 
     def watch(self, job_id: str) -> Iterator[pb.JobProgress]:
         """Stream the job's progress until it ends."""
@@ -50,13 +66,15 @@ class OperatorClient:
 
     def job(self, job_id: str) -> pb.Job:
         """The job as it is now."""
-        return self._stub.GetJob(pb.GetJobRequest(job_id=job_id), metadata=self._metadata,
-                                 timeout=self.timeout)
+        return self._stub.GetJob(
+            pb.GetJobRequest(job_id=job_id), metadata=self._metadata, timeout=self.timeout
+        )
 
     def audit(self, job_id: str) -> pb.JobAudit:
         """Which users' examples the job used."""
-        return self._stub.GetJobAudit(pb.GetJobRequest(job_id=job_id), metadata=self._metadata,
-                                      timeout=self.timeout)
+        return self._stub.GetJobAudit(
+            pb.GetJobRequest(job_id=job_id), metadata=self._metadata, timeout=self.timeout
+        )
 
     def export(self, job_ids: Sequence[str], formats: Sequence[str]) -> pb.ExportModelsResponse:
         """Export finished jobs' models to verified bundles (waits for the exports)."""

@@ -75,7 +75,10 @@ def skewed_indices(y: np.ndarray, style: UserStyle, n: int, rng: np.random.Gener
 
 
 def make_population(
-    num_users: int = 20, examples_per_user: int = 240, seed: int = 0, swap_fraction: float = 0.3,
+    num_users: int = 20,
+    examples_per_user: int = 240,
+    seed: int = 0,
+    swap_fraction: float = 0.3,
 ) -> list[SimulatedUser]:
     """Simulate `num_users` users, each with their own shifted, label-skewed MNIST-1D examples."""
     if num_users < 1 or examples_per_user < 10:

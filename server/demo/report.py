@@ -43,7 +43,9 @@ class EncodingHistory:
     values: list[Mapping[str, Mapping[str, float]]] = field(default_factory=list)
     learning_rates: list[float] = field(default_factory=list)
 
-    def add(self, step: int, encodings: Mapping[str, Mapping[str, float]], learning_rate: float) -> None:
+    def add(
+        self, step: int, encodings: Mapping[str, Mapping[str, float]], learning_rate: float
+    ) -> None:
         """Record one progress event."""
         self.steps.append(step)
         self.values.append(encodings)
@@ -68,7 +70,7 @@ def plot_encodings(history: EncodingHistory, path: Path) -> None:
     lr_ax = axes.flat[len(choices)]
     lr_ax.plot(history.steps, history.learning_rates, color="black")
     lr_ax.set_title("combined learning rate (searched schedule)", fontsize=9)
-    for ax in list(axes.flat)[len(choices) + 1:]:
+    for ax in list(axes.flat)[len(choices) + 1 :]:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -82,8 +84,15 @@ def plot_user_accuracy(outcomes: Sequence[UserOutcome], path: Path) -> None:
         return
     xs = range(len(rows))
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(rows)), 3.5))
-    ax.bar([x - 0.2 for x in xs], [o.accuracy_before for o in rows], width=0.4, label="global model")
-    ax.bar([x + 0.2 for x in xs], [o.accuracy_after for o in rows], width=0.4, label="after fine-tuning")
+    ax.bar(
+        [x - 0.2 for x in xs], [o.accuracy_before for o in rows], width=0.4, label="global model"
+    )
+    ax.bar(
+        [x + 0.2 for x in xs],
+        [o.accuracy_after for o in rows],
+        width=0.4,
+        label="after fine-tuning",
+    )
     ax.set_xticks(list(xs), [o.user_id for o in rows], rotation=60, fontsize=7)
     ax.set_ylabel("held-out accuracy")
     ax.set_ylim(0, 1)

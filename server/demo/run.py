@@ -11,10 +11,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from proto.autohas.v1 import personalization_pb2 as pb
-from server.app import make_server
-from server.config import ServerConfig
-from server.demo.devices import (
+from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
+from autohas_edge.server.app import make_server
+from autohas_edge.server.config import ServerConfig
+from autohas_edge.server.demo.devices import (
     APPS,
     PURPOSE,
     TASK_ID,
@@ -25,11 +25,11 @@ from server.demo.devices import (
     personalise,
     revoke,
 )
-from server.demo.operator import OperatorClient
-from server.demo.population import NUM_CLASSES, SIGNAL_LENGTH, make_population
-from server.demo.report import EncodingHistory
-from server.enrollment import mint_ticket
-from server.jobs.files import write_json_atomic
+from autohas_edge.server.demo.operator import OperatorClient
+from autohas_edge.server.demo.population import NUM_CLASSES, SIGNAL_LENGTH, make_population
+from autohas_edge.server.demo.report import EncodingHistory
+from autohas_edge.server.enrollment import mint_ticket
+from autohas_edge.server.jobs.files import write_json_atomic
 
 FORMATS = ("onnx", "tflite", "onnx-int8", "tflite-int8")
 
@@ -50,7 +50,9 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         if self.users < 4:
-            raise ValueError(f"users must be >= 4 (some consent, some decline, one revokes): {self.users}")
+            raise ValueError(
+                f"users must be >= 4 (some consent, some decline, one revokes): {self.users}"
+            )
         if self.steps < 1 or self.retrain_steps < 1:
             raise ValueError("steps and retrain_steps must be positive")
 
@@ -80,11 +82,17 @@ def run_demo(config: DemoConfig) -> DemoOutcome:
     """Run the whole flow against a fresh loopback server; the server is stopped at the end."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    keys = {app: secrets.token_urlsafe(32) for app in APPS}  # each app's backend shares one with the server
+    keys = {
+        app: secrets.token_urlsafe(32) for app in APPS
+    }  # each app's backend shares one with the server
     keys_file = config.data_dir / "enrollment-keys.json"
     write_json_atomic(keys_file, keys)  # private: the server refuses readable keys
-    server_config = ServerConfig(data_dir=config.data_dir / "server", operator_token=token, port=config.port,
-                                 enrollment_keys=keys_file)
+    server_config = ServerConfig(
+        data_dir=config.data_dir / "server",
+        operator_token=token,
+        port=config.port,
+        enrollment_keys=keys_file,
+    )
     handle = make_server(server_config)  # OSError when the port is taken
     handle.start()
     try:
@@ -95,16 +103,34 @@ def run_demo(config: DemoConfig) -> DemoOutcome:
         handle.stop(grace=2.0)
 
 
-def _flow(config: DemoConfig, address: str, operator: OperatorClient, app_backend: AppBackend) -> DemoOutcome:
+def _flow(
+    config: DemoConfig, address: str, operator: OperatorClient, app_backend: AppBackend
+) -> DemoOutcome:
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    operator.create_task(pb.Task(
-        task_id=TASK_ID, app_ids=["com.example.gestures", "com.example.fitness"], purpose=PURPOSE,
-        input_shape=[1, SIGNAL_LENGTH], input_dtype=pb.DTYPE_FLOAT32, num_classes=NUM_CLASSES,
-        label_names=[str(c) for c in range(NUM_CLASSES)]))
+    operator.create_task(
+        pb.Task(
+            task_id=TASK_ID,
+            app_ids=["com.example.gestures", "com.example.fitness"],
+            purpose=PURPOSE,
+            input_shape=[1, SIGNAL_LENGTH],
+            input_dtype=pb.DTYPE_FLOAT32,
+            num_classes=NUM_CLASSES,
+            label_names=[str(c) for c in range(NUM_CLASSES)],
+        )
+    )
     users = make_population(config.users, config.examples_per_user, seed=config.seed)
-    devices = [make_device(u, i, config.data_dir / "devices", address, decision(i, config.users) != "decline",
-                           app_backend) for i, u in enumerate(users)]
+    devices = [
+        make_device(
+            u,
+            i,
+            config.data_dir / "devices",
+            address,
+            decision(i, config.users) != "decline",
+            app_backend,
+        )
+        for i, u in enumerate(users)
+    ]
     for device in tqdm(devices, desc="devices: consent + upload", unit="device", file=sys.stderr):
         if device.outcome.consented:
             consent_and_upload(device)
@@ -128,7 +154,9 @@ def _flow(config: DemoConfig, address: str, operator: OperatorClient, app_backen
     seconds["export"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    for device in tqdm(devices, desc="devices: download + fine-tune", unit="device", file=sys.stderr):
+    for device in tqdm(
+        devices, desc="devices: download + fine-tune", unit="device", file=sys.stderr
+    ):
         personalise(device)
         device.close()
     seconds["personalise"] = time.perf_counter() - t
@@ -139,21 +167,33 @@ def _flow(config: DemoConfig, address: str, operator: OperatorClient, app_backen
 
 def _search(config: DemoConfig, operator: OperatorClient) -> tuple[pb.Job, EncodingHistory]:
     """Start the joint search and follow it with a progress bar until it ends."""
-    job = operator.start_job(TASK_ID, mode="joint", steps=config.steps, retrain_steps=config.retrain_steps,
-                             max_params=config.max_params, seed=config.seed)
+    job = operator.start_job(
+        TASK_ID,
+        mode="joint",
+        steps=config.steps,
+        retrain_steps=config.retrain_steps,
+        max_params=config.max_params,
+        seed=config.seed,
+    )
     history = EncodingHistory()
     with tqdm(desc="search job", unit="step", file=sys.stderr) as bar:
         for event in operator.watch(job.job_id):
             bar.total = event.total_steps or bar.total
             bar.n = event.step
-            loss = event.val_loss if event.val_loss == event.val_loss else event.train_loss  # NaN in warm-up
+            loss = (
+                event.val_loss if event.val_loss == event.val_loss else event.train_loss
+            )  # NaN in warm-up
             bar.set_postfix_str(f"{event.stage} loss={loss:.3f}")
             bar.refresh()
             if event.stage == "search" and event.encodings:
-                encodings = {e.name: dict(zip(e.candidates, e.probabilities, strict=True))
-                             for e in event.encodings}
+                encodings = {
+                    e.name: dict(zip(e.candidates, e.probabilities, strict=True))
+                    for e in event.encodings
+                }
                 history.add(event.step, encodings, event.learning_rate)
     job = operator.job(job.job_id)
     if job.state != pb.JOB_STATE_SUCCEEDED:
-        raise RuntimeError(f"search job {job.job_id} ended {pb.JobState.Name(job.state)}: {job.error}")
+        raise RuntimeError(
+            f"search job {job.job_id} ended {pb.JobState.Name(job.state)}: {job.error}"
+        )
     return job, history

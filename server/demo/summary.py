@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from statistics import mean
 
-from server.demo.report import markdown_table, plot_encodings, plot_user_accuracy
-from server.demo.run import DemoOutcome
+from autohas_edge.server.demo.report import markdown_table, plot_encodings, plot_user_accuracy
+from autohas_edge.server.demo.run import DemoOutcome
 
 
 def _pct(value: float | None) -> str:
@@ -22,13 +22,18 @@ def sections(outcome: DemoOutcome) -> list[tuple[str, str]]:
         ("Artifacts", _artifact_section(outcome)),
         ("Consent and data use", _consent_section(outcome)),
         ("Personalization on the devices", _user_section(outcome)),
-        ("Timing", markdown_table(
-            ["stage", "seconds"],
-            [[k, f"{v:.1f}"] for k, v in outcome.seconds.items()]
-            + [["search (engine)", f"{result.search_seconds:.1f}"],
-               ["one training run of the derived model", f"{result.retrain_seconds:.1f}"],
-               ["search / one training run", f"{ratio:.2f}x"]],
-        )),
+        (
+            "Timing",
+            markdown_table(
+                ["stage", "seconds"],
+                [[k, f"{v:.1f}"] for k, v in outcome.seconds.items()]
+                + [
+                    ["search (engine)", f"{result.search_seconds:.1f}"],
+                    ["one training run of the derived model", f"{result.retrain_seconds:.1f}"],
+                    ["search / one training run", f"{ratio:.2f}x"],
+                ],
+            ),
+        ),
     ]
 
 
@@ -36,13 +41,18 @@ def _model_section(outcome: DemoOutcome) -> str:
     result = outcome.job.result
     rows = [[f"arch: {k}", v] for k, v in sorted(result.architecture.items())]
     rows += [[f"hp: {k}", v] for k, v in sorted(result.hyperparameters.items())]
-    rows += [["parameters", f"{result.params:,}"], ["global test accuracy", _pct(result.test_accuracy)]]
+    rows += [
+        ["parameters", f"{result.params:,}"],
+        ["global test accuracy", _pct(result.test_accuracy)],
+    ]
     return markdown_table(["", "value"], rows)
 
 
 def _artifact_section(outcome: DemoOutcome) -> str:
-    rows = [[a["format"], a["role"], a["file"], f"{a['bytes'] / 1024:.1f} KiB", a.get("batch", "")]
-            for a in outcome.manifest.get("artifacts", [])]
+    rows = [
+        [a["format"], a["role"], a["file"], f"{a['bytes'] / 1024:.1f} KiB", a.get("batch", "")]
+        for a in outcome.manifest.get("artifacts", [])
+    ]
     return markdown_table(["format", "role", "file", "size", "batch"], rows)
 
 
@@ -52,30 +62,59 @@ def _consent_section(outcome: DemoOutcome) -> str:
         o = d.outcome
         status = "revoked" if o.revoked else ("consented" if o.consented else "declined")
         rows.append([o.user_id, o.app_id, status, o.uploaded, o.used_by_job])
-    leaked = [d.outcome.user_id for d in outcome.devices
-              if d.outcome.used_by_job and (d.outcome.revoked or not d.outcome.consented)]
-    proof = ("None of the decliners' or the revoker's examples were used by the job (from its audit)."
-             if not leaked else f"VIOLATION: the job used data of {', '.join(leaked)}")
-    total = f"The job used {outcome.audit.total_examples} examples of {len(outcome.audit.users)} users."
+    leaked = [
+        d.outcome.user_id
+        for d in outcome.devices
+        if d.outcome.used_by_job and (d.outcome.revoked or not d.outcome.consented)
+    ]
+    proof = (
+        "None of the decliners' or the revoker's examples were used by the job (from its audit)."
+        if not leaked
+        else f"VIOLATION: the job used data of {', '.join(leaked)}"
+    )
+    total = (
+        f"The job used {outcome.audit.total_examples} examples of {len(outcome.audit.users)} users."
+    )
     revoked = f"Revoking consent deleted {outcome.revoked_deleted} stored examples at once."
-    return "\n".join([markdown_table(["user", "app", "consent", "uploaded", "used by job"], rows), "",
-                      total, revoked, proof])
+    return "\n".join(
+        [
+            markdown_table(["user", "app", "consent", "uploaded", "used by job"], rows),
+            "",
+            total,
+            revoked,
+            proof,
+        ]
+    )
 
 
 def _user_section(outcome: DemoOutcome) -> str:
     rows = []
     for d in outcome.devices:
         o = d.outcome
-        rows.append([o.user_id, d.runtime, _pct(o.accuracy_before), _pct(o.accuracy_after),
-                     "kept previous" if o.kept_previous else "new head",
-                     f"{(o.fine_tune_seconds or 0) * 1000:.0f} ms"])
+        rows.append(
+            [
+                o.user_id,
+                d.runtime,
+                _pct(o.accuracy_before),
+                _pct(o.accuracy_after),
+                "kept previous" if o.kept_previous else "new head",
+                f"{(o.fine_tune_seconds or 0) * 1000:.0f} ms",
+            ]
+        )
     before = [d.outcome.accuracy_before or 0 for d in outcome.devices]
     after = [d.outcome.accuracy_after or 0 for d in outcome.devices]
     worse = sum(a < b for a, b in zip(after, before, strict=True))
-    line = (f"Mean held-out accuracy {_pct(mean(before))} -> {_pct(mean(after))} "
-            f"({100 * (mean(after) - mean(before)):+.1f} points); users worse after fine-tuning: {worse}.")
-    return markdown_table(["user", "runtime", "global model", "after fine-tuning", "head", "fine-tune time"],
-                          rows) + "\n\n" + line
+    line = (
+        f"Mean held-out accuracy {_pct(mean(before))} -> {_pct(mean(after))} "
+        f"({100 * (mean(after) - mean(before)):+.1f} points); users worse after fine-tuning: {worse}."
+    )
+    return (
+        markdown_table(
+            ["user", "runtime", "global model", "after fine-tuning", "head", "fine-tune time"], rows
+        )
+        + "\n\n"
+        + line
+    )
 
 
 def write_report(outcome: DemoOutcome, report_dir: Path) -> Path:
@@ -86,8 +125,12 @@ def write_report(outcome: DemoOutcome, report_dir: Path) -> Path:
     body = ["# autohas-edge demo report", ""]
     for title, text in sections(outcome):
         body += [f"## {title}", "", text, ""]
-    body += ["![encodings over the search](encodings.png)", "",
-             "![per-user accuracy](user_accuracy.png)", ""]
+    body += [
+        "![encodings over the search](encodings.png)",
+        "",
+        "![per-user accuracy](user_accuracy.png)",
+        "",
+    ]
     path = report_dir / "summary.md"
     path.write_text("\n".join(body))
     return path

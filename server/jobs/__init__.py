@@ -1,5 +1,5 @@
 """Search jobs: a queue, worker processes, progress for watchers, consent-checked data snapshots."""
 
-from server.jobs.manager import JobManager
+from autohas_edge.server.jobs.manager import JobManager
 
 __all__ = ["JobManager"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from server.domain import Job
+from autohas_edge.server.domain import Job
 
 
 class ProgressHub:

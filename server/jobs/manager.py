@@ -24,9 +24,9 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, TypeVar
 
-from server.domain import Job, JobAudit, JobProgress, JobSpec, JobState, now
-from server.engine import summarize
-from server.errors import (
+from autohas_edge.server.domain import Job, JobAudit, JobProgress, JobSpec, JobState, now
+from autohas_edge.server.engine import summarize
+from autohas_edge.server.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -34,12 +34,12 @@ from server.errors import (
     ServerError,
     Unavailable,
 )
-from server.jobs import retention, worker
-from server.jobs.hub import ProgressHub
-from server.jobs.snapshot import take_snapshot
-from server.store import Store
-from server.tokens import new_id
-from server.validate import check_spec
+from autohas_edge.server.jobs import retention, worker
+from autohas_edge.server.jobs.hub import ProgressHub
+from autohas_edge.server.jobs.snapshot import take_snapshot
+from autohas_edge.server.store import Store
+from autohas_edge.server.tokens import new_id
+from autohas_edge.server.validate import check_spec
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +67,29 @@ class _Worker:
 class JobManager:
     """Runs search jobs in worker processes, at most `max_running` at a time."""
 
-    def __init__(self, store: Store, jobs_dir: Path, engine: str, device: str, max_running: int,
-                 max_watchers: int = 8, workers: int = 1) -> None:
-        self._store, self._jobs_dir, self._engine, self._device = store, Path(jobs_dir), engine, device
+    def __init__(
+        self,
+        store: Store,
+        jobs_dir: Path,
+        engine: str,
+        device: str,
+        max_running: int,
+        max_watchers: int = 8,
+        workers: int = 1,
+    ) -> None:
+        self._store, self._jobs_dir, self._engine, self._device = (
+            store,
+            Path(jobs_dir),
+            engine,
+            device,
+        )
         self._workers = workers
         self._max_running = max_running
         self._watch_slots = threading.BoundedSemaphore(max_watchers)
         self._hub = ProgressHub()
-        self._lock = threading.Condition()  # guards the fields below and every write of a job record
+        self._lock = (
+            threading.Condition()
+        )  # guards the fields below and every write of a job record
         self._queue: deque[str] = deque()
         self._running: dict[str, _Worker] = {}
         self._threads: list[threading.Thread] = []
@@ -117,7 +132,9 @@ class JobManager:
         if self._store.get_task(spec.task_id) is None:
             raise NotFound(f"spec.task_id: no task {spec.task_id!r}")
         if self._store.count_examples(spec.task_id) == 0:
-            raise FailedPrecondition(f"spec.task_id: task {spec.task_id!r} has no consented examples yet")
+            raise FailedPrecondition(
+                f"spec.task_id: task {spec.task_id!r} has no consented examples yet"
+            )
         t = now()
         job = Job(new_id("job"), spec, JobState.QUEUED, t, JobProgress(stage="queued", time=t))
         with self._lock:
@@ -144,7 +161,9 @@ class JobManager:
         self.get(job_id)
         audit = self._store.get_audit(job_id)
         if audit is None:
-            raise FailedPrecondition(f"job_id: job {job_id!r} has not started, so it has used no data yet")
+            raise FailedPrecondition(
+                f"job_id: job {job_id!r} has not started, so it has used no data yet"
+            )
         return audit
 
     def cancel(self, job_id: str) -> Job:
@@ -184,8 +203,10 @@ class JobManager:
     def export_blocker(self, job_id: str) -> str:
         """Why a finished job can no longer be exported ("" when it can)."""
         if retention.snapshot_deleted(self.job_dir(job_id)):
-            return ("its data snapshot was deleted after every user in it revoked consent, and export needs "
-                    "it (int8 calibration, reference inputs); start a new job to get a model")
+            return (
+                "its data snapshot was deleted after every user in it revoked consent, and export needs "
+                "it (int8 calibration, reference inputs); start a new job to get a model"
+            )
         return ""
 
     def attach_model(self, job_id: str, model_id: str) -> None:
@@ -200,7 +221,9 @@ class JobManager:
         seq, job = self._hub.latest(job_id)
         job = job or self.get(job_id)
         if not self._watch_slots.acquire(blocking=False):
-            raise ResourceExhausted("job_id: too many WatchJob streams are open; poll GetJob instead")
+            raise ResourceExhausted(
+                "job_id: too many WatchJob streams are open; poll GetJob instead"
+            )
         try:
             yield job
             while not job.state.terminal and is_active():
@@ -232,7 +255,9 @@ class JobManager:
     # internals --------------------------------------------------------------------------------------
     def _spawn_thread(self, target: Callable[..., None], name: str, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
-        self._threads = [t for t in self._threads if t.is_alive()]  # one monitor a job: drop finished ones
+        self._threads = [
+            t for t in self._threads if t.is_alive()
+        ]  # one monitor a job: drop finished ones
         self._threads.append(thread)
         thread.start()
 
@@ -247,8 +272,12 @@ class JobManager:
     def _schedule(self) -> None:
         while True:
             with self._lock:
-                self._lock.wait_for(lambda: self._closing or (
-                    bool(self._queue) and len(self._running) < self._max_running))
+                self._lock.wait_for(
+                    lambda: (
+                        self._closing
+                        or (bool(self._queue) and len(self._running) < self._max_running)
+                    )
+                )
                 if self._closing:
                     return
                 self._launch(self._queue.popleft())
@@ -261,10 +290,19 @@ class JobManager:
         try:
             dataset = self._dataset(job)
             stop, messages = self._ctx.Event(), self._ctx.Queue()
-            args = worker.WorkerArgs(job_id, self._engine, job.spec.to_dict(), str(dataset),
-                                     str(self.run_dir(job_id)), self._device, os.getpid(), self._workers)
-            process = self._ctx.Process(target=worker.run_job, args=(args, messages, stop),
-                                        name=f"autohas-{job_id}")
+            args = worker.WorkerArgs(
+                job_id,
+                self._engine,
+                job.spec.to_dict(),
+                str(dataset),
+                str(self.run_dir(job_id)),
+                self._device,
+                os.getpid(),
+                self._workers,
+            )
+            process = self._ctx.Process(
+                target=worker.run_job, args=(args, messages, stop), name=f"autohas-{job_id}"
+            )
             process.start()
         except Exception as e:
             if not isinstance(e, ServerError):
@@ -274,7 +312,9 @@ class JobManager:
         w = _Worker(job_id, process, messages, stop)
         self._running[job_id] = w
         progress = job.progress if job.started_at else JobProgress(stage="load", time=now())
-        self._save(job, state=JobState.RUNNING, started_at=job.started_at or now(), progress=progress)
+        self._save(
+            job, state=JobState.RUNNING, started_at=job.started_at or now(), progress=progress
+        )
         self._spawn_thread(self._monitor, f"job-monitor-{job_id}", w)
 
     def _dataset(self, job: Job) -> Path:
@@ -282,8 +322,10 @@ class JobManager:
         path = self.job_dir(job.job_id) / retention.DATASET
         if self._store.get_audit(job.job_id) is not None:
             if retention.snapshot_deleted(path.parent):
-                raise FailedPrecondition("every user in the job's data snapshot revoked consent before it "
-                                         "finished, so the snapshot was deleted; start a new job")
+                raise FailedPrecondition(
+                    "every user in the job's data snapshot revoked consent before it "
+                    "finished, so the snapshot was deleted; start a new job"
+                )
             if not path.exists():
                 raise FailedPrecondition(f"the data snapshot {path} of job {job.job_id} is missing")
             return path
@@ -320,7 +362,9 @@ class JobManager:
             job = self._store.get_job(job_id)
             finished = job is None or job.state.terminal
         if removed and not finished:
-            shutil.rmtree(self.run_dir(job_id), ignore_errors=True)  # its checkpoint saw the removed rows
+            shutil.rmtree(
+                self.run_dir(job_id), ignore_errors=True
+            )  # its checkpoint saw the removed rows
 
     def _tidy_snapshot(self, job: Job) -> None:
         """At start: apply pending removals; delete a snapshot whose audit was never recorded (a crash)."""
@@ -396,12 +440,20 @@ class JobManager:
         """The changes to a job whose worker exited with the message `(kind, payload)`."""
         done = {"finished_at": now()}
         if kind == "done":
-            return {"state": JobState.SUCCEEDED, "result": summarize(payload),
-                    "progress": dataclasses.replace(job.progress, stage="done", time=now()), **done}
+            return {
+                "state": JobState.SUCCEEDED,
+                "result": summarize(payload),
+                "progress": dataclasses.replace(job.progress, stage="done", time=now()),
+                **done,
+            }
         if w.cancel_at is not None or (kind == "cancelled" and not self._closing):
             return {"state": JobState.CANCELLED, **done}
         if self._closing:
             return {}  # keep RUNNING with its newest progress: the next start resumes it
         if kind == "failed":
             return {"state": JobState.FAILED, "error": str(payload), **done}
-        return {"state": JobState.FAILED, "error": f"worker process exited with code {payload}", **done}
+        return {
+            "state": JobState.FAILED,
+            "error": f"worker process exited with code {payload}",
+            **done,
+        }

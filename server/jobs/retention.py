@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from server.domain import StoredBatch, now
-from server.jobs.files import sync_dir, write_atomic, write_json_atomic
+from autohas_edge.server.domain import StoredBatch, now
+from autohas_edge.server.jobs.files import sync_dir, write_atomic, write_json_atomic
 
 DATASET = "dataset.npz"
 PURGE_FILE = "purge.json"
@@ -46,8 +46,11 @@ def owner_arrays(batches: Sequence[StoredBatch]) -> dict[str, np.ndarray]:
     owners: dict[UserKey, int] = {}
     ids = [owners.setdefault((b.app_id, b.user_id), len(owners)) for b in batches]
     rows = np.repeat(np.asarray(ids, dtype=np.int32), [b.count for b in batches])
-    return {"row_owner": rows, "owner_app": np.asarray([app for app, _ in owners], dtype=str),
-            "owner_user": np.asarray([user for _, user in owners], dtype=str)}
+    return {
+        "row_owner": rows,
+        "owner_app": np.asarray([app for app, _ in owners], dtype=str),
+        "owner_user": np.asarray([user for _, user in owners], dtype=str),
+    }
 
 
 def _read_log(job_dir: Path) -> dict[str, Any]:
@@ -89,8 +92,10 @@ def apply_purges(job_dir: Path) -> int:
     dataset = job_dir / DATASET
     removed, left = _remove_rows(dataset, pending) if dataset.exists() else ({}, 0)
     at = now()
-    log["done"] += [{"app_id": a, "user_id": u, "rows_removed": removed.get((a, u), 0), "at": at}
-                    for a, u in sorted(pending)]
+    log["done"] += [
+        {"app_id": a, "user_id": u, "rows_removed": removed.get((a, u), 0), "at": at}
+        for a, u in sorted(pending)
+    ]
     log["pending"] = []
     if dataset.exists() and left == 0:
         os.unlink(dataset)
@@ -104,7 +109,9 @@ def _remove_rows(dataset: Path, users: set[UserKey]) -> tuple[dict[UserKey, int]
     """Rewrite the snapshot without these users' rows; returns the rows removed a user and the rows left."""
     with np.load(dataset, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
-    if "row_owner" not in arrays:  # a snapshot that does not say whose rows are whose: none can stay
+    if (
+        "row_owner" not in arrays
+    ):  # a snapshot that does not say whose rows are whose: none can stay
         return {}, 0
     owners = list(zip(arrays["owner_app"].tolist(), arrays["owner_user"].tolist(), strict=True))
     doomed = np.array([owner in users for owner in owners], dtype=bool)
@@ -114,9 +121,18 @@ def _remove_rows(dataset: Path, users: set[UserKey]) -> tuple[dict[UserKey, int]
     if not removed:
         return {}, len(rows)
     keep = ~doomed[rows]
-    renumber = np.cumsum(~doomed, dtype=np.int32) - 1  # old owner index -> index among the kept owners
-    arrays.update({"x": arrays["x"][keep], "y": arrays["y"][keep], "row_owner": renumber[rows[keep]],
-                   "owner_app": arrays["owner_app"][~doomed], "owner_user": arrays["owner_user"][~doomed]})
+    renumber = (
+        np.cumsum(~doomed, dtype=np.int32) - 1
+    )  # old owner index -> index among the kept owners
+    arrays.update(
+        {
+            "x": arrays["x"][keep],
+            "y": arrays["y"][keep],
+            "row_owner": renumber[rows[keep]],
+            "owner_app": arrays["owner_app"][~doomed],
+            "owner_user": arrays["owner_user"][~doomed],
+        }
+    )
     if keep.any():
         write_atomic(dataset, lambda f: np.savez(f, **arrays))
     return removed, int(keep.sum())

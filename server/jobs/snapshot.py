@@ -8,16 +8,20 @@ from pathlib import Path
 
 import numpy as np
 
-from server.domain import JobAudit, StoredBatch, Task, UserCount, now
-from server.errors import FailedPrecondition
-from server.jobs.files import write_atomic, write_json_atomic
-from server.jobs.retention import owner_arrays
-from server.store import Store
+from autohas_edge.server.domain import JobAudit, StoredBatch, Task, UserCount, now
+from autohas_edge.server.errors import FailedPrecondition
+from autohas_edge.server.jobs.files import write_atomic, write_json_atomic
+from autohas_edge.server.jobs.retention import owner_arrays
+from autohas_edge.server.store import Store
 
 
 def _arrays(batches: list[StoredBatch], task: Task) -> dict[str, np.ndarray]:
-    x = np.concatenate([np.frombuffer(b.features, dtype=np.dtype(b.dtype).newbyteorder("<")).reshape(b.shape)
-                        for b in batches]).astype(np.float32)
+    x = np.concatenate(
+        [
+            np.frombuffer(b.features, dtype=np.dtype(b.dtype).newbyteorder("<")).reshape(b.shape)
+            for b in batches
+        ]
+    ).astype(np.float32)
     y = np.concatenate([np.frombuffer(b.labels, dtype="<i8") for b in batches]).astype(np.int64)
     arrays = {"x": x, "y": y, **owner_arrays(batches)}
     if task.label_names:
@@ -34,21 +38,38 @@ def take_snapshot(store: Store, task: Task, job_id: str, dataset: Path) -> JobAu
     """
     snap = store.snapshot(task.task_id, task.purpose)
     if not snap.batches:
-        raise FailedPrecondition(f"spec.task_id: task {task.task_id!r} has no examples with active consent")
+        raise FailedPrecondition(
+            f"spec.task_id: task {task.task_id!r} has no examples with active consent"
+        )
     dataset.parent.mkdir(parents=True, exist_ok=True)
     arrays = _arrays(snap.batches, task)
     write_atomic(dataset, lambda f: np.savez(f, **arrays))
     counts = Counter[tuple[str, str]]()
     for b in snap.batches:
         counts[(b.app_id, b.user_id)] += b.count
-    users = tuple(UserCount(app, user, n, snap.consent_versions[(app, user)])
-                  for (app, user), n in sorted(counts.items()))
+    users = tuple(
+        UserCount(app, user, n, snap.consent_versions[(app, user)])
+        for (app, user), n in sorted(counts.items())
+    )
     audit = JobAudit(job_id, task.task_id, task.purpose, now(), users)
-    manifest = {"job_id": job_id, "task_id": task.task_id, "purpose": task.purpose,
-                "snapshot_at": audit.snapshot_at, "total_examples": audit.total_examples,
-                "users": [dataclasses.asdict(u) for u in users],
-                "batches": [{"device_id": b.device_id, "batch_id": b.batch_id, "app_id": b.app_id,
-                             "user_id": b.user_id, "examples": b.count, "digest": b.digest}
-                            for b in snap.batches]}
+    manifest = {
+        "job_id": job_id,
+        "task_id": task.task_id,
+        "purpose": task.purpose,
+        "snapshot_at": audit.snapshot_at,
+        "total_examples": audit.total_examples,
+        "users": [dataclasses.asdict(u) for u in users],
+        "batches": [
+            {
+                "device_id": b.device_id,
+                "batch_id": b.batch_id,
+                "app_id": b.app_id,
+                "user_id": b.user_id,
+                "examples": b.count,
+                "digest": b.digest,
+            }
+            for b in snap.batches
+        ],
+    }
     write_json_atomic(dataset.with_name("audit.json"), manifest)
     return audit

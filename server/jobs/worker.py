@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.engine import Cancelled
+from autohas_edge.server.engine import Cancelled
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +69,22 @@ def run_job(args: WorkerArgs, messages: Any, stop: Any) -> None:
     ("failed", message) on the `messages` queue. `stop` is an Event the server sets to cancel."""
     exit_when_gone(args.parent_pid)
     Path(args.run_dir).mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(filename=Path(args.run_dir).parent / "worker.log", level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        filename=Path(args.run_dir).parent / "worker.log",
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     engine = importlib.import_module(args.engine)
     try:
-        result = engine.run_job(args.spec, args.dataset, args.run_dir, args.device,
-                                on_progress=lambda p: messages.put(("progress", p)), should_stop=stop.is_set,
-                                workers=args.workers)
+        result = engine.run_job(
+            args.spec,
+            args.dataset,
+            args.run_dir,
+            args.device,
+            on_progress=lambda p: messages.put(("progress", p)),
+            should_stop=stop.is_set,
+            workers=args.workers,
+        )
     except Cancelled:
         messages.put(("cancelled", None))
     except BaseException as e:  # the server records the job as failed instead of losing the reason

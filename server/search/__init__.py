@@ -1,16 +1,83 @@
-"""The joint architecture + hyper-parameter search engine (AutoHAS), see docs/architecture.md §2-4."""
+"""The joint architecture + hyper-parameter search engine (AutoHAS), see docs/architecture.md §2-4.
 
-from server.search.config import SearchConfig
-from server.search.data import Dataset, load_dataset
-from server.search.rundir import load_model
-from server.search.runner import ProgressEvent, SearchCancelled, run_search
+This module is the engine's public API: the CLI, the server's job worker, export and the benchmarks
+import only the names below. They load lazily, so importing the package (or its torch-free
+`config` and `space` modules) does not import torch; the first use of a torch-backed name does.
+"""
 
-__all__ = [
-    "Dataset",
-    "ProgressEvent",
-    "SearchCancelled",
-    "SearchConfig",
-    "load_dataset",
-    "load_model",
-    "run_search",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: public name -> the submodule defining it
+_EXPORTS = {
+    # values (torch-free)
+    "SearchConfig": "config",
+    "MODES": "config",
+    "STRATEGIES": "config",
+    "DEVICES": "config",
+    "Choice": "space",
+    "SearchSpace": "space",
+    "CATEGORICAL": "space",
+    "CONTINUOUS": "space",
+    # running a search
+    "run_search": "runner",
+    "ProgressEvent": "runner",
+    "SearchCancelled": "runner",
+    "load_model": "rundir",
+    "Dataset": "data",
+    "load_dataset": "data",
+    # the space and the child models, for baselines and tools
+    "default_space": "defaults",
+    "Layout": "models",
+    "LAYOUTS": "models",
+    "ChildNet": "models",
+    "build_model": "models",
+    "count_params": "models",
+    "model_args_for": "models",
+    "feasible": "derive",
+    "retrain": "retrain",
+    "accuracy": "retrain",
+    "SuperNet": "supernet",
+    "SubModel": "supernet",
+    "autocast": "weights",
+    # strategies
+    "Strategy": "strategies",
+    "register_strategy": "strategies",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from autohas_edge.server.search.config import DEVICES, MODES, STRATEGIES, SearchConfig
+    from autohas_edge.server.search.data import Dataset, load_dataset
+    from autohas_edge.server.search.defaults import default_space
+    from autohas_edge.server.search.derive import feasible
+    from autohas_edge.server.search.models import (
+        LAYOUTS,
+        ChildNet,
+        Layout,
+        build_model,
+        count_params,
+        model_args_for,
+    )
+    from autohas_edge.server.search.retrain import accuracy, retrain
+    from autohas_edge.server.search.rundir import load_model
+    from autohas_edge.server.search.runner import ProgressEvent, SearchCancelled, run_search
+    from autohas_edge.server.search.space import CATEGORICAL, CONTINUOUS, Choice, SearchSpace
+    from autohas_edge.server.search.strategies import Strategy, register_strategy
+    from autohas_edge.server.search.supernet import SubModel, SuperNet
+    from autohas_edge.server.search.weights import autocast
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -48,7 +48,9 @@ def _jitter(x: torch.Tensor, scale: float, gen: torch.Generator) -> torch.Tensor
 
 def _shear(x: torch.Tensor, scale: float, gen: torch.Generator) -> torch.Tensor:
     """Add a random linear trend along the signal (MNIST-1D's generator shears its signals too)."""
-    slope = (torch.rand((len(x), 1, 1), generator=gen, device=x.device, dtype=x.dtype) - 0.5) * (0.5 * scale)
+    slope = (torch.rand((len(x), 1, 1), generator=gen, device=x.device, dtype=x.dtype) - 0.5) * (
+        0.5 * scale
+    )
     return x + slope * torch.linspace(-1.0, 1.0, x.shape[-1], device=x.device, dtype=x.dtype)
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
-from server.search.config import DEVICES, MODES, STRATEGIES, SearchConfig
+from autohas_edge.server.search.config import DEVICES, MODES, STRATEGIES, SearchConfig
 
 #: command-line flag -> SearchConfig field (flags map one to one onto the config)
 _FLAGS: dict[str, tuple[type, str]] = {
@@ -22,8 +22,14 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "cost_weight": (float, "weight of the expected-parameter penalty"),
     "encoding_lr": (float, "learning rate of the encodings (Adam)"),
     "max_skips": (int, "cap on skipped blocks in the derived model"),
-    "encoding_tol": (float, "stop once no encoding probability moves more than this in 25 steps (0: never)"),
-    "samples": (int, "reinforce: (architecture, hyper-parameter) pairs sampled per step, all workers"),
+    "encoding_tol": (
+        float,
+        "stop once no encoding probability moves more than this in 25 steps (0: never)",
+    ),
+    "samples": (
+        int,
+        "reinforce: (architecture, hyper-parameter) pairs sampled per step, all workers",
+    ),
     "seed": (int, "random seed"),
 }
 
@@ -31,25 +37,46 @@ _FLAGS: dict[str, tuple[type, str]] = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of `autohas search`."""
     defaults = SearchConfig()
-    parser.add_argument("--dataset", default=defaults.dataset, help="mnist1d, digits, or a path to an .npz")
-    parser.add_argument("--mode", default=defaults.mode, choices=MODES,
-                        help="joint; nas: hyper-parameters fixed; hpo: architecture fixed")
-    parser.add_argument("--strategy", default=defaults.strategy, choices=STRATEGIES,
-                        help="mix candidates (differentiable) or sample them (reinforce controller)")
-    parser.add_argument("--device", default=defaults.device, choices=DEVICES,
-                        help="auto picks CUDA when present (with bfloat16 mixed precision)")
-    parser.add_argument("--out", default="runs/search", help="run directory (resumes when it holds a search)")
+    parser.add_argument(
+        "--dataset", default=defaults.dataset, help="mnist1d, digits, or a path to an .npz"
+    )
+    parser.add_argument(
+        "--mode",
+        default=defaults.mode,
+        choices=MODES,
+        help="joint; nas: hyper-parameters fixed; hpo: architecture fixed",
+    )
+    parser.add_argument(
+        "--strategy",
+        default=defaults.strategy,
+        choices=STRATEGIES,
+        help="mix candidates (differentiable) or sample them (reinforce controller)",
+    )
+    parser.add_argument(
+        "--device",
+        default=defaults.device,
+        choices=DEVICES,
+        help="auto picks CUDA when present (with bfloat16 mixed precision)",
+    )
+    parser.add_argument(
+        "--out", default="runs/search", help="run directory (resumes when it holds a search)"
+    )
     for name, (kind, help_text) in _FLAGS.items():
         default = getattr(defaults, name)
         parser.add_argument(
-            "--" + name.replace("_", "-"), type=kind, default=default, help=f"{help_text} (default {default})"
+            "--" + name.replace("_", "-"),
+            type=kind,
+            default=default,
+            help=f"{help_text} (default {default})",
         )
     parser.add_argument(
         "--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
-        "--workers", type=int, default=1,
+        "--workers",
+        type=int,
+        default=1,
         help="search worker processes (starts torchrun: gloo on CPU, one GPU each with CUDA; default 1)",
     )
 
@@ -71,7 +98,7 @@ class _Exit(Exception):
 
 def run(args: argparse.Namespace) -> int:
     """Run the search; exit 0, 2 on a bad dataset or option, 1 when workers fail, 130 when interrupted."""
-    from server.search.distributed import launched_by_torchrun
+    from autohas_edge.server.search.distributed import launched_by_torchrun
 
     interrupted = {"flag": False}
     previous = signal.signal(signal.SIGINT, lambda *_: interrupted.update(flag=True))
@@ -96,16 +123,25 @@ def _config(args: argparse.Namespace) -> SearchConfig:
     if args.workers < 1:
         raise _Exit(2, f"error: --workers must be >= 1, got {args.workers}")
     try:
-        return SearchConfig(dataset=args.dataset, mode=args.mode, strategy=args.strategy, device=args.device,
-                            **{name: getattr(args, name) for name in _FLAGS})
+        return SearchConfig(
+            dataset=args.dataset,
+            mode=args.mode,
+            strategy=args.strategy,
+            device=args.device,
+            **{name: getattr(args, name) for name in _FLAGS},
+        )
     except ValueError as exc:
         raise _Exit(2, f"error: {exc}") from exc
 
 
-def _in_process(config: SearchConfig, args: argparse.Namespace, bar: _ProgressBar,
-                should_stop: Callable[[], bool]) -> dict[str, Any]:
+def _in_process(
+    config: SearchConfig,
+    args: argparse.Namespace,
+    bar: _ProgressBar,
+    should_stop: Callable[[], bool],
+) -> dict[str, Any]:
     """The search in this process (also each rank's part under torchrun)."""
-    from server.search.runner import SearchCancelled, run_search
+    from autohas_edge.server.search.runner import SearchCancelled, run_search
 
     if args.threads > 0:
         import torch
@@ -119,18 +155,24 @@ def _in_process(config: SearchConfig, args: argparse.Namespace, bar: _ProgressBa
         raise _Exit(130, str(exc)) from exc
 
 
-def _with_workers(config: SearchConfig, args: argparse.Namespace, bar: _ProgressBar,
-                  should_stop: Callable[[], bool]) -> dict[str, Any]:
+def _with_workers(
+    config: SearchConfig,
+    args: argparse.Namespace,
+    bar: _ProgressBar,
+    should_stop: Callable[[], bool],
+) -> dict[str, Any]:
     """The search in `args.workers` processes under torchrun (see `server.multiworker`); Ctrl-C reaches
     this process only, which asks rank 0 to checkpoint and stop all ranks at the same step."""
-    from server import multiworker
-    from server.engine import Cancelled
+    from autohas_edge.server import multiworker
+    from autohas_edge.server.engine import Cancelled
 
     def report(event: dict[str, Any]) -> None:
         bar.update(SimpleNamespace(**event))
 
     try:
-        return multiworker.run(config, args.out, args.workers, report, should_stop, threads=args.threads)
+        return multiworker.run(
+            config, args.out, args.workers, report, should_stop, threads=args.threads
+        )
     except Cancelled as exc:
         raise _Exit(130, str(exc)) from exc
     except multiworker.WorkersFailed as exc:
@@ -140,7 +182,8 @@ def _with_workers(config: SearchConfig, args: argparse.Namespace, bar: _Progress
 def _summary(result: dict[str, Any], out: str) -> str:
     arch = ", ".join(f"{k}={v}" for k, v in result["architecture"].items())
     hps = ", ".join(
-        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in result["hyperparameters"].items()
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in result["hyperparameters"].items()
     )
     return (
         f"test accuracy {result['test_accuracy']:.4f} with {result['params']} parameters "

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.search.space import SearchSpace
+from autohas_edge.server.search.space import SearchSpace
 
 MODES = ("joint", "nas", "hpo")
 STRATEGIES = ("differentiable", "reinforce")
@@ -22,7 +22,9 @@ class SearchConfig:
     dataset: str = "mnist1d"
     mode: str = "joint"
     strategy: str = "differentiable"
-    weights_path: str = "fast"  # second combined model: closed form ("fast") or every basis ("explicit")
+    weights_path: str = (
+        "fast"  # second combined model: closed form ("fast") or every basis ("explicit")
+    )
     steps: int = 300  # search steps, warm-up included
     warmup_fraction: float = 0.25  # first iterations only (W), before encodings move
     batch_size: int = 128  # first iterations and retraining
@@ -32,7 +34,9 @@ class SearchConfig:
     encoding_lr: float = 0.05
     retrain_steps: int = 1500
     max_skips: int = 2  # a cap on skipped blocks in the derived model (guards against collapse)
-    encoding_tol: float = 1e-3  # stop when no probability moved more than this over `check_every` steps
+    encoding_tol: float = (
+        1e-3  # stop when no probability moved more than this over `check_every` steps
+    )
     grad_tol: float = 0.0  # stop when the encodings' gradient norm falls below this
     check_every: int = 25
     grad_clip: float = 5.0
@@ -40,7 +44,9 @@ class SearchConfig:
     checkpoint_every: int = 100
     seed: int = 0
     device: str = "auto"
-    space: SearchSpace | None = field(default=None)  # None: the default space for the dataset and mode
+    space: SearchSpace | None = field(
+        default=None
+    )  # None: the default space for the dataset and mode
 
     def __post_init__(self) -> None:
         _one_of("mode", self.mode, MODES)

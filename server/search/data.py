@@ -92,7 +92,9 @@ def _mnist1d() -> tuple[np.ndarray, ...]:
             return tuple(arrays[k] for k in ("x", "y", "x_test", "y_test"))
     from mnist1d.data import get_dataset_args, make_dataset
 
-    data = make_dataset(get_dataset_args())  # seeded by mnist1d's own defaults: always the same data
+    data = make_dataset(
+        get_dataset_args()
+    )  # seeded by mnist1d's own defaults: always the same data
     arrays = {
         "x": np.asarray(data["x"], np.float32)[:, None, :],
         "y": data["y"].astype(np.int64),
@@ -156,7 +158,9 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, li
     return x, y, x_test, y_test, names
 
 
-def _checked(path: Path, x: np.ndarray, y: np.ndarray, xn: str, yn: str) -> tuple[np.ndarray, np.ndarray]:
+def _checked(
+    path: Path, x: np.ndarray, y: np.ndarray, xn: str, yn: str
+) -> tuple[np.ndarray, np.ndarray]:
     if x.ndim not in (2, 3, 4) or not np.issubdtype(x.dtype, np.number):
         raise ValueError(
             f"dataset file {path}: {xn} must be numeric [n, F], [n, C, L] or [n, C, H, W], "
@@ -167,7 +171,9 @@ def _checked(path: Path, x: np.ndarray, y: np.ndarray, xn: str, yn: str) -> tupl
             f"dataset file {path}: {yn} must be 1-D with one label per row of {xn}, got {y.shape}"
         )
     if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
-        raise ValueError(f"dataset file {path}: {yn} must hold integer labels 0..C-1, got {y.dtype}")
+        raise ValueError(
+            f"dataset file {path}: {yn} must hold integer labels 0..C-1, got {y.dtype}"
+        )
     if len(x) < 10:
         raise ValueError(f"dataset file {path}: {xn} has only {len(x)} examples (need at least 10)")
     x = x.astype(np.float32)

@@ -7,9 +7,9 @@ same code: a one-candidate choice has a constant encoding of 1.
 
 from __future__ import annotations
 
-from server.search.augment import POLICIES
-from server.search.models import Layout
-from server.search.space import CONTINUOUS, Choice, SearchSpace
+from autohas_edge.server.search.augment import POLICIES
+from autohas_edge.server.search.models import Layout
+from autohas_edge.server.search.space import CONTINUOUS, Choice, SearchSpace
 
 KERNELS = (3, 5, 7)
 EXPANSIONS = {"conv1d": (1, 3, 6), "conv2d": (1, 3, 6), "mlp": (1, 2, 4)}
@@ -33,7 +33,9 @@ def arch_choices(layout: Layout, fixed: bool) -> tuple[Choice, ...]:
         if layout.family != "mlp":
             kernels = (FIXED_ARCH["kernel"],) if fixed else KERNELS
             choices.append(Choice(f"b{j}.kernel", kernels))
-        expansions = (FIXED_ARCH["expansion"][layout.family],) if fixed else EXPANSIONS[layout.family]
+        expansions = (
+            (FIXED_ARCH["expansion"][layout.family],) if fixed else EXPANSIONS[layout.family]
+        )
         choices.append(Choice(f"b{j}.expansion", expansions))
         if spec.residual and not fixed:
             choices.append(Choice(f"b{j}.depth", ("keep", "skip")))

@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from server.search import hparams as hp
-from server.search.models import Layout, count_params, model_args_for
-from server.search.space import Choice, SearchSpace
+from autohas_edge.server.search import hparams as hp
+from autohas_edge.server.search.models import Layout, count_params, model_args_for
+from autohas_edge.server.search.space import Choice, SearchSpace
 
 Encodings = dict[str, dict[str, float]]
 #: how the device SDK retrains the classification head (few local examples, numpy)
@@ -54,7 +54,11 @@ def _cap_skips(
 
 
 def _cheapest_move(
-    choices: tuple[Choice, ...], encodings: Encodings, arch: dict[str, Any], params: Any, max_skips: int
+    choices: tuple[Choice, ...],
+    encodings: Encodings,
+    arch: dict[str, Any],
+    params: Any,
+    max_skips: int,
 ) -> tuple[str, Any] | None:
     """The change that gives up the least log-probability per parameter saved."""
     current, skips = params(arch), sum(v == "skip" for v in arch.values())
@@ -67,22 +71,46 @@ def _cheapest_move(
             saved = current - params({**arch, choice.name: value})
             if saved <= 0:
                 continue
-            drop = math.log(max(probs[str(arch[choice.name])], 1e-12)) - math.log(max(probs[label], 1e-12))
+            drop = math.log(max(probs[str(arch[choice.name])], 1e-12)) - math.log(
+                max(probs[label], 1e-12)
+            )
             if drop / saved < best_score:
                 best, best_score = (choice.name, value), drop / saved
     return best
 
 
+def feasible(
+    arch: dict[str, Any],
+    layout: Layout,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    max_params: int,
+    max_skips: int,
+) -> bool:
+    """The rule every derived model obeys: at most `max_skips` skipped blocks, `max_params` parameters."""
+    skips = sum(value == "skip" for value in arch.values())
+    params = count_params(model_args_for(layout, input_shape, num_classes, arch))
+    return skips <= max_skips and params <= max_params
+
+
 def smallest_params(
-    space: SearchSpace, layout: Layout, input_shape: tuple[int, ...], num_classes: int, max_skips: int
+    space: SearchSpace,
+    layout: Layout,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    max_skips: int,
 ) -> int:
     """Parameters of the smallest model the space allows (to reject impossible budgets up front)."""
     depth = [c for c in space.arch if c.name.endswith(".depth")]
-    arch: dict[str, Any] = {c.name: min(c.candidates, key=float) for c in space.arch if c not in depth}
+    arch: dict[str, Any] = {
+        c.name: min(c.candidates, key=float) for c in space.arch if c not in depth
+    }
     arch.update({c.name: "keep" for c in depth})
     params = lambda a: count_params(model_args_for(layout, input_shape, num_classes, a))  # noqa: E731
     full = params(arch)
-    savings = [(full - params({**arch, c.name: "skip"}), c.name) for c in depth if "skip" in c.candidates]
+    savings = [
+        (full - params({**arch, c.name: "skip"}), c.name) for c in depth if "skip" in c.candidates
+    ]
     for _, name in sorted(savings, reverse=True)[:max_skips]:
         arch[name] = "skip"  # skip the blocks whose removal saves the most
     return params(arch)

@@ -52,7 +52,9 @@ class Comm:
         """The mean of a Python number across ranks."""
         if not self.active:
             return value
-        return float(self.mean_(torch.tensor([value], dtype=torch.float64, device=self._device()))[0])
+        return float(
+            self.mean_(torch.tensor([value], dtype=torch.float64, device=self._device()))[0]
+        )
 
     def flags(self, *values: bool) -> tuple[bool, ...]:
         """Rank 0's values of some flags, on every rank (one broadcast): decisions all ranks must share."""
@@ -107,10 +109,15 @@ def setup(device: torch.device) -> tuple[Comm, torch.device, bool]:
         return Comm(), device, False
     created = not dist.is_initialized()
     if device.type == "cuda":
-        local, per_node = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        local, per_node = (
+            int(os.environ.get("LOCAL_RANK", "0")),
+            int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+        )
         if per_node > torch.cuda.device_count():
-            raise ValueError(f"{per_node} search workers on this node but {torch.cuda.device_count()} GPUs: "
-                             "NCCL needs one GPU per worker (use fewer workers or --device cpu)")
+            raise ValueError(
+                f"{per_node} search workers on this node but {torch.cuda.device_count()} GPUs: "
+                "NCCL needs one GPU per worker (use fewer workers or --device cpu)"
+            )
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if created:

@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 
-from server.search import hparams as hp
-from server.search.config import SearchConfig
-from server.search.distributed import Comm
-from server.search.iterations import (
+from autohas_edge.server.search import hparams as hp
+from autohas_edge.server.search.config import SearchConfig
+from autohas_edge.server.search.distributed import Comm
+from autohas_edge.server.search.iterations import (
     HPMix,
     augmented_chunks,
     basis_gradients,
@@ -21,9 +21,9 @@ from server.search.iterations import (
     first_iteration,
     validation_objective,
 )
-from server.search.space import SearchSpace
-from server.search.supernet import SuperNet
-from server.search.weights import FlatWeights
+from autohas_edge.server.search.space import SearchSpace
+from autohas_edge.server.search.supernet import SuperNet
+from autohas_edge.server.search.weights import FlatWeights
 
 
 @dataclass
@@ -86,8 +86,14 @@ class Searcher:
     the encodings are averaged across ranks, so all ranks keep identical weights and encodings.
     """
 
-    def __init__(self, net: SuperNet, space: SearchSpace, batches: Batches, config: SearchConfig,
-                 comm: Comm | None = None) -> None:
+    def __init__(
+        self,
+        net: SuperNet,
+        space: SearchSpace,
+        batches: Batches,
+        config: SearchConfig,
+        comm: Comm | None = None,
+    ) -> None:
         self.net, self.space, self.batches, self.config = net, space, batches, config
         self.comm = comm or Comm()
         self.batch_size = self.comm.share(config.batch_size, minimum=8)
@@ -95,8 +101,12 @@ class Searcher:
         self.flat = FlatWeights(net)
         device = self.flat.params[0].device
         self.opt_state = hp.init_state(space.hparam("optimizer").candidates, self.flat.get())
-        self.logits = {c.name: torch.zeros(len(c), device=device, requires_grad=True) for c in space.choices}
-        self.encoding_opt = torch.optim.Adam(self.logits.values(), lr=config.encoding_lr, betas=(0.5, 0.999))
+        self.logits = {
+            c.name: torch.zeros(len(c), device=device, requires_grad=True) for c in space.choices
+        }
+        self.encoding_opt = torch.optim.Adam(
+            self.logits.values(), lr=config.encoding_lr, betas=(0.5, 0.999)
+        )
         self.step_index = 0
         self.history = History()
         self.stop_reason = ""
@@ -108,7 +118,10 @@ class Searcher:
     def encodings(self) -> dict[str, dict[str, float]]:
         """choice -> candidate label -> probability."""
         probs = self.probabilities()
-        return {c.name: dict(zip(c.labels, probs[c.name].tolist(), strict=True)) for c in self.space.choices}
+        return {
+            c.name: dict(zip(c.labels, probs[c.name].tolist(), strict=True))
+            for c in self.space.choices
+        }
 
     def _arch(self, probs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {c.name: probs[c.name] for c in self.space.arch}
@@ -189,7 +202,16 @@ class Searcher:
         cfg = self.config
         chunks = self._chunks(self.encoding_batch_size)
         if cfg.weights_path == "explicit":
-            args = (self.net, self.flat, chunks, arch, self.opt_state, self.space, mix, cfg.grad_clip)
+            args = (
+                self.net,
+                self.flat,
+                chunks,
+                arch,
+                self.opt_state,
+                self.space,
+                mix,
+                cfg.grad_clip,
+            )
             return combine_explicit(*args)[0]
         losses = [str(v) for v in self.space.hparam("loss").candidates]
         grads = basis_gradients(self.net, self.flat, chunks, arch, losses, cfg.grad_clip)
@@ -211,12 +233,17 @@ class Searcher:
             return
         if cfg.grad_tol > 0 and stats.grad_norm < cfg.grad_tol:
             self.stop_reason = f"encoding gradient norm {stats.grad_norm:.2e} < {cfg.grad_tol}"
-        if cfg.encoding_tol > 0 and t - cfg.warmup_steps > cfg.check_every and t % cfg.check_every == 0:
+        if (
+            cfg.encoding_tol > 0
+            and t - cfg.warmup_steps > cfg.check_every
+            and t % cfg.check_every == 0
+        ):
             now, then = self.history.encodings[-1], self.history.encodings[-1 - cfg.check_every]
             change = max(abs(a - b) for k in now for a, b in zip(now[k], then[k], strict=True))
             if change < cfg.encoding_tol:
                 self.stop_reason = (
-                    f"encodings changed by {change:.1e} < {cfg.encoding_tol} in {cfg.check_every} steps"
+                    f"encodings changed by {change:.1e} < {cfg.encoding_tol} "
+                    f"in {cfg.check_every} steps"
                 )
 
     def state_dict(self) -> dict[str, Any]:

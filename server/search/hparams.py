@@ -16,8 +16,8 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
-from server.search.augment import POLICIES
-from server.search.space import CONTINUOUS, Choice
+from autohas_edge.server.search.augment import POLICIES
+from autohas_edge.server.search.space import CONTINUOUS, Choice
 
 HP_NAMES = ("learning_rate", "weight_decay", "optimizer", "loss", "augment")
 #: effective learning rate of each optimizer = searched learning rate * scale
@@ -61,7 +61,9 @@ def validate_hparams(choices: Iterable[Choice], modality: str) -> None:
             f"learning-rate bases must be positive, got {list(by_name['learning_rate'].candidates)}"
         )
     if any(float(v) < 0 for v in by_name["weight_decay"].candidates):
-        raise ValueError(f"weight-decay bases must be >= 0, got {list(by_name['weight_decay'].candidates)}")
+        raise ValueError(
+            f"weight-decay bases must be >= 0, got {list(by_name['weight_decay'].candidates)}"
+        )
     bad = [o for o in by_name["optimizer"].candidates if o not in LR_SCALE]
     if bad:
         raise ValueError(f"unknown optimizer bases {bad}; known: {sorted(LR_SCALE)}")
@@ -110,7 +112,9 @@ def commit(state: State, updates: Iterable[State]) -> None:
     state["step"] += 1
 
 
-def per_example_losses(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def per_example_losses(
+    logits: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The two primitive losses every loss basis mixes: cross-entropy and the uniform-target loss."""
     if logits.dtype in (torch.float16, torch.bfloat16):  # mixed precision: losses in float32
         logits = logits.float()

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from server.search import hparams as hp
-from server.search.augment import augment
-from server.search.space import SearchSpace
-from server.search.supernet import Arch, detached
-from server.search.weights import FlatWeights, autocast, clip, forward_with
+from autohas_edge.server.search import hparams as hp
+from autohas_edge.server.search.augment import augment
+from autohas_edge.server.search.space import SearchSpace
+from autohas_edge.server.search.supernet import Arch, detached
+from autohas_edge.server.search.weights import FlatWeights, autocast, clip, forward_with
 
 Probs = dict[str, torch.Tensor]
 Chunks = list[tuple[torch.Tensor, torch.Tensor]]
@@ -48,7 +48,9 @@ class HPMix:
         """Build from the probability vectors of the hyper-parameter choices."""
 
         def expect(name: str) -> torch.Tensor:
-            bases = torch.tensor([float(v) for v in space.hparam(name).candidates], device=probs[name].device)
+            bases = torch.tensor(
+                [float(v) for v in space.hparam(name).candidates], device=probs[name].device
+            )
             return (probs[name] * bases).sum()
 
         def per_basis(name: str) -> dict[str, torch.Tensor]:
@@ -118,12 +120,19 @@ def first_iteration(
 
 
 def basis_gradients(
-    net: nn.Module, flat: FlatWeights, chunks: Chunks, arch: Probs, losses: list[str], grad_clip: float
+    net: nn.Module,
+    flat: FlatWeights,
+    chunks: Chunks,
+    arch: Probs,
+    losses: list[str],
+    grad_clip: float,
 ) -> dict[tuple[str, int], torch.Tensor]:
     """Fast path: g_{l,a} for every (loss basis, augmentation chunk), from one forward per chunk."""
     arch = {k: v.detach() for k, v in arch.items()}
     smoothing = {name: hp.label_smoothing(name) for name in losses}
-    need_uniform = any(eps > 0 for eps in smoothing.values())  # nas mode: cross-entropy only, one pass
+    need_uniform = any(
+        eps > 0 for eps in smoothing.values()
+    )  # nas mode: cross-entropy only, one pass
     grads = {}
     for a, (x, y) in enumerate(chunks):
         with autocast(x.device):
@@ -165,7 +174,9 @@ def combine_explicit(
     lrs = [float(v) for v in space.hparam("learning_rate").candidates]
     wds = [float(v) for v in space.hparam("weight_decay").candidates]
     combined, bases = torch.zeros_like(w), []
-    product = itertools.product(enumerate(lrs), enumerate(wds), mix.optimizer, mix.loss, range(len(chunks)))
+    product = itertools.product(
+        enumerate(lrs), enumerate(wds), mix.optimizer, mix.loss, range(len(chunks))
+    )
     for (i, lr), (j, wd), opt, loss, a in product:
         x, y = chunks[a]
         with autocast(x.device):
@@ -187,7 +198,12 @@ def combine_explicit(
 
 
 def validation_objective(
-    net: nn.Module, flat: FlatWeights, w_prime: torch.Tensor, x: torch.Tensor, y: torch.Tensor, arch: Probs
+    net: nn.Module,
+    flat: FlatWeights,
+    w_prime: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    arch: Probs,
 ) -> torch.Tensor:
     """Validation loss of the second combined model (weights W', architecture mixed by P^A)."""
     with autocast(x.device):

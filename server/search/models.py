@@ -46,14 +46,26 @@ _CONV1D = Layout(
     24,
     5,
     1,
-    (BlockSpec(24, 24), BlockSpec(24, 32, 2), BlockSpec(32, 32), BlockSpec(32, 48, 2), BlockSpec(48, 48)),
+    (
+        BlockSpec(24, 24),
+        BlockSpec(24, 32, 2),
+        BlockSpec(32, 32),
+        BlockSpec(32, 48, 2),
+        BlockSpec(48, 48),
+    ),
 )
 _CONV2D = Layout(
     "conv2d",
     16,
     3,
     1,
-    (BlockSpec(16, 16), BlockSpec(16, 24, 2), BlockSpec(24, 24), BlockSpec(24, 32, 2), BlockSpec(32, 32)),
+    (
+        BlockSpec(16, 16),
+        BlockSpec(16, 24, 2),
+        BlockSpec(24, 24),
+        BlockSpec(24, 32, 2),
+        BlockSpec(32, 32),
+    ),
 )
 _MLP = Layout("mlp", 64, 0, 1, (BlockSpec(64, 64), BlockSpec(64, 64), BlockSpec(64, 64)))
 LAYOUTS = {"conv1d": _CONV1D, "conv2d": _CONV2D, "mlp": _MLP}
@@ -69,7 +81,9 @@ def bn_cls(dims: int) -> type[nn.Module]:
     return nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d
 
 
-def conv_bn(dims: int, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
+def conv_bn(
+    dims: int, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1
+) -> list[nn.Module]:
     """Convolution (no bias) followed by batch norm."""
     conv = conv_cls(dims)(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False)
     return [conv, bn_cls(dims)(cout)]
@@ -128,12 +142,15 @@ class ChildNet(nn.Module):
         self.register_buffer("norm_std", torch.ones(norm_shape))
         if family == "mlp":
             self.stem = nn.Sequential(
-                nn.Linear(shape[0], stem["channels"], bias=False), nn.BatchNorm1d(stem["channels"]), nn.ReLU()
+                nn.Linear(shape[0], stem["channels"], bias=False),
+                nn.BatchNorm1d(stem["channels"]),
+                nn.ReLU(),
             )
         else:
             dims = 1 if family == "conv1d" else 2
             self.stem = nn.Sequential(
-                *conv_bn(dims, shape[0], stem["channels"], stem["kernel"], stem["stride"]), nn.ReLU6()
+                *conv_bn(dims, shape[0], stem["channels"], stem["kernel"], stem["stride"]),
+                nn.ReLU6(),
             )
         self.blocks = nn.Sequential(*(_block(family, b) for b in model_args["blocks"]))
         width = model_args["blocks"][-1]["out"] if model_args["blocks"] else stem["channels"]
@@ -194,7 +211,10 @@ def count_params(model_args: ModelArgs) -> int:
     family, shape = model_args["family"], model_args["input_shape"]
     stem = model_args["stem"]
     width = stem["channels"]
-    total = shape[0] * width * (1 if family == "mlp" else stem["kernel"] ** (len(shape) - 1)) + 2 * width
+    total = (
+        shape[0] * width * (1 if family == "mlp" else stem["kernel"] ** (len(shape) - 1))
+        + 2 * width
+    )
     for b in model_args["blocks"]:
         taps = b.get("kernel", 0) ** (len(shape) - 1)
         total += block_params(family, b["in"], b["out"], taps, b["in"] * b["expansion"])

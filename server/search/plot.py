@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from server.search.space import SearchSpace
+from autohas_edge.server.search.space import SearchSpace
 
 
 def plot_search(history: dict[str, Any], space: SearchSpace, path: Path) -> None:
@@ -60,12 +60,21 @@ def _encodings(ax: Any, history: dict[str, Any], choices: list, all_candidates: 
     for c, choice in enumerate(choices):
         series = [e[choice.name] for e in encodings]
         final = series[-1]
-        picks = range(len(choice)) if all_candidates else [max(range(len(final)), key=final.__getitem__)]
+        picks = (
+            range(len(choice))
+            if all_candidates
+            else [max(range(len(final)), key=final.__getitem__)]
+        )
         for i in picks:
             # one colour per choice; candidates (or choices past the palette) differ by line style
             style = _STYLES[(i if all_candidates else c // len(colors)) % len(_STYLES)]
-            ax.plot([s[i] for s in series], color=colors[c % len(colors)], linestyle=style, linewidth=1,
-                    label=f"{choice.name}={choice.labels[i]}")
+            ax.plot(
+                [s[i] for s in series],
+                color=colors[c % len(colors)],
+                linestyle=style,
+                linewidth=1,
+                label=f"{choice.name}={choice.labels[i]}",
+            )
     ax.set_ylim(0, 1)
     ax.set_ylabel("probability")
     ax.legend(fontsize=6, ncol=3, loc="upper left")

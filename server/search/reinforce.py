@@ -16,27 +16,32 @@ from typing import Any
 
 import torch
 
-from server.search import hparams as hp
-from server.search.augment import augment
-from server.search.config import SearchConfig
-from server.search.distributed import Comm
-from server.search.engine import Batches, Searcher, StepStats
-from server.search.iterations import HPMix, first_iteration
-from server.search.space import SearchSpace
-from server.search.supernet import SubModel, SuperNet
-from server.search.weights import autocast, clip, forward_with
+from autohas_edge.server.search import hparams as hp
+from autohas_edge.server.search.augment import augment
+from autohas_edge.server.search.config import SearchConfig
+from autohas_edge.server.search.distributed import Comm
+from autohas_edge.server.search.engine import Batches, Searcher, StepStats
+from autohas_edge.server.search.iterations import HPMix, first_iteration
+from autohas_edge.server.search.space import SearchSpace
+from autohas_edge.server.search.supernet import SubModel, SuperNet
+from autohas_edge.server.search.weights import autocast, clip, forward_with
 
 BASELINE_DECAY = 0.9
 ENTROPY_WEIGHT = 1e-3
 
 
 def controller_objective(
-    probs: dict[str, torch.Tensor], picks: list[dict[str, int]], rewards: list[float], baseline: float
+    probs: dict[str, torch.Tensor],
+    picks: list[dict[str, int]],
+    rewards: list[float],
+    baseline: float,
 ) -> torch.Tensor:
     """The loss whose gradient is the REINFORCE update of the controller, with an entropy bonus:
     ``-mean_i (r_i - b) log p(pick_i) - ENTROPY_WEIGHT * H(p)``, every choice sampled independently."""
     log_probs = [sum(torch.log(probs[name][i]) for name, i in pick.items()) for pick in picks]
-    advantage = sum((r - baseline) * lp for r, lp in zip(rewards, log_probs, strict=True)) / len(rewards)
+    advantage = sum((r - baseline) * lp for r, lp in zip(rewards, log_probs, strict=True)) / len(
+        rewards
+    )
     entropy = sum(-(p * torch.log(p + 1e-12)).sum() for p in probs.values())
     return -advantage - ENTROPY_WEIGHT * entropy
 
@@ -44,8 +49,14 @@ def controller_objective(
 class ReinforceSearcher(Searcher):
     """REINFORCE over the same search space, supernet and checkpoint format as `Searcher`."""
 
-    def __init__(self, net: SuperNet, space: SearchSpace, batches: Batches, config: SearchConfig,
-                 comm: Comm | None = None) -> None:
+    def __init__(
+        self,
+        net: SuperNet,
+        space: SearchSpace,
+        batches: Batches,
+        config: SearchConfig,
+        comm: Comm | None = None,
+    ) -> None:
         super().__init__(net, space, batches, config, comm)
         self.baseline = math.nan
 
@@ -57,7 +68,11 @@ class ReinforceSearcher(Searcher):
 
     def _cpu_gen(self) -> torch.Generator:
         # draws stay reproducible: the seed is taken from the data generator, which is checkpointed
-        seed = int(torch.randint(2**62, (1,), generator=self.batches.gen, device=self.batches.x_train.device))
+        seed = int(
+            torch.randint(
+                2**62, (1,), generator=self.batches.gen, device=self.batches.x_train.device
+            )
+        )
         return torch.Generator().manual_seed(seed)
 
     def step(self) -> StepStats:
@@ -117,7 +132,8 @@ class ReinforceSearcher(Searcher):
             logits = forward_with(self.net, self.flat, None, xb, arch)
         ce, uniform = hp.per_example_losses(logits, y)
         grad = clip(
-            self.flat.flat_grad(hp.basis_loss(ce, uniform, str(values["loss"])).mean()), self.config.grad_clip
+            self.flat.flat_grad(hp.basis_loss(ce, uniform, str(values["loss"])).mean()),
+            self.config.grad_clip,
         )
         d, _ = hp.direction(str(values["optimizer"]), grad, self.opt_state)
         w = self.flat.get()

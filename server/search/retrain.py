@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from server.search import hparams as hp
-from server.search.augment import augment
-from server.search.weights import FlatWeights, autocast, clip, iterate
+from autohas_edge.server.search import hparams as hp
+from autohas_edge.server.search.augment import augment
+from autohas_edge.server.search.weights import FlatWeights, autocast, clip, iterate
 
 StepCallback = Callable[[int, float, float], None]
 
@@ -34,7 +34,11 @@ def retrain(
 ) -> None:
     """Train `model` in place for `steps` steps; `on_step(step, loss, lr)` after each."""
     flat = FlatWeights(model)
-    optimizer, policy, loss_name = str(hparams["optimizer"]), str(hparams["augment"]), str(hparams["loss"])
+    optimizer, policy, loss_name = (
+        str(hparams["optimizer"]),
+        str(hparams["augment"]),
+        str(hparams["loss"]),
+    )
     peak, wd = float(hparams["learning_rate"]), float(hparams["weight_decay"])
     state = hp.init_state([optimizer], flat.get())
     warmup = max(1, steps // 20)

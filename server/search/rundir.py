@@ -10,23 +10,34 @@ from typing import Any
 import torch
 from torch import nn
 
-from server.search.config import SearchConfig
-from server.search.engine import Searcher
-from server.search.models import ModelArgs, build_model
-from server.search.plot import plot_search
-from server.search.space import SearchSpace
+from autohas_edge.server.search.config import SearchConfig
+from autohas_edge.server.search.engine import Searcher
+from autohas_edge.server.search.models import ModelArgs, build_model
+from autohas_edge.server.search.plot import plot_search
+from autohas_edge.server.search.space import SearchSpace
 
 CHECKPOINT, MODEL, RESULT, PLOT = "search.pt", "model.pt", "result.json", "search.png"
 
 
-def save_checkpoint(out: Path, searcher: Searcher, config: SearchConfig, seconds: float, done: bool,
-                    rank_gens: list[torch.Tensor] | None = None) -> None:
+def save_checkpoint(
+    out: Path,
+    searcher: Searcher,
+    config: SearchConfig,
+    seconds: float,
+    done: bool,
+    rank_gens: list[torch.Tensor] | None = None,
+) -> None:
     """Write search.pt atomically: a crash never leaves a half-written checkpoint.
 
     `rank_gens`: every search worker's data-sampling generator state, in rank order (multi-worker runs).
     """
-    state = {"config": config.to_json(), "searcher": searcher.state_dict(), "search_seconds": seconds,
-             "done": done, "rank_gens": rank_gens or []}
+    state = {
+        "config": config.to_json(),
+        "searcher": searcher.state_dict(),
+        "search_seconds": seconds,
+        "done": done,
+        "rank_gens": rank_gens or [],
+    }
     tmp = out / (CHECKPOINT + ".tmp")
     torch.save(state, tmp)
     tmp.replace(out / CHECKPOINT)
@@ -41,15 +52,25 @@ def read_checkpoint(out: Path, config: SearchConfig) -> dict[str, Any] | None:
     path = out / CHECKPOINT
     if not path.exists():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)  # generator states must stay on CPU
+    state = torch.load(
+        path, map_location="cpu", weights_only=True
+    )  # generator states must stay on CPU
     if state["config"] != config.to_json():
-        raise ValueError(f"{path} holds a search with a different config; use a new output directory")
+        raise ValueError(
+            f"{path} holds a search with a different config; use a new output directory"
+        )
     state.setdefault("rank_gens", [])
     return state
 
 
-def write_run(out: Path, result: dict[str, Any], model: nn.Module, args: ModelArgs, searcher: Searcher,
-              space: SearchSpace) -> None:
+def write_run(
+    out: Path,
+    result: dict[str, Any],
+    model: nn.Module,
+    args: ModelArgs,
+    searcher: Searcher,
+    space: SearchSpace,
+) -> None:
     """Write model.pt (rebuildable: model_args + state_dict + config), result.json and search.png."""
     state = {k: v.cpu() for k, v in model.state_dict().items()}
     torch.save({"model_args": args, "state_dict": state, "config": result["config"]}, out / MODEL)

@@ -13,19 +13,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from server.search import derive, distributed
-from server.search.config import SearchConfig
-from server.search.data import Dataset, load_dataset
-from server.search.defaults import default_space
-from server.search.distributed import Comm
-from server.search.engine import Batches, Searcher
-from server.search.hparams import LR_SCALE, validate_hparams
-from server.search.models import LAYOUTS, build_model, count_params, model_args_for
-from server.search.retrain import accuracy, retrain
-from server.search.rundir import read_checkpoint, save_checkpoint, write_run
-from server.search.space import SearchSpace
-from server.search.strategies import make_searcher
-from server.search.supernet import SuperNet
+from autohas_edge.server.search import derive, distributed
+from autohas_edge.server.search.config import SearchConfig
+from autohas_edge.server.search.data import Dataset, load_dataset
+from autohas_edge.server.search.defaults import default_space
+from autohas_edge.server.search.distributed import Comm
+from autohas_edge.server.search.engine import Batches, Searcher
+from autohas_edge.server.search.hparams import LR_SCALE, validate_hparams
+from autohas_edge.server.search.models import LAYOUTS, build_model, count_params, model_args_for
+from autohas_edge.server.search.retrain import accuracy, retrain
+from autohas_edge.server.search.rundir import read_checkpoint, save_checkpoint, write_run
+from autohas_edge.server.search.space import SearchSpace
+from autohas_edge.server.search.strategies import make_searcher
+from autohas_edge.server.search.supernet import SuperNet
 
 #: a resumed rank without a saved generator reseeds with its rank seed + this times the step
 RESEED_STRIDE = 1_000_003
@@ -60,8 +60,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda" if use_cuda else "cpu")
 
 
-def run_search(config: SearchConfig, out_dir: str | Path, on_progress: Progress | None = None,
-               should_stop: StopCheck | None = None) -> dict[str, Any]:
+def run_search(
+    config: SearchConfig,
+    out_dir: str | Path,
+    on_progress: Progress | None = None,
+    should_stop: StopCheck | None = None,
+) -> dict[str, Any]:
     """Search, derive, retrain and evaluate; write the run directory; return result.json's content.
 
     Resumes from `out_dir`'s search checkpoint when there is one. `on_progress(event)` is called each
@@ -92,14 +96,20 @@ def _space(config: SearchConfig, data: Dataset) -> SearchSpace:
     layout = LAYOUTS[data.family]
     space = config.space or default_space(layout, data.modality, config.mode)
     validate_hparams(space.hparams, data.modality)
-    smallest = derive.smallest_params(space, layout, data.input_shape, data.num_classes, config.max_skips)
+    smallest = derive.smallest_params(
+        space, layout, data.input_shape, data.num_classes, config.max_skips
+    )
     if smallest > config.max_params:
-        raise ValueError(f"max_params={config.max_params} is below the smallest model in the search space "
-                         f"({smallest} parameters)")
+        raise ValueError(
+            f"max_params={config.max_params} is below the smallest model in the search space "
+            f"({smallest} parameters)"
+        )
     return space
 
 
-def _tensors(x: np.ndarray, y: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _tensors(
+    x: np.ndarray, y: np.ndarray, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.as_tensor(x, device=device), torch.as_tensor(y, device=device)
 
 
@@ -136,10 +146,15 @@ class _Run:
         net = SuperNet(LAYOUTS[data.family], self.space.arch, data.input_shape, data.num_classes)
         _set_norm(net, data)
         gen = torch.Generator(self.device).manual_seed(self.comm.rank_seed(self.config.seed))
-        batches = Batches(*_tensors(data.x_train, data.y_train, self.device),
-                          *_tensors(data.x_val, data.y_val, self.device), float(data.x_train.std()), gen)
-        return make_searcher(self.config.strategy, net.to(self.device), self.space, batches, self.config,
-                             self.comm)
+        batches = Batches(
+            *_tensors(data.x_train, data.y_train, self.device),
+            *_tensors(data.x_val, data.y_val, self.device),
+            float(data.x_train.std()),
+            gen,
+        )
+        return make_searcher(
+            self.config.strategy, net.to(self.device), self.space, batches, self.config, self.comm
+        )
 
     def search(self) -> tuple[Searcher, float]:
         """Run (or resume) the alternating loop; returns the searcher and its wall-clock seconds."""
@@ -155,10 +170,21 @@ class _Run:
                 break
             if cancel:
                 self.checkpoint(searcher, seconds(), done=False)
-                raise SearchCancelled(f"search cancelled at step {searcher.step_index}; rerun to resume")
+                raise SearchCancelled(
+                    f"search cancelled at step {searcher.step_index}; rerun to resume"
+                )
             s = searcher.step()
-            self.emit(ProgressEvent("search", s.step + 1, config.steps, s.train_loss, s.val_loss,
-                                    s.learning_rate, searcher.encodings()))
+            self.emit(
+                ProgressEvent(
+                    "search",
+                    s.step + 1,
+                    config.steps,
+                    s.train_loss,
+                    s.val_loss,
+                    s.learning_rate,
+                    searcher.encodings(),
+                )
+            )
             if searcher.step_index % config.checkpoint_every == 0:
                 self.checkpoint(searcher, seconds(), done=False)
         if not done:
@@ -193,20 +219,33 @@ class _Run:
         """With several workers: how far apart the ranks' final encodings are (all ranks must call)."""
         if not self.comm.active:
             return None
-        flat = [[p for probs in enc.values() for p in probs.values()] for enc in
-                self.comm.gather(searcher.encodings())]
+        flat = [
+            [p for probs in enc.values() for p in probs.values()]
+            for enc in self.comm.gather(searcher.encodings())
+        ]
         diff = max(abs(a - b) for other in flat[1:] for a, b in zip(flat[0], other, strict=True))
-        return {"world_size": self.comm.world_size, "backend": self.comm.backend,
-                "max_encoding_difference": diff}
+        return {
+            "world_size": self.comm.world_size,
+            "backend": self.comm.backend,
+            "max_encoding_difference": diff,
+        }
 
-    def finish(self, searched: tuple[Searcher, float], workers: dict[str, Any] | None = None
-               ) -> dict[str, Any]:
+    def finish(
+        self, searched: tuple[Searcher, float], workers: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Derive the output model, retrain it with the derived HPs, evaluate, write the run directory."""
         searcher, search_seconds = searched
         config, data, encodings = self.config, self.data, searcher.encodings()
         layout = LAYOUTS[data.family]
-        arch = derive.derive_arch(self.space, encodings, layout, data.input_shape, data.num_classes,
-                                  config.max_params, config.max_skips)
+        arch = derive.derive_arch(
+            self.space,
+            encodings,
+            layout,
+            data.input_shape,
+            data.num_classes,
+            config.max_params,
+            config.max_skips,
+        )
         hparams = derive.derive_hparams(self.space, encodings)
         args = model_args_for(layout, data.input_shape, data.num_classes, arch)
         model = build_model(args).to(self.device)
@@ -214,37 +253,64 @@ class _Run:
         retrain_seconds = self.retrain(model, hparams)
         self.emit(ProgressEvent("evaluate", config.retrain_steps, config.retrain_steps))
         result = {
-            "architecture": arch, "hyperparameters": hparams, "encodings": encodings,
+            "architecture": arch,
+            "hyperparameters": hparams,
+            "encodings": encodings,
             "params": count_params(args),
             "test_accuracy": accuracy(model, *_tensors(data.x_test, data.y_test, self.device)),
-            "search_seconds": round(search_seconds, 2), "retrain_seconds": round(retrain_seconds, 2),
-            "search_steps": searcher.step_index, "stop_reason": searcher.stop_reason or "step budget",
-            "retrain_steps": config.retrain_steps, "checkpoint": str(self.out / "search.pt"),
-            "effective_learning_rate": float(hparams["learning_rate"]) * LR_SCALE[str(hparams["optimizer"])],
-            "dataset": data.describe(), "fine_tuning": derive.fine_tuning(hparams),
+            "search_seconds": round(search_seconds, 2),
+            "retrain_seconds": round(retrain_seconds, 2),
+            "search_steps": searcher.step_index,
+            "stop_reason": searcher.stop_reason or "step budget",
+            "retrain_steps": config.retrain_steps,
+            "checkpoint": str(self.out / "search.pt"),
+            "effective_learning_rate": float(hparams["learning_rate"])
+            * LR_SCALE[str(hparams["optimizer"])],
+            "dataset": data.describe(),
+            "fine_tuning": derive.fine_tuning(hparams),
             "config": config.to_json(),
-            "lr_trajectory": [round(v, 6) for v in searcher.history.lr], "model_args": args,
-            "space": self.space.to_json(), "mode": config.mode, "strategy": config.strategy,
-            "device": str(self.device), "workers": workers or {"world_size": 1},
+            "lr_trajectory": [round(v, 6) for v in searcher.history.lr],
+            "model_args": args,
+            "space": self.space.to_json(),
+            "mode": config.mode,
+            "strategy": config.strategy,
+            "device": str(self.device),
+            "workers": workers or {"world_size": 1},
         }
         write_run(self.out, result, model, args, searcher, self.space)
-        self.emit(ProgressEvent("done", config.retrain_steps, config.retrain_steps, encodings=encodings))
+        self.emit(
+            ProgressEvent("done", config.retrain_steps, config.retrain_steps, encodings=encodings)
+        )
         return result
 
     def retrain(self, model: nn.Module, hparams: dict[str, Any]) -> float:
         """Retrain on training + validation data; returns wall-clock seconds."""
         config, data = self.config, self.data
-        x, y = np.concatenate([data.x_train, data.x_val]), np.concatenate([data.y_train, data.y_val])
+        x, y = (
+            np.concatenate([data.x_train, data.x_val]),
+            np.concatenate([data.y_train, data.y_val]),
+        )
         torch.manual_seed(config.seed + 1)
         gen = torch.Generator(self.device).manual_seed(config.seed + 1)
 
         def on_step(step: int, loss: float, lr: float) -> None:
             if self.should_stop():
-                raise SearchCancelled(f"retraining cancelled at step {step}; rerun to resume (search kept)")
+                raise SearchCancelled(
+                    f"retraining cancelled at step {step}; rerun to resume (search kept)"
+                )
             total = config.retrain_steps
             self.emit(ProgressEvent("retrain", step + 1, total, train_loss=loss, learning_rate=lr))
 
         start = time.perf_counter()
-        retrain(model, *_tensors(x, y, self.device), hparams, config.retrain_steps, config.batch_size,
-                float(data.x_train.std()), gen, config.grad_clip, on_step)
+        retrain(
+            model,
+            *_tensors(x, y, self.device),
+            hparams,
+            config.retrain_steps,
+            config.batch_size,
+            float(data.x_train.std()),
+            gen,
+            config.grad_clip,
+            on_step,
+        )
         return time.perf_counter() - start

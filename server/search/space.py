@@ -31,11 +31,15 @@ class Choice:
         if not self.name:
             raise ValueError("a choice needs a non-empty name")
         if self.kind not in (CATEGORICAL, CONTINUOUS):
-            raise ValueError(f"choice {self.name!r}: kind must be {CATEGORICAL!r} or {CONTINUOUS!r}")
+            raise ValueError(
+                f"choice {self.name!r}: kind must be {CATEGORICAL!r} or {CONTINUOUS!r}"
+            )
         if not self.candidates:
             raise ValueError(f"choice {self.name!r} has no candidates")
         if len(set(self.labels)) != len(self.candidates):
-            raise ValueError(f"choice {self.name!r} has duplicate candidates {list(self.candidates)}")
+            raise ValueError(
+                f"choice {self.name!r} has duplicate candidates {list(self.candidates)}"
+            )
         if self.kind == CONTINUOUS and not all(_is_finite_number(c) for c in self.candidates):
             raise ValueError(f"continuous choice {self.name!r} needs finite numeric bases")
 
@@ -50,9 +54,13 @@ class Choice:
     def derive(self, probs: Sequence[float]) -> Value:
         """Argmax for a categorical choice, probability-weighted basis sum for a continuous one."""
         if len(probs) != len(self.candidates):
-            raise ValueError(f"choice {self.name!r}: {len(probs)} probabilities for {len(self)} candidates")
+            raise ValueError(
+                f"choice {self.name!r}: {len(probs)} probabilities for {len(self)} candidates"
+            )
         if self.kind == CONTINUOUS:
-            return float(sum(float(p) * float(c) for p, c in zip(probs, self.candidates, strict=True)))
+            return float(
+                sum(float(p) * float(c) for p, c in zip(probs, self.candidates, strict=True))
+            )
         best = max(range(len(probs)), key=lambda i: float(probs[i]))
         return self.candidates[best]
 
@@ -101,7 +109,10 @@ class SearchSpace:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {"arch": [c.to_json() for c in self.arch], "hparams": [c.to_json() for c in self.hparams]}
+        return {
+            "arch": [c.to_json() for c in self.arch],
+            "hparams": [c.to_json() for c in self.hparams],
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SearchSpace:

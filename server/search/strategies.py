@@ -8,21 +8,25 @@ from __future__ import annotations
 
 import importlib
 
-from server.search.config import SearchConfig
-from server.search.distributed import Comm
-from server.search.engine import Batches, Searcher
-from server.search.space import SearchSpace
-from server.search.supernet import SuperNet
+from autohas_edge.server.search.config import SearchConfig
+from autohas_edge.server.search.distributed import Comm
+from autohas_edge.server.search.engine import Batches, Searcher
+from autohas_edge.server.search.space import SearchSpace
+from autohas_edge.server.search.supernet import SuperNet
 
 #: strategy name -> "module:class"
 REGISTRY = {
-    "differentiable": "server.search.engine:Searcher",
-    "reinforce": "server.search.reinforce:ReinforceSearcher",
+    "differentiable": "autohas_edge.server.search.engine:Searcher",
+    "reinforce": "autohas_edge.server.search.reinforce:ReinforceSearcher",
 }
 
 
 def make_searcher(
-    name: str, net: SuperNet, space: SearchSpace, batches: Batches, config: SearchConfig,
+    name: str,
+    net: SuperNet,
+    space: SearchSpace,
+    batches: Batches,
+    config: SearchConfig,
     comm: Comm | None = None,
 ) -> Searcher:
     """Instantiate the strategy called `name` (`comm`: this worker's place among several)."""

@@ -24,8 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from server.search.models import BlockSpec, Layout, ModelArgs, block_params, bn_cls, conv_bn
-from server.search.space import Choice
+from autohas_edge.server.search.models import (
+    BlockSpec,
+    Layout,
+    ModelArgs,
+    block_params,
+    bn_cls,
+    conv_bn,
+)
+from autohas_edge.server.search.space import Choice
 
 Probs = dict[str, torch.Tensor]
 
@@ -64,8 +71,14 @@ class MixedBlock(nn.Module):
         self.expansions = tuple(int(e) for e in _values(arch, self.prefix + "expansion", (1,)))
         hidden, kmax = spec.in_ch * max(self.expansions), max(self.kernels)
         if family == "mlp":
-            self.expand, self.bn1 = nn.Linear(spec.in_ch, hidden, bias=False), nn.BatchNorm1d(hidden)
-            self.project, self.bn3 = nn.Linear(hidden, spec.out_ch, bias=False), nn.BatchNorm1d(spec.out_ch)
+            self.expand, self.bn1 = (
+                nn.Linear(spec.in_ch, hidden, bias=False),
+                nn.BatchNorm1d(hidden),
+            )
+            self.project, self.bn3 = (
+                nn.Linear(hidden, spec.out_ch, bias=False),
+                nn.BatchNorm1d(spec.out_ch),
+            )
         else:
             self.expand, self.bn1 = conv_bn(self.dims, spec.in_ch, hidden, 1)
             self.dw, self.bn2 = conv_bn(self.dims, hidden, hidden, kmax, spec.stride, groups=hidden)
@@ -120,9 +133,9 @@ class MixedBlock(nn.Module):
             k = self.kernels[sub.get(self.prefix + "kernel")]
             lo = (max(self.kernels) - k) // 2
             conv = F.conv1d if self.dims == 1 else F.conv2d
-            taps = self.dw.weight[:hid, :, lo:lo + k]
+            taps = self.dw.weight[:hid, :, lo : lo + k]
             if self.dims == 2:
-                taps = taps[..., lo:lo + k]
+                taps = taps[..., lo : lo + k]
             h = F.relu6(_bn(conv(x, self.expand.weight[:hid]), self.bn1, hid))
             h = conv(h, taps, None, self.spec.stride, k // 2, 1, hid)
             h = F.relu6(_bn(h, self.bn2, hid))
@@ -134,19 +147,24 @@ class MixedBlock(nn.Module):
         device = self.channel_masks.device
         p_exp = probs.get(self.prefix + "expansion", torch.ones(1, device=device))
         hidden = (
-            self.spec.in_ch * (p_exp * torch.tensor(self.expansions, dtype=p_exp.dtype, device=device)).sum()
+            self.spec.in_ch
+            * (p_exp * torch.tensor(self.expansions, dtype=p_exp.dtype, device=device)).sum()
         )
         taps = torch.zeros((), device=device)
         if self.family != "mlp":
             p_kernel = probs.get(self.prefix + "kernel", torch.ones(1, device=device))
-            areas = torch.tensor([k**self.dims for k in self.kernels], dtype=p_kernel.dtype, device=device)
+            areas = torch.tensor(
+                [k**self.dims for k in self.kernels], dtype=p_kernel.dtype, device=device
+            )
             taps = (p_kernel * areas).sum()
         cost = block_params(self.family, self.spec.in_ch, self.spec.out_ch, taps, hidden)
         p_depth = probs.get(self.prefix + "depth")
         return cost if p_depth is None else p_depth[0] * cost
 
 
-def _bn(x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, channels: int | None = None) -> torch.Tensor:
+def _bn(
+    x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, channels: int | None = None
+) -> torch.Tensor:
     """`bn` on the first `channels` channels (its running statistics are updated in place, as `bn` does)."""
     n = channels or bn.num_features
     mean, var = bn.running_mean, bn.running_var
@@ -155,15 +173,27 @@ def _bn(x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, channels: int | No
         bn.num_batches_tracked.add_(1)
         if bn.momentum is None:  # a cumulative average, as nn.BatchNorm keeps it
             factor = 1.0 / float(bn.num_batches_tracked)
-    return F.batch_norm(x, None if mean is None else mean[:n], None if var is None else var[:n],
-                        bn.weight[:n], bn.bias[:n], bn.training, factor, bn.eps)
+    return F.batch_norm(
+        x,
+        None if mean is None else mean[:n],
+        None if var is None else var[:n],
+        bn.weight[:n],
+        bn.bias[:n],
+        bn.training,
+        factor,
+        bn.eps,
+    )
 
 
 class SuperNet(nn.Module):
     """Stem, mixed blocks, global pooling, classifier; `forward(x, probs)` mixes by the encodings."""
 
     def __init__(
-        self, layout: Layout, arch: tuple[Choice, ...], input_shape: tuple[int, ...], num_classes: int
+        self,
+        layout: Layout,
+        arch: tuple[Choice, ...],
+        input_shape: tuple[int, ...],
+        num_classes: int,
     ) -> None:
         super().__init__()
         self.layout, family = layout, layout.family
@@ -179,13 +209,18 @@ class SuperNet(nn.Module):
         else:
             dims = 1 if family == "conv1d" else 2
             self.stem = nn.Sequential(
-                *conv_bn(dims, c_in, layout.stem_ch, layout.stem_kernel, layout.stem_stride), nn.ReLU6()
+                *conv_bn(dims, c_in, layout.stem_ch, layout.stem_kernel, layout.stem_stride),
+                nn.ReLU6(),
             )
-        self.blocks = nn.ModuleList(MixedBlock(family, j, s, by_name) for j, s in enumerate(layout.blocks))
+        self.blocks = nn.ModuleList(
+            MixedBlock(family, j, s, by_name) for j, s in enumerate(layout.blocks)
+        )
         width = layout.blocks[-1].out_ch if layout.blocks else layout.stem_ch
         self.pool_dims = tuple(range(2, len(input_shape) + 1)) if family != "mlp" else ()
         self.classifier = nn.Linear(width, num_classes)
-        self._fixed = sum(p.numel() for p in (*self.stem.parameters(), *self.classifier.parameters()))
+        self._fixed = sum(
+            p.numel() for p in (*self.stem.parameters(), *self.classifier.parameters())
+        )
 
     def forward(self, x: torch.Tensor, probs: Arch) -> torch.Tensor:
         """Logits of the combined model mixed by the architecture encoding `probs` (or of a `SubModel`)."""
@@ -199,12 +234,16 @@ class SuperNet(nn.Module):
         return self._fixed + sum(block.expected_params(probs) for block in self.blocks)
 
 
-def child_state_dict(net: SuperNet, arch: dict[str, Any], model_args: ModelArgs) -> dict[str, torch.Tensor]:
+def child_state_dict(
+    net: SuperNet, arch: dict[str, Any], model_args: ModelArgs
+) -> dict[str, torch.Tensor]:
     """The sub-model `model_args` as a slice of the shared weights: a state dict for `ChildNet`.
 
     This is what makes every candidate architecture a sub-model of the SuperModel (weight sharing).
     """
-    state = {k: v for k, v in net.state_dict().items() if k.startswith(("norm_", "stem.", "classifier."))}
+    state = {
+        k: v for k, v in net.state_dict().items() if k.startswith(("norm_", "stem.", "classifier."))
+    }
     kept = [j for j in range(len(net.blocks)) if arch.get(f"b{j}.depth", "keep") != "skip"]
     for i, (j, args) in enumerate(zip(kept, model_args["blocks"], strict=True)):
         block, hidden = net.blocks[j], args["in"] * args["expansion"]
@@ -218,7 +257,9 @@ def child_state_dict(net: SuperNet, arch: dict[str, Any], model_args: ModelArgs)
             pairs += [("dw", 3), ("bn2", 4)]
         for name, index in pairs:
             for key, value in getattr(block, name).state_dict().items():
-                state[f"blocks.{i}.body.{index}.{key}"] = _slice(name, value, hidden, args.get("kernel", 0))
+                state[f"blocks.{i}.body.{index}.{key}"] = _slice(
+                    name, value, hidden, args.get("kernel", 0)
+                )
     return state
 
 

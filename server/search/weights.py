@@ -52,7 +52,11 @@ def forward_with(
     """Call `module(*args)` with weights `weights` (or its own when None) and copies of its buffers,
     so batch-norm running statistics are left exactly as they were."""
     buffers = {n: b.clone() for n, b in module.named_buffers()}
-    params = dict(zip(flat.names, flat.params, strict=True)) if weights is None else flat.as_dict(weights)
+    params = (
+        dict(zip(flat.names, flat.params, strict=True))
+        if weights is None
+        else flat.as_dict(weights)
+    )
     return functional_call(module, {**params, **buffers}, args)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from server.store.base import AddStatus, Snapshot, Store, UserKey
+from autohas_edge.server.store.base import AddStatus, Snapshot, Store, UserKey
 
 DB_FILE = "autohas.sqlite3"
 
@@ -14,11 +14,11 @@ __all__ = ["DB_FILE", "AddStatus", "Snapshot", "Store", "UserKey", "open_store"]
 def open_store(kind: str, data_dir: Path) -> Store:
     """Open the store called `kind` under `data_dir` (imported lazily)."""
     if kind == "sqlite":
-        from server.store.sqlite import SqliteStore
+        from autohas_edge.server.store.sqlite import SqliteStore
 
         return SqliteStore(Path(data_dir) / DB_FILE)
     if kind == "memory":
-        from server.store.memory import MemoryStore
+        from autohas_edge.server.store.memory import MemoryStore
 
         return MemoryStore()
     raise ValueError(f"store: unknown kind {kind!r} (expected 'sqlite' or 'memory')")

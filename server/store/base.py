@@ -10,7 +10,16 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Literal
 
-from server.domain import Consent, Device, Job, JobAudit, ModelFile, ModelInfo, StoredBatch, Task
+from autohas_edge.server.domain import (
+    Consent,
+    Device,
+    Job,
+    JobAudit,
+    ModelFile,
+    ModelInfo,
+    StoredBatch,
+    Task,
+)
 
 #: Outcome of `Store.add_batch`.
 AddStatus = Literal["stored", "duplicate", "conflict", "no_consent"]
@@ -79,7 +88,9 @@ class Store(ABC):
         """
 
     @abstractmethod
-    def count_examples(self, task_id: str, app_id: str | None = None, user_id: str | None = None) -> int:
+    def count_examples(
+        self, task_id: str, app_id: str | None = None, user_id: str | None = None
+    ) -> int:
         """Stored examples of a task, optionally only one app's or one user's."""
 
     @abstractmethod

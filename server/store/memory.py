@@ -5,8 +5,17 @@ from __future__ import annotations
 import dataclasses
 import threading
 
-from server.domain import Consent, Device, Job, JobAudit, ModelFile, ModelInfo, StoredBatch, Task
-from server.store.base import AddStatus, Snapshot, Store
+from autohas_edge.server.domain import (
+    Consent,
+    Device,
+    Job,
+    JobAudit,
+    ModelFile,
+    ModelInfo,
+    StoredBatch,
+    Task,
+)
+from autohas_edge.server.store.base import AddStatus, Snapshot, Store
 
 
 class MemoryStore(Store):
@@ -44,7 +53,9 @@ class MemoryStore(Store):
             if i is not None:
                 if self._consents[i].consent_text_version == consent.consent_text_version:
                     return self._consents[i]
-                self._consents[i] = dataclasses.replace(self._consents[i], revoked_at=consent.granted_at)
+                self._consents[i] = dataclasses.replace(
+                    self._consents[i], revoked_at=consent.granted_at
+                )
             granted = dataclasses.replace(consent, revoked_at=None)
             self._consents.append(granted)
             return granted
@@ -56,8 +67,12 @@ class MemoryStore(Store):
             i = self._active(app_id, user_id, purpose)
             if i is not None:
                 self._consents[i] = dataclasses.replace(self._consents[i], revoked_at=at)
-            doomed = [k for k, b in self._batches.items() if (b.app_id, b.user_id) == (app_id, user_id)
-                      and self._tasks[b.task_id].purpose == purpose]
+            doomed = [
+                k
+                for k, b in self._batches.items()
+                if (b.app_id, b.user_id) == (app_id, user_id)
+                and self._tasks[b.task_id].purpose == purpose
+            ]
             deleted = sum(self._batches.pop(k).count for k in doomed)
             key = (app_id, user_id, purpose)
             mine = [c for c in self._consents if (c.app_id, c.user_id, c.purpose) == key]
@@ -65,7 +80,9 @@ class MemoryStore(Store):
 
     def list_consents(self, app_id: str, user_id: str) -> list[Consent]:
         with self._lock:
-            return [c for c in reversed(self._consents) if (c.app_id, c.user_id) == (app_id, user_id)]
+            return [
+                c for c in reversed(self._consents) if (c.app_id, c.user_id) == (app_id, user_id)
+            ]
 
     def add_task(self, task: Task) -> bool:
         with self._lock:
@@ -89,17 +106,30 @@ class MemoryStore(Store):
             self._batches[(batch.device_id, batch.batch_id)] = batch
             return "stored"
 
-    def count_examples(self, task_id: str, app_id: str | None = None, user_id: str | None = None) -> int:
+    def count_examples(
+        self, task_id: str, app_id: str | None = None, user_id: str | None = None
+    ) -> int:
         with self._lock:
-            return sum(b.count for b in self._batches.values() if b.task_id == task_id
-                       and app_id in (None, b.app_id) and user_id in (None, b.user_id))
+            return sum(
+                b.count
+                for b in self._batches.values()
+                if b.task_id == task_id
+                and app_id in (None, b.app_id)
+                and user_id in (None, b.user_id)
+            )
 
     def snapshot(self, task_id: str, purpose: str) -> Snapshot:
         with self._lock:
-            versions = {(c.app_id, c.user_id): c.consent_text_version for c in self._consents
-                        if c.active and c.purpose == purpose}
-            batches = [b for b in self._batches.values()
-                       if b.task_id == task_id and (b.app_id, b.user_id) in versions]
+            versions = {
+                (c.app_id, c.user_id): c.consent_text_version
+                for c in self._consents
+                if c.active and c.purpose == purpose
+            }
+            batches = [
+                b
+                for b in self._batches.values()
+                if b.task_id == task_id and (b.app_id, b.user_id) in versions
+            ]
             used = {(b.app_id, b.user_id) for b in batches}
             return Snapshot(batches, {k: v for k, v in versions.items() if k in used})
 
@@ -121,7 +151,8 @@ class MemoryStore(Store):
             if audit.job_id in self._audits:
                 raise KeyError(audit.job_id)
             self._audits[audit.job_id] = dataclasses.replace(
-                audit, users=tuple(sorted(audit.users, key=lambda u: (u.app_id, u.user_id))))
+                audit, users=tuple(sorted(audit.users, key=lambda u: (u.app_id, u.user_id)))
+            )
 
     def get_audit(self, job_id: str) -> JobAudit | None:
         with self._lock:

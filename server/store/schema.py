@@ -65,7 +65,9 @@ def migrate(conn: sqlite3.Connection, target: int | None = None) -> int:
     for step in range(version, latest if target is None else target):
         # executescript commits first; BEGIN ... COMMIT makes the migration and its version bump atomic.
         try:
-            script = f"BEGIN IMMEDIATE;\n{MIGRATIONS[step]}\nPRAGMA user_version = {step + 1};\nCOMMIT;"
+            script = (
+                f"BEGIN IMMEDIATE;\n{MIGRATIONS[step]}\nPRAGMA user_version = {step + 1};\nCOMMIT;"
+            )
             conn.executescript(script)
         except sqlite3.Error:
             if conn.in_transaction:

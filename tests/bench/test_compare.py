@@ -61,12 +61,18 @@ def test_every_method_ran(cell: tuple[dict[str, MethodRun], list]) -> None:
         assert run.points and all(0.0 <= p.test_accuracy <= 1.0 for p in run.points)
 
 
-def test_autohas_compute_matches_its_step_structure(cell: tuple[dict[str, MethodRun], list]) -> None:
+def test_autohas_compute_matches_its_step_structure(
+    cell: tuple[dict[str, MethodRun], list],
+) -> None:
     """Measured examples = first iterations + (temporary-weight backward passes + validation pass)
     after warm-up + retraining; the fast path back-propagates twice when a smoothed loss is a basis."""
     runs, _ = cell
     b, e, warmup, steps = TOY.batch_size, TOY.encoding_batch_size, 1, TOY.search_steps
-    backward_passes = {"autohas-joint": 2, "autohas-hpo": 2, "autohas-nas": 1}  # nas fixes the loss to ce
+    backward_passes = {
+        "autohas-joint": 2,
+        "autohas-hpo": 2,
+        "autohas-nas": 1,
+    }  # nas fixes the loss to ce
     for method, passes in backward_passes.items():
         info, total = runs[method].info, runs[method].final.examples
         assert info["search_examples"] == warmup * b + (steps - warmup) * (b + passes * e + e)
@@ -79,7 +85,9 @@ def test_baselines_stay_within_budget(cell: tuple[dict[str, MethodRun], list]) -
     trial = TOY.retrain_steps * TOY.batch_size
     budget = math.ceil(TOY.budget_factor * runs["autohas-joint"].final.examples)
     assert runs["random"].budget == runs["tpe"].budget == budget
-    assert all(runs[m].final.examples <= budget for m in ("autohas-joint", "autohas-nas", "autohas-hpo"))
+    assert all(
+        runs[m].final.examples <= budget for m in ("autohas-joint", "autohas-nas", "autohas-hpo")
+    )
     for method in ("random", "tpe"):
         run = runs[method]
         used = [p.examples for p in run.points]

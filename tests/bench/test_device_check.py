@@ -21,6 +21,9 @@ def _restore_threads() -> Iterator[None]:
 def test_the_device_check_passes_on_the_cpu(capsys: pytest.CaptureFixture[str]) -> None:
     assert device_check.main(["--device", "cpu", "--steps", "2"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r["check"] for r in lines] == ["search (differentiable)", "search (reinforce)",
-                                           "sub-model == one-hot mixture"]
+    assert [r["check"] for r in lines] == [
+        "search (differentiable)",
+        "search (reinforce)",
+        "sub-model == one-hot mixture",
+    ]
     assert all(r["ok"] for r in lines) and lines[-1]["max_abs_diff"] <= 1e-4

@@ -27,13 +27,23 @@ def test_the_probe_measures_real_steps(strategy: str) -> None:
 
 
 def test_the_plot_and_tables_cover_every_row(tmp_path: Path) -> None:
-    rows = [{"strategy": s, "batch": b, "ms_per_step": 10.0 + b, "step_memory_mib": 5.0 * k,
-             "rss_after_step1_mib": 300.0}
-            for k, s in enumerate(bench_strategies.STRATEGIES) for b in (8, 16)]
+    rows = [
+        {
+            "strategy": s,
+            "batch": b,
+            "ms_per_step": 10.0 + b,
+            "step_memory_mib": 5.0 * k,
+            "rss_after_step1_mib": 300.0,
+        }
+        for k, s in enumerate(bench_strategies.STRATEGIES)
+        for b in (8, 16)
+    ]
     bench_strategies.plot(rows, tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = bench_strategies._cost_table(rows)
     assert table.count("\n") >= len(rows) + 1 and "reinforce" in table
-    scaling = [{"strategy": "reinforce", "workers": w, "threads": 1, "s_per_step": s, "agree": 0.0}
-               for w, s in ((1, 1.0), (2, 0.5))]
+    scaling = [
+        {"strategy": "reinforce", "workers": w, "threads": 1, "s_per_step": s, "agree": 0.0}
+        for w, s in ((1, 1.0), (2, 0.5))
+    ]
     assert "2.00x" in bench_strategies._scaling_table(scaling)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from autohas_edge.device_sdk import Hub
 from bench.users import User, global_test_split, make_user
-from device_sdk import Hub
 from tests.device_sdk.helpers import TASK
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from device_sdk._fs import sha256_file
+from autohas_edge.device_sdk._fs import sha256_file
 
 TASK = "signals"
 

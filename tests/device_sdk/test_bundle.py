@@ -9,8 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device_sdk import BundleError, BundleVerificationError, Hub, Manifest, verify_bundle
-from device_sdk.bundle import load_head
+from autohas_edge.device_sdk import (
+    BundleError,
+    BundleVerificationError,
+    Hub,
+    Manifest,
+    verify_bundle,
+)
+from autohas_edge.device_sdk.bundle import load_head
 from tests.device_sdk.helpers import TASK, rewrite_manifest_entry
 
 
@@ -18,10 +24,15 @@ def test_manifest_reads_the_exported_bundle(bundle_dir: Path, manifest_json: dic
     manifest = Manifest.load(bundle_dir)
     assert "onnx" in manifest.formats() and "tflite" in manifest.formats()
     assert manifest.input_shape == tuple(manifest_json["input"]["shape"][1:])
-    assert len(manifest.label_names) == manifest.num_classes == manifest_json["fine_tuning"]["num_classes"]
+    assert (
+        len(manifest.label_names)
+        == manifest.num_classes
+        == manifest_json["fine_tuning"]["num_classes"]
+    )
     weight, bias = load_head(bundle_dir, manifest)
     assert (
-        weight.shape == (manifest.num_classes, manifest.fine_tuning.feature_dim) and bias.dtype == np.float32
+        weight.shape == (manifest.num_classes, manifest.fine_tuning.feature_dim)
+        and bias.dtype == np.float32
     )
 
 
@@ -43,10 +54,14 @@ def test_flipped_byte_in_an_artifact_is_refused_and_the_old_model_stays(
         hub.install(bundle_copy, TASK, model_id="evil")
     assert hub.installed(TASK) != "evil"
     np.testing.assert_array_equal(hub.model(TASK, app_id="com.a").predict(x), before)
-    assert not any((hub.root / "bundles").glob("evil*")) and not any((hub.root / "staging").iterdir())
+    assert not any((hub.root / "bundles").glob("evil*")) and not any(
+        (hub.root / "staging").iterdir()
+    )
 
 
-def test_rehashed_substitution_is_caught_by_reference_outputs(bundle_copy: Path, tmp_path: Path) -> None:
+def test_rehashed_substitution_is_caught_by_reference_outputs(
+    bundle_copy: Path, tmp_path: Path
+) -> None:
     """An attacker who also rewrites the manifest's hashes still fails the reference-output check."""
     shutil.copyfile(bundle_copy / "model.onnx", bundle_copy / "features.onnx")
     rewrite_manifest_entry(bundle_copy, "features.onnx")
@@ -80,7 +95,9 @@ def test_malformed_manifest_names_the_problem() -> None:
         Manifest.from_json('{"artifacts": []}')
 
 
-def test_installing_only_one_format_copies_only_its_files(hub: Hub, bundle_dir: Path, tmp_path: Path) -> None:
+def test_installing_only_one_format_copies_only_its_files(
+    hub: Hub, bundle_dir: Path, tmp_path: Path
+) -> None:
     small = Hub(tmp_path / "small")
     small.install(bundle_dir, TASK, formats=["tflite"])
     (installed,) = (small.root / "bundles").iterdir()

@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
-from device_sdk import (
+from autohas_edge.device_sdk import (
     BundleVerificationError,
     ConsentRequiredError,
     DownloadError,
@@ -25,7 +25,7 @@ from device_sdk import (
     ServerClient,
     ServerUnavailableError,
 )
-from proto.autohas.v1 import personalization_pb2 as pb
+from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
 from tests.device_sdk.helpers import TASK, rewrite_manifest_entry
 from tests.fixtures.server_fixtures import RunningServer
 
@@ -65,7 +65,9 @@ def _stored(server: RunningServer, user: str = "alice") -> int:
     return server.handle.app.store.count_examples(TASK, APP, user)
 
 
-def test_register_consent_and_upload(server: RunningServer, tmp_path: Path, global_data: tuple) -> None:
+def test_register_consent_and_upload(
+    server: RunningServer, tmp_path: Path, global_data: tuple
+) -> None:
     with _client(server, tmp_path) as client:
         device_id = client.register()
         assert client.register() == device_id  # kept, not re-registered
@@ -100,7 +102,9 @@ def test_bad_examples_are_refused_before_queueing(
         assert client.pending_uploads() == 0
 
 
-def test_a_retried_batch_is_stored_once(server: RunningServer, tmp_path: Path, global_data: tuple) -> None:
+def test_a_retried_batch_is_stored_once(
+    server: RunningServer, tmp_path: Path, global_data: tuple
+) -> None:
     """The server stored a batch but its answer was lost: the retry reuses the id and is a duplicate."""
     with _client(server, tmp_path) as client:
         client.register()
@@ -114,7 +118,9 @@ def test_a_retried_batch_is_stored_once(server: RunningServer, tmp_path: Path, g
             batch_id=batch_id, task_id=TASK, features=features, labels=queued.labels.tolist()
         )
         token = client.outbox.get("device_token")
-        server.device.UploadExamples(iter([message]), metadata=(("authorization", f"Bearer {token}"),))
+        server.device.UploadExamples(
+            iter([message]), metadata=(("authorization", f"Bearer {token}"),)
+        )
         report = client.flush()
         assert report.duplicates == (batch_id,) and report.pending == 0
         assert _stored(server) == 6
@@ -123,7 +129,7 @@ def test_a_retried_batch_is_stored_once(server: RunningServer, tmp_path: Path, g
 _ENQUEUE_AND_HANG = textwrap.dedent("""
     import sys, time
     import numpy as np
-    from device_sdk import ServerClient
+    from autohas_edge.device_sdk import ServerClient
     client = ServerClient(sys.argv[1], sys.argv[2], app_id=sys.argv[3], user_id="alice", timeout=2)
     data = np.load(sys.argv[4])
     for i in range(3):
@@ -135,7 +141,10 @@ _ENQUEUE_AND_HANG = textwrap.dedent("""
 
 
 def test_upload_queue_survives_sigkill_and_restart(
-    server_factory: Callable[..., RunningServer], server: RunningServer, tmp_path: Path, global_data: tuple
+    server_factory: Callable[..., RunningServer],
+    server: RunningServer,
+    tmp_path: Path,
+    global_data: tuple,
 ) -> None:
     with _client(server, tmp_path) as client:
         client.register()
@@ -199,7 +208,9 @@ def test_consent_revoked_elsewhere_keeps_queued_batches(
         client.grant_consent()
         client.enqueue(TASK, *_examples(global_data))
         other = server.register(APP, "alice")  # the same user's other device revokes
-        other.stub.RevokeConsent(pb.RevokeConsentRequest(purpose="personalization"), metadata=other.md)
+        other.stub.RevokeConsent(
+            pb.RevokeConsentRequest(purpose="personalization"), metadata=other.md
+        )
         with pytest.raises(ConsentRequiredError, match="consent"):
             client.flush()
         assert client.pending_uploads() == 1 and not client.has_consent()
@@ -229,7 +240,9 @@ def test_fetch_model_installs_and_is_idempotent(
         first = client.fetch_model(TASK, hub, formats=["tflite"])
         assert first.updated and first.model_id == model_id == hub.installed(TASK)
         assert not client.fetch_model(TASK, hub).updated
-        assert client.fetch_model(TASK, hub, formats=["onnx", "tflite"]).updated  # a format it lacked
+        assert client.fetch_model(
+            TASK, hub, formats=["onnx", "tflite"]
+        ).updated  # a format it lacked
         assert hub.installed_formats(TASK) == ["onnx", "tflite"]
     model = hub.model(TASK, app_id=APP, format="tflite")
     np.testing.assert_allclose(model.logits(reference["x"]), reference["logits"], atol=1e-3)
@@ -270,7 +283,9 @@ def test_interrupted_download_keeps_the_old_model_and_resumes(
     restarted = server_factory(data_dir=server.data_dir)
     resumed: list[tuple[str, int]] = []
     with _client(restarted, tmp_path, address=restarted.address) as client:
-        result = client.fetch_model(TASK, hub, on_chunk=lambda p, done, total: resumed.append((p, done)))
+        result = client.fetch_model(
+            TASK, hub, on_chunk=lambda p, done, total: resumed.append((p, done))
+        )
     assert result.updated and hub.installed(TASK) == new_id
     again = [done for p, done in resumed if p == broken]
     assert not again or again[0] > kept  # continued from the break, not from the start
@@ -299,11 +314,13 @@ def test_a_tampered_bundle_on_the_server_is_refused(
         with pytest.raises(DownloadError, match="sha256"):
             client.fetch_model(TASK, hub, formats=["onnx", "tflite"])
     assert hub.installed(TASK) == good
-    hub.model(TASK, app_id=APP).predict(np.zeros(hub.model(TASK, app_id=APP).input_shape, np.float32))
+    hub.model(TASK, app_id=APP).predict(
+        np.zeros(hub.model(TASK, app_id=APP).input_shape, np.float32)
+    )
 
 
 def test_status_codes_map_to_sdk_errors() -> None:
-    from device_sdk.client import map_rpc_error
+    from autohas_edge.device_sdk.client import map_rpc_error
 
     class Failed(grpc.RpcError):
         def __init__(self, code: grpc.StatusCode, details: str) -> None:
@@ -315,18 +332,30 @@ def test_status_codes_map_to_sdk_errors() -> None:
         def details(self) -> str:
             return self._details
 
-    assert isinstance(map_rpc_error(Failed(grpc.StatusCode.NOT_FOUND, "no model"), "X", "a"), NotFoundError)
-    error = map_rpc_error(Failed(grpc.StatusCode.FAILED_PRECONDITION, "no active consent"), "X", "a")
+    assert isinstance(
+        map_rpc_error(Failed(grpc.StatusCode.NOT_FOUND, "no model"), "X", "a"), NotFoundError
+    )
+    error = map_rpc_error(
+        Failed(grpc.StatusCode.FAILED_PRECONDITION, "no active consent"), "X", "a"
+    )
     assert isinstance(error, ConsentRequiredError) and error.code == "FAILED_PRECONDITION"
-    busy = map_rpc_error(Failed(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many open streams"), "X", "a")
+    busy = map_rpc_error(
+        Failed(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many open streams"), "X", "a"
+    )
     assert isinstance(busy, ServerUnavailableError) and "busy" in str(busy)
-    too_big = map_rpc_error(Failed(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                   "Received message larger than max (9 vs. 4)"), "X", "a")
+    too_big = map_rpc_error(
+        Failed(grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max (9 vs. 4)"),
+        "X",
+        "a",
+    )
     assert not isinstance(too_big, ServerUnavailableError)
 
 
 def test_a_revocation_made_offline_reaches_the_server_first(
-    server_factory: Callable[..., RunningServer], server: RunningServer, tmp_path: Path, global_data: tuple
+    server_factory: Callable[..., RunningServer],
+    server: RunningServer,
+    tmp_path: Path,
+    global_data: tuple,
 ) -> None:
     with _client(server, tmp_path) as client:
         client.register()
@@ -337,7 +366,9 @@ def test_a_revocation_made_offline_reaches_the_server_first(
     with _client(server, tmp_path) as offline:
         with pytest.raises(ServerUnavailableError):
             offline.revoke_consent()
-        assert offline.pending_uploads() == 0 and not offline.has_consent()  # local part done at once
+        assert (
+            offline.pending_uploads() == 0 and not offline.has_consent()
+        )  # local part done at once
     restarted = server_factory(data_dir=server.data_dir)
     assert _stored(restarted) == 6
     with _client(restarted, tmp_path, address=restarted.address) as client:
@@ -352,6 +383,7 @@ def test_consent_granted_on_another_device_is_picked_up(
         client.register()
         other = server.register(APP, "alice")
         other.stub.GrantConsent(
-            pb.GrantConsentRequest(purpose="personalization", consent_text_version="2"), metadata=other.md
+            pb.GrantConsentRequest(purpose="personalization", consent_text_version="2"),
+            metadata=other.md,
         )
         assert len(client.upload(TASK, *_examples(global_data)).stored) == 1

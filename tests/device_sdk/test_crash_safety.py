@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device_sdk import Hub
+from autohas_edge.device_sdk import Hub
 from tests.device_sdk.helpers import TASK
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKER = textwrap.dedent("""
     import sys
     import numpy as np
-    from device_sdk import Hub
+    from autohas_edge.device_sdk import Hub
 
     root, bundle, data, task = sys.argv[1:5]
     hub = Hub(root)
@@ -34,7 +34,9 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def test_sigkill_during_install_and_fine_tune(bundle_dir: Path, skewed_user, tmp_path: Path) -> None:
+def test_sigkill_during_install_and_fine_tune(
+    bundle_dir: Path, skewed_user, tmp_path: Path
+) -> None:
     root = tmp_path / "hub"
     Hub(root).install(bundle_dir, TASK, model_id="m0")
     user = skewed_user

@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from device_sdk import Hub, InvalidInputError, LabelError
-from device_sdk.finetune import Head, HeadHyperparameters, holdout_split, loss_and_grads, train_head
+from autohas_edge.device_sdk import Hub, InvalidInputError, LabelError
+from autohas_edge.device_sdk.finetune import (
+    Head,
+    HeadHyperparameters,
+    holdout_split,
+    loss_and_grads,
+    train_head,
+)
 from tests.device_sdk.helpers import TASK
 
 
@@ -24,12 +30,16 @@ def test_gradients_match_finite_differences() -> None:
         plus, minus = head.copy(), head.copy()
         plus.weight[i, j] += eps
         minus.weight[i, j] -= eps
-        numeric = (loss_and_grads(plus, f, y, 0.1)[0] - loss_and_grads(minus, f, y, 0.1)[0]) / (2 * eps)
+        numeric = (loss_and_grads(plus, f, y, 0.1)[0] - loss_and_grads(minus, f, y, 0.1)[0]) / (
+            2 * eps
+        )
         assert gw[i, j] == pytest.approx(numeric, rel=2e-2, abs=1e-4)
     plus = head.copy()
     plus.bias[1] += eps
     assert gb[1] == pytest.approx(
-        (loss_and_grads(plus, f, y, 0.1)[0] - loss_and_grads(head, f, y, 0.1)[0]) / eps, rel=5e-2, abs=1e-3
+        (loss_and_grads(plus, f, y, 0.1)[0] - loss_and_grads(head, f, y, 0.1)[0]) / eps,
+        rel=5e-2,
+        abs=1e-3,
     )
 
 
@@ -70,17 +80,24 @@ def test_fine_tuning_improves_a_shifted_users_accuracy(hub: Hub, skewed_user, fm
     after = _accuracy(model, user.x_eval, user.y_eval)
     assert result.accepted and result.heldout_accuracy_after > result.heldout_accuracy_before
     assert result.version == model.version == 1 and result.heldout_examples > 0
-    assert after >= before + 0.10, (before, after)  # on the user's later examples, not seen in training
+    assert after >= before + 0.10, (
+        before,
+        after,
+    )  # on the user's later examples, not seen in training
 
 
 def test_onnx_and_tflite_fine_tune_alike(hub: Hub, skewed_user) -> None:
     user = skewed_user
     results = [
-        hub.model(TASK, app_id=f"com.{fmt}", private=True, format=fmt).fine_tune(user.x_tune, user.y_tune)
+        hub.model(TASK, app_id=f"com.{fmt}", private=True, format=fmt).fine_tune(
+            user.x_tune, user.y_tune
+        )
         for fmt in ("onnx", "tflite")
     ]
     assert results[0].accepted == results[1].accepted
-    assert results[0].heldout_accuracy_after == pytest.approx(results[1].heldout_accuracy_after, abs=0.05)
+    assert results[0].heldout_accuracy_after == pytest.approx(
+        results[1].heldout_accuracy_after, abs=0.05
+    )
 
 
 def test_rollback_when_held_out_accuracy_cannot_improve(hub: Hub, global_data: tuple) -> None:
@@ -142,7 +159,9 @@ def test_a_half_written_version_is_never_used(hub: Hub, skewed_user) -> None:
         (lambda y: y[:-1], "shape"),
     ],
 )
-def test_bad_labels_are_refused_and_nothing_changes(hub: Hub, skewed_user, labels, error: str) -> None:
+def test_bad_labels_are_refused_and_nothing_changes(
+    hub: Hub, skewed_user, labels, error: str
+) -> None:
     model = hub.model(TASK, app_id="com.a")
     user = skewed_user
     with pytest.raises(LabelError, match=error):

@@ -8,7 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device_sdk import BundleVerificationError, Hub, InvalidInputError, ModelNotFoundError
+from autohas_edge.device_sdk import (
+    BundleVerificationError,
+    Hub,
+    InvalidInputError,
+    ModelNotFoundError,
+)
 from tests.device_sdk.helpers import TASK
 
 
@@ -22,7 +27,9 @@ def test_two_apps_share_one_model(hub: Hub, skewed_user) -> None:
     result = keyboard.fine_tune(user.x_tune, user.y_tune)
     assert result.accepted
     assert camera.version == keyboard.version == result.version  # one personalisation for both
-    np.testing.assert_allclose(keyboard.predict(user.x_eval), camera.predict(user.x_eval), atol=1e-6)
+    np.testing.assert_allclose(
+        keyboard.predict(user.x_eval), camera.predict(user.x_eval), atol=1e-6
+    )
 
 
 def test_an_app_can_have_its_own_model(hub: Hub, skewed_user) -> None:
@@ -44,17 +51,23 @@ def test_an_app_can_install_its_own_bundle(hub: Hub, bundle_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "tflite"])
-def test_predict_and_embed_single_and_batch(hub: Hub, global_data: tuple, reference: dict, fmt: str) -> None:
+def test_predict_and_embed_single_and_batch(
+    hub: Hub, global_data: tuple, reference: dict, fmt: str
+) -> None:
     x = global_data[0]
     model = hub.model(TASK, app_id="com.a", format=fmt)
     probs = model.predict(x[:64])
     assert model.format == fmt and probs.shape == (64, model.num_classes)
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(model.predict(x[7]), probs[7], atol=1e-5)  # one example: no batch axis
+    np.testing.assert_allclose(
+        model.predict(x[7]), probs[7], atol=1e-5
+    )  # one example: no batch axis
     features = model.embed(x[:5])
     assert features.shape == (5, model.manifest.fine_tuning.feature_dim)
     assert model.embed(x[0]).shape == (model.manifest.fine_tuning.feature_dim,)
-    np.testing.assert_allclose(model.logits(reference["x"]), reference["logits"], atol=1e-3)  # = torch
+    np.testing.assert_allclose(
+        model.logits(reference["x"]), reference["logits"], atol=1e-3
+    )  # = torch
 
 
 def test_onnx_and_tflite_agree(hub: Hub, global_data: tuple) -> None:
@@ -84,7 +97,9 @@ def test_batch_one_tflite_artifacts_are_looped(hub: Hub, global_data: tuple) -> 
         (lambda x: x[:0], "no examples"),
     ],
 )
-def test_bad_input_is_refused_with_a_clear_error(hub: Hub, global_data: tuple, bad, message: str) -> None:
+def test_bad_input_is_refused_with_a_clear_error(
+    hub: Hub, global_data: tuple, bad, message: str
+) -> None:
     model = hub.model(TASK, app_id="com.a")
     with pytest.raises(InvalidInputError, match=message):
         model.predict(bad(global_data[0][:4]))
@@ -105,7 +120,9 @@ def test_unknown_task_and_bad_ids(tmp_path: Path) -> None:
         hub.model("t", app_id="../escape")
 
 
-def test_a_new_install_reaches_open_handles_and_old_bundles_can_be_pruned(hub: Hub, bundle_dir: Path) -> None:
+def test_a_new_install_reaches_open_handles_and_old_bundles_can_be_pruned(
+    hub: Hub, bundle_dir: Path
+) -> None:
     model = hub.model(TASK, app_id="com.a")
     old = model.model_id
     Hub(hub.root).install(bundle_dir, TASK, model_id="v2")  # e.g. another process

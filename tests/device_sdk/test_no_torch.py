@@ -29,8 +29,8 @@ SCRIPT = textwrap.dedent("""
     sys.modules["torch"] = None  # `import torch` now raises, even if something cached it
 
     import numpy as np
-    import device_sdk
-    from device_sdk import Hub, ServerClient
+    import autohas_edge.device_sdk as device_sdk
+    from autohas_edge.device_sdk import Hub, ServerClient
 
     address, state, bundle, data_path, task = sys.argv[1:6]
     data = np.load(data_path)
@@ -94,7 +94,10 @@ def test_the_sdk_runs_with_torch_blocked(
     )
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
-    classes, dim = manifest_json["fine_tuning"]["num_classes"], manifest_json["fine_tuning"]["feature_dim"]
+    classes, dim = (
+        manifest_json["fine_tuning"]["num_classes"],
+        manifest_json["fine_tuning"]["feature_dim"],
+    )
     for fmt in ("onnx", "tflite"):
         assert out[f"{fmt}_predict"] == [4, classes] and out[f"{fmt}_embed"] == [dim]
         assert out[f"{fmt}_accepted"] is True

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device_sdk.outbox import Outbox
+from autohas_edge.device_sdk.outbox import Outbox
 
 
 def _batch(seed: int) -> tuple[np.ndarray, np.ndarray]:

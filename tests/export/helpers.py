@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.manifest import file_entry
+from autohas_edge.export.manifest import file_entry
 
 FINE_TUNING = {
     "learning_rate": 0.01,
@@ -45,7 +45,12 @@ class ToyNet(nn.Module):
 def toy_result() -> dict[str, Any]:
     """A result.json for ToyNet."""
     return {
-        "dataset": {"name": "toy", "input_shape": [1, 12], "num_classes": 3, "label_names": ["a", "b", "c"]},
+        "dataset": {
+            "name": "toy",
+            "input_shape": [1, 12],
+            "num_classes": 3,
+            "label_names": ["a", "b", "c"],
+        },
         "fine_tuning": dict(FINE_TUNING),
         "architecture": {"family": "toy"},
         "hyperparameters": {},

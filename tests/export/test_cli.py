@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from export import ExportError, export_run, verify_bundle
-from server.cli import main
+from autohas_edge.export import ExportError, export_run, verify_bundle
+from autohas_edge.server.cli import main
 
 
 def _mismatched_checkpoint(tiny_run: Path, dest: Path) -> Path:
@@ -27,21 +27,29 @@ def test_batch_export_survives_broken_runs_and_reports_them(
 ) -> None:
     missing, broken = tmp_path / "missing", _mismatched_checkpoint(tiny_run, tmp_path / "broken")
     out = tmp_path / "dist"
-    code = main(["export", str(missing), str(tiny_run), str(broken), "--formats", "onnx", "--out", str(out)])
+    code = main(
+        ["export", str(missing), str(tiny_run), str(broken), "--formats", "onnx", "--out", str(out)]
+    )
     assert code == 1
     captured = capsys.readouterr()
     errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
     assert errors[0] == f"error: {missing}: run directory not found"
-    assert errors[1].startswith(f"error: {broken / 'model.pt'}: checkpoint does not match its config: ")
+    assert errors[1].startswith(
+        f"error: {broken / 'model.pt'}: checkpoint does not match its config: "
+    )
     table = captured.out.splitlines()
     assert table[0].split()[:2] == ["run", "status"]
     assert [line.split()[1] for line in table[2:5]] == ["FAILED", "ok", "FAILED"]
     assert "1 exported, 2 failed" in captured.out
-    assert sorted(p.name for p in out.iterdir()) == [tiny_run.name]  # no partial bundles left behind
+    assert sorted(p.name for p in out.iterdir()) == [
+        tiny_run.name
+    ]  # no partial bundles left behind
     assert verify_bundle(out / tiny_run.name).passed
 
 
-def test_unknown_format_is_a_one_line_usage_error(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_format_is_a_one_line_usage_error(
+    tiny_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["export", str(tiny_run), "--formats", "onnx,coreml"]) == 2
     err = capsys.readouterr().err.strip()
     choices = "onnx, tflite, onnx-int8, tflite-int8"

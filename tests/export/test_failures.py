@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from export import ExportError, VerificationError, export_model
+from autohas_edge.export import ExportError, VerificationError, export_model
 from tests.export.helpers import ToyNet, toy_data, toy_result
 
 
@@ -28,21 +28,29 @@ def test_artifact_that_differs_from_torch_fails_the_export(tmp_path: Path) -> No
 def test_int8_model_losing_accuracy_fails_the_export(tmp_path: Path) -> None:
     model = ToyNet().eval()
     x, _ = toy_data(256)
-    with torch.no_grad():  # one huge, ignored channel sets the int8 activation scale: the rest rounds to zero
+    with (
+        torch.no_grad()
+    ):  # one huge, ignored channel sets the int8 activation scale: the rest rounds to zero
         model.body[0].weight[0] *= 1e4
         model.body[0].bias[0] = 1e4
         model.classifier.weight[:, 0] = 0
         model.classifier.bias -= model(torch.from_numpy(x)).mean(0)  # roughly balanced classes
-    pattern = r"model_int8\.onnx: int8 test accuracy .* points below float 100\.00% \(at most 1 allowed\)"
+    pattern = (
+        r"model_int8\.onnx: int8 test accuracy .* points below float 100\.00% \(at most 1 allowed\)"
+    )
     with pytest.raises(VerificationError, match=pattern):
-        export_model(model, toy_result(), tmp_path, "onnx-int8", x, x, _labels(model, x), name="lossy")
+        export_model(
+            model, toy_result(), tmp_path, "onnx-int8", x, x, _labels(model, x), name="lossy"
+        )
     assert list(tmp_path.iterdir()) == []
 
 
 def test_int8_only_bundle_keeps_no_float_files(tmp_path: Path) -> None:
     model = ToyNet().eval()
     x, _ = toy_data()
-    report = export_model(model, toy_result(), tmp_path, ["onnx-int8"], x, x, _labels(model, x), name="q")
+    report = export_model(
+        model, toy_result(), tmp_path, ["onnx-int8"], x, x, _labels(model, x), name="q"
+    )
     assert report.files == [
         "features_int8.onnx",
         "head.npz",
@@ -74,8 +82,12 @@ class _HeadMismatch(ToyNet):
         (_HeadMismatch(), "model(x) != model.classifier(model.features(x))"),
     ],
 )
-def test_model_breaking_the_contract_is_refused(tmp_path: Path, model: torch.nn.Module, problem: str) -> None:
+def test_model_breaking_the_contract_is_refused(
+    tmp_path: Path, model: torch.nn.Module, problem: str
+) -> None:
     x, y = toy_data()
     with pytest.raises(ExportError) as info:
-        export_model(model.eval(), toy_result(), tmp_path, "onnx", x, x, y, source="runs/x/model.pt")
+        export_model(
+            model.eval(), toy_result(), tmp_path, "onnx", x, x, y, source="runs/x/model.pt"
+        )
     assert str(info.value).startswith(f"runs/x/model.pt: {problem}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from export.fold import fold_batch_norm
+from autohas_edge.export.fold import fold_batch_norm
 from tests.export.helpers import ToyNet, toy_data
 
 

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from export import ALL_FORMATS, ExportError, parse_formats
+from autohas_edge.export import ALL_FORMATS, ExportError, parse_formats
 
 
 def test_parse_formats_canonical_order_and_files() -> None:
     formats = parse_formats("tflite-int8, onnx")
     assert [f.name for f in formats] == ["onnx", "tflite-int8"]
     assert [f.file("features") for f in formats] == ["features.onnx", "features_int8.tflite"]
-    assert [f.name for f in parse_formats(ALL_FORMATS)] == ["onnx", "tflite", "onnx-int8", "tflite-int8"]
+    assert [f.name for f in parse_formats(ALL_FORMATS)] == [
+        "onnx",
+        "tflite",
+        "onnx-int8",
+        "tflite-int8",
+    ]
 
 
 @pytest.mark.parametrize("spec", ["onnx,coreml", "", "tflite_int8"])

@@ -8,13 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export import export_model, verify_bundle
+from autohas_edge.export import export_model, verify_bundle
 from tests.export.helpers import ToyNet, toy_data, toy_result
 
 
 def test_synthetic_reference_holds_no_real_example_and_still_verifies(tmp_path: Path) -> None:
     x, y = toy_data()
-    report = export_model(ToyNet(), toy_result(), tmp_path, "onnx", x, x, y, name="m", reference="synthetic")
+    report = export_model(
+        ToyNet(), toy_result(), tmp_path, "onnx", x, x, y, name="m", reference="synthetic"
+    )
     ref = np.load(report.bundle / "reference.npz")["x"]
     real_rows = {row.tobytes() for row in x}
     assert not any(row.tobytes() in real_rows for row in ref)

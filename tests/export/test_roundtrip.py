@@ -9,10 +9,10 @@ import numpy as np
 import onnx
 import pytest
 
-from export.formats import FORMATS, ROLES
-from export.manifest import sha256_file
-from export.runtimes import load_runner, tflite_interpreter_class
-from export.verify import FLOAT_TOLERANCE, load_head, load_reference
+from autohas_edge.export.formats import FORMATS, ROLES
+from autohas_edge.export.manifest import sha256_file
+from autohas_edge.export.runtimes import load_runner, tflite_interpreter_class
+from autohas_edge.export.verify import FLOAT_TOLERANCE, load_head, load_reference
 from tests.export.helpers import manifest_of
 
 ARTIFACTS = [(fmt, role) for fmt in FORMATS.values() for role in ROLES]
@@ -24,7 +24,11 @@ def _entry(manifest: dict, file: str) -> dict:
 
 def test_bundle_holds_every_artifact_head_and_reference(tiny_bundle: Path) -> None:
     names = {p.name for p in tiny_bundle.iterdir()}
-    expected = {fmt.file(role) for fmt, role in ARTIFACTS} | {"head.npz", "reference.npz", "manifest.json"}
+    expected = {fmt.file(role) for fmt, role in ARTIFACTS} | {
+        "head.npz",
+        "reference.npz",
+        "manifest.json",
+    }
     assert names == expected
 
 
@@ -61,7 +65,9 @@ def test_manifest_follows_the_contract(tiny_bundle: Path, tiny_run: Path) -> Non
     assert manifest["hyperparameters"] == result["hyperparameters"]
     assert manifest["search_metrics"]["test_accuracy"] == result["test_accuracy"]
     fine = manifest["fine_tuning"]
-    assert fine["head_file"] == "head.npz" and fine["num_classes"] == result["dataset"]["num_classes"]
+    assert (
+        fine["head_file"] == "head.npz" and fine["num_classes"] == result["dataset"]["num_classes"]
+    )
     assert fine["hyperparameters"] == result["fine_tuning"]
     assert {"torch", "onnx", "onnxruntime", "litert-torch", "ai-edge-quantizer"} <= set(
         manifest["tool_versions"]
@@ -113,7 +119,13 @@ def test_int8_artifacts_really_are_int8(tiny_bundle: Path) -> None:
 
 
 def test_head_applied_to_reference_features_gives_reference_logits(tiny_bundle: Path) -> None:
-    reference, head = load_reference(tiny_bundle / "reference.npz"), load_head(tiny_bundle / "head.npz")
+    reference, head = (
+        load_reference(tiny_bundle / "reference.npz"),
+        load_head(tiny_bundle / "head.npz"),
+    )
     fine = manifest_of(tiny_bundle)["fine_tuning"]
-    assert head.weight.shape == (fine["num_classes"], fine["feature_dim"]) and head.weight.dtype == np.float32
+    assert (
+        head.weight.shape == (fine["num_classes"], fine["feature_dim"])
+        and head.weight.dtype == np.float32
+    )
     np.testing.assert_allclose(head.logits(reference.features), reference.logits, atol=1e-5)

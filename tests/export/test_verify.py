@@ -13,12 +13,13 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from export import VerificationError, verify_bundle
+from autohas_edge.export import VerificationError, verify_bundle
 from tests.export.helpers import manifest_of, rehash
 
 ROOT = Path(__file__).resolve().parents[2]
 NO_TORCH = (
-    "import sys; sys.modules['torch'] = None; from server.cli import main; sys.exit(main(sys.argv[1:]))"
+    "import sys; sys.modules['torch'] = None; "
+    "from autohas_edge.server.cli import main; sys.exit(main(sys.argv[1:]))"
 )
 
 
@@ -52,7 +53,9 @@ def test_flipped_byte_is_a_hash_mismatch_naming_the_file(bundle_copy: Path) -> N
 def test_forged_weights_with_a_matching_hash_fail_the_reference_check(bundle_copy: Path) -> None:
     path = bundle_copy / "model.onnx"
     model = onnx.load(str(path))
-    tensor = next(t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and t.dims)
+    tensor = next(
+        t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and t.dims
+    )
     tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor) * 1.5 + 0.1, tensor.name))
     onnx.save(model, str(path))
     rehash(bundle_copy, "model.onnx")
@@ -88,7 +91,9 @@ def test_verify_cli_needs_no_torch(tiny_bundle: Path) -> None:
     assert "OK: 8 artifacts run, 0 problems" in done.stdout
 
 
-def test_verify_cli_tampered_and_missing_bundles_fail_with_one_line_errors(bundle_copy: Path) -> None:
+def test_verify_cli_tampered_and_missing_bundles_fail_with_one_line_errors(
+    bundle_copy: Path,
+) -> None:
     path = bundle_copy / "head.npz"
     path.write_bytes(path.read_bytes() + b"\0")
     done = _autohas_without_torch("verify", str(bundle_copy), str(bundle_copy.parent / "nope"))
@@ -108,10 +113,12 @@ def test_file_names_escaping_the_bundle_are_refused(bundle_copy: Path) -> None:
     ]
 
 
-def test_without_a_tflite_interpreter_tflite_artifacts_are_skipped_not_failed(tiny_bundle: Path) -> None:
+def test_without_a_tflite_interpreter_tflite_artifacts_are_skipped_not_failed(
+    tiny_bundle: Path,
+) -> None:
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['ai_edge_litert'] = None\n"
-        "from export import verify_bundle\n"
+        "from autohas_edge.export import verify_bundle\n"
         "r = verify_bundle(sys.argv[1])\n"
         "print(r.passed, sorted((c.format, c.skipped) for c in r.checks))"
     )
@@ -121,6 +128,7 @@ def test_without_a_tflite_interpreter_tflite_artifacts_are_skipped_not_failed(ti
     )
     assert done.returncode == 0, done.stderr
     skipped = (
-        "[('onnx', False), ('onnx', False), ('onnx-int8', False), ('onnx-int8', False), ('tflite', True), "
+        "[('onnx', False), ('onnx', False), ('onnx-int8', False), ('onnx-int8', False), "
+        "('tflite', True), "
     )
     assert done.stdout.startswith(f"True {skipped}")

@@ -18,14 +18,29 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 from hypothesis import strategies as st
 
-from proto.autohas.v1 import personalization_pb2 as pb
+from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
 
 F = FieldDescriptor
 MAX_DEPTH = 3
-INT_EDGES = {F.CPPTYPE_INT32: (-2**31, 2**31 - 1), F.CPPTYPE_INT64: (-2**63, 2**63 - 1),
-             F.CPPTYPE_UINT32: (0, 2**32 - 1), F.CPPTYPE_UINT64: (0, 2**64 - 1)}
-ODD_TEXT = ("", " ", "../../etc/passwd", "a" * 129, "\u0000", "\n", "é" * 70, "🙂", "%s%n",
-            "'; DROP TABLE x;--", "x" * 5000)
+INT_EDGES = {
+    F.CPPTYPE_INT32: (-(2**31), 2**31 - 1),
+    F.CPPTYPE_INT64: (-(2**63), 2**63 - 1),
+    F.CPPTYPE_UINT32: (0, 2**32 - 1),
+    F.CPPTYPE_UINT64: (0, 2**64 - 1),
+}
+ODD_TEXT = (
+    "",
+    " ",
+    "../../etc/passwd",
+    "a" * 129,
+    "\u0000",
+    "\n",
+    "é" * 70,
+    "🙂",
+    "%s%n",
+    "'; DROP TABLE x;--",
+    "x" * 5000,
+)
 
 
 @dataclass(frozen=True)
@@ -46,27 +61,41 @@ class Method:
 
 def api_methods() -> list[Method]:
     """Every RPC of the autohas.v1 services."""
-    return [Method(f"/{service.full_name}/{m.name}", GetMessageClass(m.input_type),
-                   GetMessageClass(m.output_type), m.client_streaming, m.server_streaming)
-            for service in pb.DESCRIPTOR.services_by_name.values() for m in service.methods]
+    return [
+        Method(
+            f"/{service.full_name}/{m.name}",
+            GetMessageClass(m.input_type),
+            GetMessageClass(m.output_type),
+            m.client_streaming,
+            m.server_streaming,
+        )
+        for service in pb.DESCRIPTOR.services_by_name.values()
+        for m in service.methods
+    ]
 
 
 def integers(cpp_type: int) -> st.SearchStrategy[int]:
     """Integers of a field's range, often at its edges."""
     low, high = INT_EDGES[cpp_type]
-    edges = [v for v in (0, 1, -1, 2, 3, 7, 100, 65537, low, high, low + 1, high - 1) if low <= v <= high]
+    edges = [
+        v for v in (0, 1, -1, 2, 3, 7, 100, 65537, low, high, low + 1, high - 1) if low <= v <= high
+    ]
     return st.one_of(st.sampled_from(edges), st.integers(low, high))
 
 
 def strings(known: Sequence[str]) -> st.SearchStrategy[str]:
     """Known ids (so requests reach deep into the server), odd strings and random text."""
-    text = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)  # protobuf needs valid UTF-8
+    text = st.text(
+        st.characters(exclude_categories=("Cs",)), max_size=40
+    )  # protobuf needs valid UTF-8
     return st.one_of(st.sampled_from(list(known) or ["x"]), st.sampled_from(ODD_TEXT), text)
 
 
 def blobs() -> st.SearchStrategy[bytes]:
     """Random bytes, sometimes a whole number of float32s."""
-    return st.one_of(st.binary(max_size=96), st.integers(0, 64).map(lambda n: b"\x00\x00\x80\x7f" * n))
+    return st.one_of(
+        st.binary(max_size=96), st.integers(0, 64).map(lambda n: b"\x00\x00\x80\x7f" * n)
+    )
 
 
 def scalar(field: FieldDescriptor, known: Sequence[str]) -> st.SearchStrategy[Any]:
@@ -84,13 +113,20 @@ def scalar(field: FieldDescriptor, known: Sequence[str]) -> st.SearchStrategy[An
     return st.booleans()
 
 
-def field_values(field: FieldDescriptor, known: Sequence[str], depth: int) -> st.SearchStrategy[Any]:
+def field_values(
+    field: FieldDescriptor, known: Sequence[str], depth: int
+) -> st.SearchStrategy[Any]:
     """A value for a field: a scalar, a message, or a list / dict of them."""
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
-        key, value = field.message_type.fields_by_name["key"], field.message_type.fields_by_name["value"]
+        key, value = (
+            field.message_type.fields_by_name["key"],
+            field.message_type.fields_by_name["value"],
+        )
         return st.dictionaries(scalar(key, known), scalar(value, known), max_size=3)
     if field.message_type is not None:
-        one: st.SearchStrategy[Any] = messages(GetMessageClass(field.message_type), known, depth + 1)
+        one: st.SearchStrategy[Any] = messages(
+            GetMessageClass(field.message_type), known, depth + 1
+        )
     else:
         one = scalar(field, known)
     if field.is_repeated:
@@ -114,7 +150,9 @@ def set_field(message: Message, field: FieldDescriptor, value: Any) -> None:
         setattr(message, field.name, value)
 
 
-def messages(cls: type[Message], known: Sequence[str], depth: int = 0) -> st.SearchStrategy[Message]:
+def messages(
+    cls: type[Message], known: Sequence[str], depth: int = 0
+) -> st.SearchStrategy[Message]:
     """Random messages of a class: each field set or not, nested messages up to `MAX_DEPTH` deep."""
     fields = [] if depth >= MAX_DEPTH else list(cls.DESCRIPTOR.fields)
     optional = {f.name: field_values(f, known, depth) for f in fields}
@@ -139,8 +177,13 @@ def mutated(draw: st.DrawFn, valid: Message, known: Sequence[str]) -> Message:
     for _ in range(draw(st.integers(1, 3))):
         target = message
         field = draw(st.sampled_from(list(target.DESCRIPTOR.fields)))
-        while field.message_type is not None and not field.is_repeated and draw(st.booleans()) \
-                and not field.message_type.GetOptions().map_entry and field.message_type.fields:
+        while (
+            field.message_type is not None
+            and not field.is_repeated
+            and draw(st.booleans())
+            and not field.message_type.GetOptions().map_entry
+            and field.message_type.fields
+        ):
             target = getattr(target, field.name)
             field = draw(st.sampled_from(list(target.DESCRIPTOR.fields)))
         target.ClearField(field.name)
@@ -179,15 +222,24 @@ class Outcome:
     detail: str = ""
 
 
-def invoke(channel: grpc.Channel, method: Method, payloads: Sequence[bytes], metadata: Any,
-           timeout: float = 20) -> Outcome:
+def invoke(
+    channel: grpc.Channel,
+    method: Method,
+    payloads: Sequence[bytes],
+    metadata: Any,
+    timeout: float = 20,
+) -> Outcome:
     """Send raw payloads to an RPC and collect its status (streams: at most a few replies, then cancel)."""
     try:
         if method.client_streaming:
-            reply = channel.stream_unary(method.path)(iter(payloads), metadata=metadata, timeout=timeout)
+            reply = channel.stream_unary(method.path)(
+                iter(payloads), metadata=metadata, timeout=timeout
+            )
             return Outcome(grpc.StatusCode.OK, reply)
         if method.server_streaming:
-            replies = channel.unary_stream(method.path)(payloads[0], metadata=metadata, timeout=timeout)
+            replies = channel.unary_stream(method.path)(
+                payloads[0], metadata=metadata, timeout=timeout
+            )
             return _read_some(replies)
         reply = channel.unary_unary(method.path)(payloads[0], metadata=metadata, timeout=timeout)
         return Outcome(grpc.StatusCode.OK, reply)

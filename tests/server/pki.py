@@ -31,8 +31,19 @@ def _openssl(*args: str) -> None:
 def make_ca(directory: Path, name: str) -> KeyPair:
     """A self-signed CA valid for two days."""
     pair = KeyPair(directory / f"{name}.pem", directory / f"{name}.key")
-    _openssl("req", "-x509", *EC_KEY, "-days", "2", "-subj", f"/CN={name}", "-keyout", str(pair.key),
-             "-out", str(pair.cert))
+    _openssl(
+        "req",
+        "-x509",
+        *EC_KEY,
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
+        "-keyout",
+        str(pair.key),
+        "-out",
+        str(pair.cert),
+    )
     return pair
 
 
@@ -44,6 +55,21 @@ def issue(ca: KeyPair, directory: Path, name: str, server: bool) -> KeyPair:
     usage = "serverAuth" if server else "clientAuth"
     san = "subjectAltName=DNS:localhost,IP:127.0.0.1\n" if server else ""
     ext.write_text(f"{san}extendedKeyUsage={usage}\n")
-    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca.cert), "-CAkey", str(ca.key), "-CAcreateserial",
-             "-days", "2", "-extfile", str(ext), "-out", str(pair.cert))
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca.cert),
+        "-CAkey",
+        str(ca.key),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        str(ext),
+        "-out",
+        str(pair.cert),
+    )
     return pair

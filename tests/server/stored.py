@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from proto.autohas.v1 import personalization_pb2 as pb
-from server.api import serde
-from server.domain import DTYPES, ExampleBatch
-from server.examples import batch_digest
-from server.store import DB_FILE
+from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
+from autohas_edge.server.api import serde
+from autohas_edge.server.domain import DTYPES, ExampleBatch
+from autohas_edge.server.examples import batch_digest
+from autohas_edge.server.store import DB_FILE
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,10 @@ def connect(data_dir: Path) -> sqlite3.Connection:
 def stored_rows(data_dir: Path) -> list[Row]:
     """Every stored example batch."""
     with closing(connect(data_dir)) as conn:
-        rows = conn.execute("SELECT device_id, batch_id, task_id, app_id, user_id, count, dtype, shape, "
-                            "features, labels, digest FROM examples").fetchall()
+        rows = conn.execute(
+            "SELECT device_id, batch_id, task_id, app_id, user_id, count, dtype, shape, "
+            "features, labels, digest FROM examples"
+        ).fetchall()
     return [Row(*r[:7], tuple(json.loads(r[7])), bytes(r[8]), bytes(r[9]), r[10]) for r in rows]
 
 
@@ -59,7 +61,10 @@ def malformed(row: Row, num_classes: int) -> str:
     if row.dtype not in DTYPES or not row.shape or row.shape[0] != row.count or row.count < 1:
         return f"dtype {row.dtype} / shape {row.shape} / count {row.count} disagree"
     dtype = DTYPES[row.dtype].newbyteorder("<")
-    if len(row.features) != math.prod(row.shape) * dtype.itemsize or len(row.labels) != 8 * row.count:
+    if (
+        len(row.features) != math.prod(row.shape) * dtype.itemsize
+        or len(row.labels) != 8 * row.count
+    ):
         return f"{len(row.features)} feature bytes / {len(row.labels)} label bytes for shape {row.shape}"
     x = np.frombuffer(row.features, dtype=dtype).reshape(row.shape)
     y = np.frombuffer(row.labels, dtype="<i8")
@@ -76,5 +81,9 @@ def same_content(row: Row, sent: pb.ExampleBatch) -> bool:
     """Whether a stored batch holds exactly what the client sent."""
     x = serde.tensor_from_proto(sent.features, "features")
     y = np.asarray(sent.labels, dtype="<i8")
-    return row.features == np.ascontiguousarray(x).tobytes() and row.labels == y.tobytes() and \
-        row.task_id == sent.task_id and row.shape == tuple(sent.features.shape)
+    return (
+        row.features == np.ascontiguousarray(x).tobytes()
+        and row.labels == y.tobytes()
+        and row.task_id == sent.task_id
+        and row.shape == tuple(sent.features.shape)
+    )

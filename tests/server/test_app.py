@@ -15,13 +15,15 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
 
-from proto.autohas.v1 import personalization_pb2 as pb
-from proto.autohas.v1 import personalization_pb2_grpc as pb_grpc
-from server.app import DataDirInUse, make_server
-from server.config import ServerConfig
-from server.serve_cli import add_arguments, config_from_args
+from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
+from autohas_edge.proto.autohas.v1 import personalization_pb2_grpc as pb_grpc
+from autohas_edge.server.app import DataDirInUse, make_server
+from autohas_edge.server.config import ServerConfig
+from autohas_edge.server.serve_cli import add_arguments, config_from_args
 from tests.fixtures.server_fixtures import (
     PURPOSE,
     TASK_ID,
@@ -41,7 +43,11 @@ def test_health_and_reflection_work_without_a_token(running_server: RunningServe
         reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
     services = set(ProtoReflectionDescriptorDatabase(running_server.channel).get_services())
-    assert {"autohas.v1.DeviceService", "autohas.v1.OperatorService", "grpc.health.v1.Health"} <= services
+    assert {
+        "autohas.v1.DeviceService",
+        "autohas.v1.OperatorService",
+        "grpc.health.v1.Health",
+    } <= services
 
 
 def test_a_second_server_on_the_same_data_dir_is_refused(running_server: RunningServer) -> None:
@@ -58,10 +64,17 @@ def test_config_is_validated() -> None:
     with pytest.raises(ValueError, match="download_chunk_bytes"):
         ServerConfig(data_dir=Path("x"), operator_token="x" * 32, max_message_bytes=1000)
     with pytest.raises(ValueError, match="max_streams"):
-        ServerConfig(data_dir=Path("x"), operator_token="x" * 32, rpc_threads=8, max_watch_streams=2,
-                     max_streams=8)
+        ServerConfig(
+            data_dir=Path("x"),
+            operator_token="x" * 32,
+            rpc_threads=8,
+            max_watch_streams=2,
+            max_streams=8,
+        )
     with pytest.raises(ValueError, match="stream_idle_timeout_s"):
-        ServerConfig(data_dir=Path("x"), operator_token="x" * 32, stream_idle_timeout_s=float("nan"))
+        ServerConfig(
+            data_dir=Path("x"), operator_token="x" * 32, stream_idle_timeout_s=float("nan")
+        )
 
 
 def test_streams_leave_a_quarter_of_the_threads_to_unary_calls() -> None:
@@ -71,8 +84,9 @@ def test_streams_leave_a_quarter_of_the_threads_to_unary_calls() -> None:
     assert config.replace(max_streams=5).open_streams == 5
 
 
-def test_a_restart_keeps_everything_acknowledged(seeded_server: SeededServer,
-                                                 server_factory: Callable[..., RunningServer]) -> None:
+def test_a_restart_keeps_everything_acknowledged(
+    seeded_server: SeededServer, server_factory: Callable[..., RunningServer]
+) -> None:
     first, device = seeded_server.server, seeded_server.device
     batches = [example_batch(f"b{i}", seed=i) for i in range(5)]
     ack = device.stub.UploadExamples(iter(batches), metadata=device.md)
@@ -80,7 +94,9 @@ def test_a_restart_keeps_everything_acknowledged(seeded_server: SeededServer,
     first.stop()
     second = server_factory(data_dir=first.data_dir, operator_token=first.operator_token)
     stub = pb_grpc.DeviceServiceStub(second.channel)
-    task = stub.GetTask(pb.GetTaskRequest(task_id=TASK_ID), metadata=device.md)  # the token still works
+    task = stub.GetTask(
+        pb.GetTaskRequest(task_id=TASK_ID), metadata=device.md
+    )  # the token still works
     assert task.purpose == PURPOSE
     consents = stub.ListConsents(pb.ListConsentsRequest(), metadata=device.md).consents
     assert [c.active for c in consents] == [True]
@@ -96,16 +112,57 @@ def openssl(*args: str) -> None:
 def make_pki(directory: Path) -> dict[str, Path]:
     """A test CA and, signed by it, a server certificate for 127.0.0.1 / localhost and a client one."""
     p = {name: directory / name for name in ("ca.pem", "ca.key", "san.ext")}
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-            "-keyout", str(p["ca.key"]), "-out", str(p["ca.pem"]))
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        str(p["ca.key"]),
+        "-out",
+        str(p["ca.pem"]),
+    )
     p["san.ext"].write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
     for who in ("server", "client"):
-        key, csr, cert = directory / f"{who}.key", directory / f"{who}.csr", directory / f"{who}.pem"
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={who}", "-keyout", str(key),
-                "-out", str(csr))
+        key, csr, cert = (
+            directory / f"{who}.key",
+            directory / f"{who}.csr",
+            directory / f"{who}.pem",
+        )
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={who}",
+            "-keyout",
+            str(key),
+            "-out",
+            str(csr),
+        )
         extension = ["-extfile", str(p["san.ext"])] if who == "server" else []
-        openssl("x509", "-req", "-in", str(csr), "-CA", str(p["ca.pem"]), "-CAkey", str(p["ca.key"]),
-                "-CAcreateserial", "-days", "2", "-out", str(cert), *extension)
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(p["ca.pem"]),
+            "-CAkey",
+            str(p["ca.key"]),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            str(cert),
+            *extension,
+        )
         p[f"{who}.key"], p[f"{who}.pem"] = key, cert
     return p
 
@@ -119,8 +176,10 @@ def list_tasks(server: RunningServer, credentials: grpc.ChannelCredentials) -> l
 def test_tls_and_mutual_tls(tmp_path: Path) -> None:
     pki = make_pki(tmp_path)
     ca = pki["ca.pem"].read_bytes()
-    client_cert = {"private_key": pki["client.key"].read_bytes(),
-                   "certificate_chain": pki["client.pem"].read_bytes()}
+    client_cert = {
+        "private_key": pki["client.key"].read_bytes(),
+        "certificate_chain": pki["client.pem"].read_bytes(),
+    }
     tls = start_server(tmp_path / "tls", tls_cert=pki["server.pem"], tls_key=pki["server.key"])
     try:
         assert list_tasks(tls, grpc.ssl_channel_credentials(ca)) == []
@@ -128,8 +187,12 @@ def test_tls_and_mutual_tls(tmp_path: Path) -> None:
             tls.operator.ListTasks(pb.ListTasksRequest(), metadata=tls.op_md, timeout=3)
     finally:
         tls.stop()
-    mtls = start_server(tmp_path / "mtls", tls_cert=pki["server.pem"], tls_key=pki["server.key"],
-                        tls_client_ca=pki["ca.pem"])
+    mtls = start_server(
+        tmp_path / "mtls",
+        tls_cert=pki["server.pem"],
+        tls_key=pki["server.key"],
+        tls_client_ca=pki["ca.pem"],
+    )
     try:
         assert list_tasks(mtls, grpc.ssl_channel_credentials(ca, **client_cert)) == []
         with pytest.raises(grpc.RpcError):  # no client certificate: the handshake fails
@@ -142,16 +205,29 @@ def test_the_cli_prints_its_port_serves_and_stops_on_sigterm(tmp_path: Path) -> 
     token = secrets.token_urlsafe(32)
     env = {**os.environ, "AUTOHAS_OPERATOR_TOKEN": token, "PYTHONPATH": str(ROOT)}
     data_dir = str(tmp_path / "var")
-    command = [sys.executable, "-m", "server.cli", "server", "--data-dir", data_dir, "--port", "0"]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "autohas_edge.server.cli",
+        "server",
+        "--data-dir",
+        data_dir,
+        "--port",
+        "0",
+    ]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         line = process.stdout.readline()  # type: ignore[union-attr]
         match = re.search(r"listening on (127\.0\.0\.1:(\d+))", line)
         assert match and int(match.group(2)) > 0, line
         with grpc.insecure_channel(match.group(1)) as channel:
             stub = pb_grpc.OperatorServiceStub(channel)
-            assert stub.ListTasks(pb.ListTasksRequest(), metadata=bearer(token), timeout=10).tasks == []
+            assert (
+                stub.ListTasks(pb.ListTasksRequest(), metadata=bearer(token), timeout=10).tasks
+                == []
+            )
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=30)
         assert process.returncode == 0, err

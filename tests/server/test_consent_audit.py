@@ -33,7 +33,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from proto.autohas.v1 import personalization_pb2 as pb
+from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
 from tests.fixtures.server_fixtures import Device, RunningServer, example_batch, start_server
 
 APP_A, APP_B = "app.a", "app.b"
@@ -66,7 +66,9 @@ class ConsentAudit(RuleBasedStateMachine):
         self.devices: list[Device] = [self.server.register(app, user) for app, user in USERS]
         self.grants: dict[Key, list[list[float | None]]] = {}  # [granted_at, closed_at or None]
         self.revocations: dict[Key, list[float]] = {}
-        self.uploads: dict[tuple[str, str], tuple[str, str, str]] = {}  # (device, batch) -> (app, user, task)
+        self.uploads: dict[
+            tuple[str, str], tuple[str, str, str]
+        ] = {}  # (device, batch) -> (app, user, task)
         self.jobs: list[str] = []
         self.batches = 0
 
@@ -85,8 +87,11 @@ class ConsentAudit(RuleBasedStateMachine):
             self.upload(d, "t-ads", 3)
         self.start_job("t-ads")
 
-    @rule(d=st.integers(0, len(USERS) - 1), purpose=st.sampled_from(PURPOSES),
-          version=st.sampled_from(["v1", "v2"]))
+    @rule(
+        d=st.integers(0, len(USERS) - 1),
+        purpose=st.sampled_from(PURPOSES),
+        version=st.sampled_from(["v1", "v2"]),
+    )
     def grant(self, d: int, purpose: str, version: str) -> None:
         device = self.devices[d]
         request = pb.GrantConsentRequest(purpose=purpose, consent_text_version=version)
@@ -102,7 +107,9 @@ class ConsentAudit(RuleBasedStateMachine):
     def revoke(self, d: int, purpose: str) -> None:
         device, key = self.devices[d], self.key(self.devices[d], purpose)
         try:
-            reply = device.stub.RevokeConsent(pb.RevokeConsentRequest(purpose=purpose), metadata=device.md)
+            reply = device.stub.RevokeConsent(
+                pb.RevokeConsentRequest(purpose=purpose), metadata=device.md
+            )
         except grpc.RpcError as e:
             assert e.code() == grpc.StatusCode.NOT_FOUND and key not in self.grants  # type: ignore[attr-defined]
             return
@@ -119,13 +126,18 @@ class ConsentAudit(RuleBasedStateMachine):
         try:
             device.stub.UploadExamples(iter([batch]), metadata=device.md)
         except grpc.RpcError as e:
-            expected = grpc.StatusCode.PERMISSION_DENIED if device.app_id not in TASK_APPS[task] else \
-                grpc.StatusCode.FAILED_PRECONDITION
+            expected = (
+                grpc.StatusCode.PERMISSION_DENIED
+                if device.app_id not in TASK_APPS[task]
+                else grpc.StatusCode.FAILED_PRECONDITION
+            )
             assert e.code() == expected  # type: ignore[attr-defined]
             if expected == grpc.StatusCode.FAILED_PRECONDITION:
                 assert self.active(self.key(device, TASKS[task])) is None
             return
-        assert self.active(self.key(device, TASKS[task])) is not None, "an upload without consent was stored"
+        assert self.active(self.key(device, TASKS[task])) is not None, (
+            "an upload without consent was stored"
+        )
         self.uploads[(device.device_id, batch.batch_id)] = (device.app_id, device.user_id, task)
 
     @precondition(lambda self: len(self.jobs) < MAX_JOBS)
@@ -133,7 +145,9 @@ class ConsentAudit(RuleBasedStateMachine):
     def start_job(self, task: str) -> None:
         request = pb.StartJobRequest(spec=pb.JobSpec(task_id=task, steps=20))
         try:
-            self.jobs.append(self.server.operator.StartJob(request, metadata=self.server.op_md).job_id)
+            self.jobs.append(
+                self.server.operator.StartJob(request, metadata=self.server.op_md).job_id
+            )
         except grpc.RpcError as e:
             assert e.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
 
@@ -148,19 +162,26 @@ class ConsentAudit(RuleBasedStateMachine):
             time.sleep(0.05)
 
     def ended(self, job_id: str) -> bool:
-        job = self.server.operator.GetJob(pb.GetJobRequest(job_id=job_id), metadata=self.server.op_md)
+        job = self.server.operator.GetJob(
+            pb.GetJobRequest(job_id=job_id), metadata=self.server.op_md
+        )
         return job.state in (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
 
     def consented_at(self, key: Key, t: float) -> bool:
-        return any(start <= t and (end is None or t < end) for start, end in self.grants.get(key, []))
+        return any(
+            start <= t and (end is None or t < end) for start, end in self.grants.get(key, [])
+        )
 
     @invariant()
     def manifests_hold_only_consented_examples(self) -> None:
         for job_id in self.jobs:
-            ended = self.ended(job_id)  # read before the files: a job seen ended has applied its purges
+            ended = self.ended(
+                job_id
+            )  # read before the files: a job seen ended has applied its purges
             try:
-                audit = self.server.operator.GetJobAudit(pb.GetJobRequest(job_id=job_id),
-                                                         metadata=self.server.op_md)
+                audit = self.server.operator.GetJobAudit(
+                    pb.GetJobRequest(job_id=job_id), metadata=self.server.op_md
+                )
             except grpc.RpcError as e:
                 assert e.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
                 continue  # not started yet: it has used no data
@@ -169,7 +190,9 @@ class ConsentAudit(RuleBasedStateMachine):
                 self.check_snapshot(job_id, audit)
 
     def check_manifest(self, job_id: str, audit: pb.JobAudit) -> None:
-        manifest = json.loads((self.server.handle.app.jobs.job_dir(job_id) / "audit.json").read_text())
+        manifest = json.loads(
+            (self.server.handle.app.jobs.job_dir(job_id) / "audit.json").read_text()
+        )
         at, purpose = seconds(audit.snapshot_at), TASKS[audit.task_id]
         counts: Counter[tuple[str, str]] = Counter()
         ids = [(batch["device_id"], batch["batch_id"]) for batch in manifest["batches"]]
@@ -177,7 +200,9 @@ class ConsentAudit(RuleBasedStateMachine):
         for batch in manifest["batches"]:
             who = (batch["app_id"], batch["user_id"])
             assert self.uploads[(batch["device_id"], batch["batch_id"])] == (*who, audit.task_id)
-            assert self.consented_at((*who, purpose), at), f"{who} had no consent at the snapshot of {job_id}"
+            assert self.consented_at((*who, purpose), at), (
+                f"{who} had no consent at the snapshot of {job_id}"
+            )
             counts[who] += batch["examples"]
         assert counts == Counter({(u.app_id, u.user_id): u.examples for u in audit.users})
 
@@ -195,7 +220,9 @@ class ConsentAudit(RuleBasedStateMachine):
     def teardown(self) -> None:
         try:  # end every job (a cancel applies the purges recorded while it ran), then check them all
             for job_id in self.jobs:
-                self.server.operator.CancelJob(pb.CancelJobRequest(job_id=job_id), metadata=self.server.op_md)
+                self.server.operator.CancelJob(
+                    pb.CancelJobRequest(job_id=job_id), metadata=self.server.op_md
+                )
             self.settle(timeout=20)
             self.manifests_hold_only_consented_examples()
         finally:
@@ -210,8 +237,14 @@ class ConsentAudit(RuleBasedStateMachine):
 def audit_settings(examples: int) -> settings:
     """No shrinking: each step drives a real server and its job processes, so shrinking a failure would
     take minutes; the failing sequence (at most 25 steps) is reported as found."""
-    return settings(max_examples=examples, stateful_step_count=25, deadline=None, database=None,
-                    suppress_health_check=list(HealthCheck), phases=(Phase.explicit, Phase.generate))
+    return settings(
+        max_examples=examples,
+        stateful_step_count=25,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        phases=(Phase.explicit, Phase.generate),
+    )
 
 
 def test_no_job_ever_uses_an_example_without_consent() -> None:

@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 import pytest
 
-from proto.autohas.v1 import personalization_pb2 as pb
+from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
 from tests.fixtures.server_fixtures import (
     FAKE_ENGINE,
     INPUT_SHAPE,
@@ -39,8 +39,12 @@ def random_batch(batch_id: str, rng: np.random.Generator) -> pb.ExampleBatch:
     n = int(rng.choice([1, 7, 64, 4000], p=[0.3, 0.3, 0.3, 0.1]))
     x = rng.normal(size=(n, *INPUT_SHAPE)).astype("<f4")
     labels = rng.integers(0, NUM_CLASSES, n).tolist()
-    return pb.ExampleBatch(batch_id=batch_id, task_id=TASK_ID, labels=labels,
-                           features=pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=x.shape, data=x.tobytes()))
+    return pb.ExampleBatch(
+        batch_id=batch_id,
+        task_id=TASK_ID,
+        labels=labels,
+        features=pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=x.shape, data=x.tobytes()),
+    )
 
 
 class Uploader(threading.Thread):
@@ -67,8 +71,10 @@ class Uploader(threading.Thread):
 
 def upload_then_kill(server: ServerProcess, tokens: dict[str, str], cycle: int) -> list[Uploader]:
     """Four devices upload concurrently; SIGKILL the server at a random moment once some batches are acked."""
-    uploaders = [Uploader(server, token, f"{user}-c{cycle}", seed=100 * cycle + i)
-                 for i, (user, token) in enumerate(tokens.items())]
+    uploaders = [
+        Uploader(server, token, f"{user}-c{cycle}", seed=100 * cycle + i)
+        for i, (user, token) in enumerate(tokens.items())
+    ]
     for uploader in uploaders:
         uploader.start()
     deadline = time.monotonic() + 60
@@ -94,17 +100,22 @@ def check_on_disk(data_dir: Path, uploaders: list[Uploader]) -> None:
     assert not missing, f"acknowledged batches lost: {sorted(missing)[:5]}"
 
 
-def resend_everything(server: ServerProcess, tokens: dict[str, str], uploaders: list[Uploader]) -> None:
+def resend_everything(
+    server: ServerProcess, tokens: dict[str, str], uploaders: list[Uploader]
+) -> None:
     """A retry of every batch ever sent: acked ones are duplicates, none conflicts, all end up stored."""
     for user, uploader in zip(tokens, uploaders, strict=True):
         batches = list(uploader.sent.values())
-        reply = server.device.UploadExamples(iter(batches), metadata=bearer(tokens[user]), timeout=60)
+        reply = server.device.UploadExamples(
+            iter(batches), metadata=bearer(tokens[user]), timeout=60
+        )
         assert uploader.acked <= set(reply.duplicate_batch_ids)
         assert set(reply.stored_batch_ids) | set(reply.duplicate_batch_ids) == set(uploader.sent)
 
 
-def test_sigkill_during_uploads_loses_no_acknowledged_batch(tmp_path: Path,
-                                                            server_process: StartProcess) -> None:
+def test_sigkill_during_uploads_loses_no_acknowledged_batch(
+    tmp_path: Path, server_process: StartProcess
+) -> None:
     data_dir, token = tmp_path / "var", secrets.token_urlsafe(32)
     server = server_process(data_dir, token)
     tokens = seed_process(server)
@@ -125,6 +136,7 @@ def test_sigkill_during_uploads_loses_no_acknowledged_batch(tmp_path: Path,
 
 # -- searches --------------------------------------------------------------------------------------------
 
+
 def seed_examples(server: ServerProcess, n: int = 120) -> None:
     """The default task with `n` examples of one consenting device."""
     tokens = seed_process(server)
@@ -132,8 +144,12 @@ def seed_examples(server: ServerProcess, n: int = 120) -> None:
     x = rng.normal(size=(n, *INPUT_SHAPE)).astype("<f4")
     y = np.arange(n) % NUM_CLASSES
     x[np.arange(n), 0, 4 * y] += 3.0  # separable, so a real search has something to find
-    batch = pb.ExampleBatch(batch_id="b0", task_id=TASK_ID, labels=y.tolist(),
-                            features=pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=x.shape, data=x.tobytes()))
+    batch = pb.ExampleBatch(
+        batch_id="b0",
+        task_id=TASK_ID,
+        labels=y.tolist(),
+        features=pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=x.shape, data=x.tobytes()),
+    )
     server.device.UploadExamples(iter([batch]), metadata=bearer(tokens["u0"]), timeout=30)
 
 
@@ -143,7 +159,9 @@ def start_job(server: ServerProcess, **spec: object) -> str:
 
 
 def get_job(server: ServerProcess, job_id: str) -> pb.Job:
-    return server.operator.GetJob(pb.GetJobRequest(job_id=job_id), metadata=server.op_md, timeout=10)
+    return server.operator.GetJob(
+        pb.GetJobRequest(job_id=job_id), metadata=server.op_md, timeout=10
+    )
 
 
 def wait_for_step(server: ServerProcess, job_id: str, step: int, timeout: float) -> int:
@@ -171,7 +189,9 @@ def watch(server: ServerProcess, job_id: str, timeout: float) -> list[pb.JobProg
     return list(server.operator.WatchJob(request, metadata=server.op_md, timeout=timeout))
 
 
-def test_sigkill_mid_search_resumes_from_the_checkpoint(tmp_path: Path, server_process: StartProcess) -> None:
+def test_sigkill_mid_search_resumes_from_the_checkpoint(
+    tmp_path: Path, server_process: StartProcess
+) -> None:
     data_dir, token = tmp_path / "var", secrets.token_urlsafe(32)
     args, env = ("--engine", FAKE_ENGINE), {"AUTOHAS_FAKE_STEP_S": "0.05"}
     server = server_process(data_dir, token, *args, env=env)
@@ -188,7 +208,9 @@ def test_sigkill_mid_search_resumes_from_the_checkpoint(tmp_path: Path, server_p
 
 
 @pytest.mark.slow
-def test_sigkill_mid_search_resumes_on_the_real_engine(tmp_path: Path, server_process: StartProcess) -> None:
+def test_sigkill_mid_search_resumes_on_the_real_engine(
+    tmp_path: Path, server_process: StartProcess
+) -> None:
     """The real engine: the server picks a checkpoint interval for a short job (1 step for 8 steps)."""
     data_dir, token = tmp_path / "var", secrets.token_urlsafe(32)
     server = server_process(data_dir, token)

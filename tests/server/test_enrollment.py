@@ -11,12 +11,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from device_sdk import ServerClient
-from device_sdk.errors import AuthenticationError
-from proto.autohas.v1 import personalization_pb2 as pb
-from server.app import make_server
-from server.config import ServerConfig
-from server.enrollment import TicketError, check_ticket, load_keys, mint_ticket
+from autohas_edge.device_sdk import ServerClient
+from autohas_edge.device_sdk.errors import AuthenticationError
+from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
+from autohas_edge.server.app import make_server
+from autohas_edge.server.config import ServerConfig
+from autohas_edge.server.enrollment import TicketError, check_ticket, load_keys, mint_ticket
 from tests.fixtures.server_fixtures import APP_ID, PURPOSE, RunningServer, bearer, expect_error
 
 SECRET = "s" * 16 + secrets.token_urlsafe(24)
@@ -42,10 +42,19 @@ def test_a_ticket_proves_exactly_its_app_user_and_lifetime() -> None:
         check_ticket("x" * 40, ticket, APP_ID, "alice", now=1001.0)
     version, payload, signature = ticket.split(".")
     forged = mint_ticket("y" * 40, APP_ID, "bob", ttl_s=60, now=1000.0).split(".")[1]
-    with pytest.raises(TicketError, match="bad signature"):  # someone else's claims under alice's signature
+    with pytest.raises(
+        TicketError, match="bad signature"
+    ):  # someone else's claims under alice's signature
         check_ticket(SECRET, f"{version}.{forged}.{signature}", APP_ID, "bob", now=1001.0)
-    for bad in ("", "v1.abc", "v2." + payload + "." + signature, "v1.a.b.c", "x" * 5000, "v1.abc.\u00e9",
-                f"v1.{payload}.{signature}\u00e9"):
+    for bad in (
+        "",
+        "v1.abc",
+        "v2." + payload + "." + signature,
+        "v1.a.b.c",
+        "x" * 5000,
+        "v1.abc.\u00e9",
+        f"v1.{payload}.{signature}\u00e9",
+    ):
         with pytest.raises(TicketError):
             check_ticket(SECRET, bad, APP_ID, "alice", now=1001.0)
     with pytest.raises(ValueError, match="at least 32"):
@@ -60,7 +69,9 @@ def test_a_ticket_valid_for_too_long_is_refused() -> None:
     import hashlib
     import hmac
 
-    payload = base64.urlsafe_b64encode(json.dumps({"app": APP_ID, "user": "alice", "exp": 10**10}).encode())
+    payload = base64.urlsafe_b64encode(
+        json.dumps({"app": APP_ID, "user": "alice", "exp": 10**10}).encode()
+    )
     payload_text = payload.rstrip(b"=").decode()
     signature = hmac.new(SECRET.encode(), f"v1.{payload_text}".encode(), hashlib.sha256).digest()
     ticket = f"v1.{payload_text}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
@@ -84,21 +95,38 @@ def test_a_server_with_keys_registers_only_ticket_holders(
     s = server_factory(enrollment_keys=_keys_file(tmp_path, {APP_ID: SECRET}))
 
     def register(user: str, ticket: str = "", app: str = APP_ID) -> pb.RegisterDeviceResponse:
-        return s.device.RegisterDevice(pb.RegisterDeviceRequest(app_id=app, user_id=user, device_name="p",
-                                                                enrollment_ticket=ticket))
+        return s.device.RegisterDevice(
+            pb.RegisterDeviceRequest(
+                app_id=app, user_id=user, device_name="p", enrollment_ticket=ticket
+            )
+        )
 
     assert "requires one" in expect_error(grpc.StatusCode.UNAUTHENTICATED, register, "alice")
-    assert "bad signature" in expect_error(grpc.StatusCode.UNAUTHENTICATED, register, "alice",
-                                           mint_ticket("z" * 40, APP_ID, "alice"))
-    assert "expired" in expect_error(grpc.StatusCode.UNAUTHENTICATED, register, "alice",
-                                     mint_ticket(SECRET, APP_ID, "alice", ttl_s=1, now=0))
+    assert "bad signature" in expect_error(
+        grpc.StatusCode.UNAUTHENTICATED, register, "alice", mint_ticket("z" * 40, APP_ID, "alice")
+    )
+    assert "expired" in expect_error(
+        grpc.StatusCode.UNAUTHENTICATED,
+        register,
+        "alice",
+        mint_ticket(SECRET, APP_ID, "alice", ttl_s=1, now=0),
+    )
     bobs = mint_ticket(SECRET, APP_ID, "bob")
-    assert "another app or user" in expect_error(grpc.StatusCode.PERMISSION_DENIED, register, "alice", bobs)
-    assert "no enrollment key" in expect_error(grpc.StatusCode.PERMISSION_DENIED, register, "carol",
-                                               mint_ticket(SECRET, OTHER_APP, "carol"), OTHER_APP)
+    assert "another app or user" in expect_error(
+        grpc.StatusCode.PERMISSION_DENIED, register, "alice", bobs
+    )
+    assert "no enrollment key" in expect_error(
+        grpc.StatusCode.PERMISSION_DENIED,
+        register,
+        "carol",
+        mint_ticket(SECRET, OTHER_APP, "carol"),
+        OTHER_APP,
+    )
     reply = register("alice", mint_ticket(SECRET, APP_ID, "alice"))
-    consent = s.device.GrantConsent(pb.GrantConsentRequest(purpose=PURPOSE, consent_text_version="v1"),
-                                    metadata=bearer(reply.device_token))
+    consent = s.device.GrantConsent(
+        pb.GrantConsentRequest(purpose=PURPOSE, consent_text_version="v1"),
+        metadata=bearer(reply.device_token),
+    )
     assert consent.user_id == "alice" and consent.active
 
 
@@ -115,8 +143,11 @@ def test_the_sdk_registers_with_a_ticket(
 
 
 def test_a_server_refuses_to_start_with_readable_keys(tmp_path: Path) -> None:
-    config = ServerConfig(data_dir=tmp_path / "data", operator_token=secrets.token_urlsafe(32),
-                          enrollment_keys=_keys_file(tmp_path, {APP_ID: SECRET}, mode=0o644))
+    config = ServerConfig(
+        data_dir=tmp_path / "data",
+        operator_token=secrets.token_urlsafe(32),
+        enrollment_keys=_keys_file(tmp_path, {APP_ID: SECRET}, mode=0o644),
+    )
     with pytest.raises(ValueError, match="chmod 600"):
         make_server(config)
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())

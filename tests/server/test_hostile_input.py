@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proto.autohas.v1 import personalization_pb2 as pb
+from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
 from tests.fixtures.server_fixtures import (
     APP_ID,
     PURPOSE,
@@ -44,13 +44,30 @@ METHODS = hostile.api_methods()
 BY_NAME = {m.name: m for m in METHODS}
 OTHER_APP, OTHER_TASK = "app.other", "other-task"
 #: The deliberate answers; INTERNAL, UNKNOWN, DEADLINE_EXCEEDED or UNAVAILABLE would mean a bug or a hang.
-ANSWERS = {getattr(grpc.StatusCode, name) for name in (
-    "OK", "INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "FAILED_PRECONDITION", "UNAUTHENTICATED",
-    "PERMISSION_DENIED", "RESOURCE_EXHAUSTED")}
+ANSWERS = {
+    getattr(grpc.StatusCode, name)
+    for name in (
+        "OK",
+        "INVALID_ARGUMENT",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "FAILED_PRECONDITION",
+        "UNAUTHENTICATED",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+    )
+}
 # How often each kind of payload is drawn (oversized ones are few: each costs gRPC ~0.1 s to refuse, and
 # `test_oversized_and_deeply_nested_requests_are_refused` covers every RPC).
-KINDS = ("random",) * 8 + ("mutated",) * 10 + ("valid",) * 3 + ("corrupted",) * 4 + ("bytes",) * 2 + \
-    ("nested",) * 2 + ("oversized",)
+KINDS = (
+    ("random",) * 8
+    + ("mutated",) * 10
+    + ("valid",) * 3
+    + ("corrupted",) * 4
+    + ("bytes",) * 2
+    + ("nested",) * 2
+    + ("oversized",)
+)
 
 
 @dataclass
@@ -68,20 +85,34 @@ class Hostile:
 
 def valid_requests(s: RunningServer, job_id: str, model_id: str) -> dict[str, list[Message]]:
     """At least one valid request of every input type, pointing at things that exist."""
-    task = pb.Task(task_id="t-new", app_ids=[APP_ID], purpose=PURPOSE, input_shape=[4],
-                   input_dtype=pb.DTYPE_INT8, num_classes=2)
+    task = pb.Task(
+        task_id="t-new",
+        app_ids=[APP_ID],
+        purpose=PURPOSE,
+        input_shape=[4],
+        input_dtype=pb.DTYPE_INT8,
+        num_classes=2,
+    )
     requests: list[Message] = [
         pb.RegisterDeviceRequest(app_id=APP_ID, user_id="mallory", device_name="x"),
         pb.GrantConsentRequest(purpose=PURPOSE, consent_text_version="v1"),
-        pb.RevokeConsentRequest(purpose=PURPOSE), pb.ListConsentsRequest(),
+        pb.RevokeConsentRequest(purpose=PURPOSE),
+        pb.ListConsentsRequest(),
         pb.GetTaskRequest(task_id=TASK_ID),
-        example_batch("fuzz", n=3), pb.ListModelsRequest(task_id=TASK_ID),
-        pb.GetModelManifestRequest(model_id=model_id), pb.GetModelManifestRequest(task_id=TASK_ID),
-        pb.DownloadModelRequest(model_id=model_id, path="manifest.json"), pb.CreateTaskRequest(task=task),
-        pb.ListTasksRequest(), pb.StartJobRequest(spec=pb.JobSpec(task_id=TASK_ID, steps=2)),
-        pb.GetJobRequest(job_id=job_id), pb.ListJobsRequest(task_id=TASK_ID),
+        example_batch("fuzz", n=3),
+        pb.ListModelsRequest(task_id=TASK_ID),
+        pb.GetModelManifestRequest(model_id=model_id),
+        pb.GetModelManifestRequest(task_id=TASK_ID),
+        pb.DownloadModelRequest(model_id=model_id, path="manifest.json"),
+        pb.CreateTaskRequest(task=task),
+        pb.ListTasksRequest(),
+        pb.StartJobRequest(spec=pb.JobSpec(task_id=TASK_ID, steps=2)),
+        pb.GetJobRequest(job_id=job_id),
+        pb.ListJobsRequest(task_id=TASK_ID),
         pb.CancelJobRequest(job_id=job_id),
-        pb.WatchJobRequest(job_id=job_id), pb.ExportModelsRequest(job_ids=[job_id], formats=["onnx"])]
+        pb.WatchJobRequest(job_id=job_id),
+        pb.ExportModelsRequest(job_ids=[job_id], formats=["onnx"]),
+    ]
     by_type: dict[str, list[Message]] = {}
     for request in requests:
         by_type.setdefault(request.DESCRIPTOR.full_name, []).append(request)
@@ -103,15 +134,45 @@ def build_hostile(data_dir: Path) -> Hostile:
     alice, bob = consenting_device(s, APP_ID, "alice"), consenting_device(s, OTHER_APP, "bob")
     alice.stub.UploadExamples(iter([example_batch("a0", n=12)]), metadata=alice.md)
     bob.stub.UploadExamples(iter([example_batch("b0", n=5, task_id=OTHER_TASK)]), metadata=bob.md)
-    job = s.operator.StartJob(pb.StartJobRequest(spec=pb.JobSpec(task_id=TASK_ID, steps=2)), metadata=s.op_md)
+    job = s.operator.StartJob(
+        pb.StartJobRequest(spec=pb.JobSpec(task_id=TASK_ID, steps=2)), metadata=s.op_md
+    )
     list(s.operator.WatchJob(pb.WatchJobRequest(job_id=job.job_id), metadata=s.op_md, timeout=60))
-    export = s.operator.ExportModels(pb.ExportModelsRequest(job_ids=[job.job_id]), metadata=s.op_md,
-                                     timeout=120)
+    export = s.operator.ExportModels(
+        pb.ExportModelsRequest(job_ids=[job.job_id]), metadata=s.op_md, timeout=120
+    )
     model_id = export.results[0].model.model_id
-    known = [TASK_ID, OTHER_TASK, APP_ID, OTHER_APP, PURPOSE, "v1", "alice", "bob", job.job_id, model_id,
-             alice.device_id, "manifest.json", "model.onnx", "head.npz", "onnx", "tflite-int8", "reinforce"]
-    metadata = [None, s.op_md, s.op_md, alice.md, alice.md, bob.md, bearer("not-a-token"),
-                bearer(f"{alice.device_id}.{'A' * 43}"), (("authorization", "Basic abc"),), bearer("x" * 600)]
+    known = [
+        TASK_ID,
+        OTHER_TASK,
+        APP_ID,
+        OTHER_APP,
+        PURPOSE,
+        "v1",
+        "alice",
+        "bob",
+        job.job_id,
+        model_id,
+        alice.device_id,
+        "manifest.json",
+        "model.onnx",
+        "head.npz",
+        "onnx",
+        "tflite-int8",
+        "reinforce",
+    ]
+    metadata = [
+        None,
+        s.op_md,
+        s.op_md,
+        alice.md,
+        alice.md,
+        bob.md,
+        bearer("not-a-token"),
+        bearer(f"{alice.device_id}.{'A' * 43}"),
+        (("authorization", "Basic abc"),),
+        bearer("x" * 600),
+    ]
     return Hostile(s, [alice, bob], known, valid_requests(s, job.job_id, model_id), metadata)
 
 
@@ -175,12 +236,15 @@ def calls(draw: st.DrawFn, h: Hostile) -> Call:
     count = draw(st.integers(0, 3)) if method.client_streaming else 1  # 0: an empty upload stream
     payloads = [draw(payload(method, kind, h)) for _ in range(count)]
     # Mostly the token the RPC wants, so requests get past auth and into the server's logic.
-    rightful = h.devices[0].md if method.path.startswith("/autohas.v1.DeviceService") else h.server.op_md
+    rightful = (
+        h.devices[0].md if method.path.startswith("/autohas.v1.DeviceService") else h.server.op_md
+    )
     metadata = rightful if draw(st.integers(0, 9)) < 7 else draw(st.sampled_from(h.metadata))
     return Call(method, kind, payloads, metadata)
 
 
 # -- checking -------------------------------------------------------------------------------------------
+
 
 def total_examples(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COALESCE(SUM(count), 0) FROM examples").fetchone()[0])
@@ -210,9 +274,13 @@ def check_counts(call: Call, outcome: Outcome, delta: int) -> None:
 
 def check_code(call: Call, outcome: Outcome) -> None:
     """A deliberate answer; the right one for oversized and too deeply nested requests."""
-    assert outcome.code in ANSWERS, f"{call.method.name} ({call.kind}): {outcome.code} {outcome.detail}"
+    assert outcome.code in ANSWERS, (
+        f"{call.method.name} ({call.kind}): {outcome.code} {outcome.detail}"
+    )
     denied = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
-    if call.kind == "oversized" and call.payloads and outcome.code not in denied:  # streams check auth first
+    if (
+        call.kind == "oversized" and call.payloads and outcome.code not in denied
+    ):  # streams check auth first
         assert outcome.code == grpc.StatusCode.RESOURCE_EXHAUSTED, outcome.detail
     if call.kind == "nested" and call.payloads and outcome.code not in denied:
         assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT, outcome.detail
@@ -225,7 +293,9 @@ def attack(h: Hostile, call: Call, conn: sqlite3.Connection) -> None:
     outcome = hostile.invoke(h.server.channel, call.method, call.payloads, call.metadata)
     h.sent += max(1, len(call.payloads))
     h.codes[outcome.code.name] = h.codes.get(outcome.code.name, 0) + 1
-    assert time.monotonic() - started < 15, f"{call.method.name} took {time.monotonic() - started:.1f} s"
+    assert time.monotonic() - started < 15, (
+        f"{call.method.name} took {time.monotonic() - started:.1f} s"
+    )
     check_code(call, outcome)
     check_counts(call, outcome, total_examples(conn) - before)
 
@@ -233,8 +303,14 @@ def attack(h: Hostile, call: Call, conn: sqlite3.Connection) -> None:
 def run_attack(h: Hostile, examples: int) -> None:
     """Send `examples` hostile calls (hypothesis draws them; `deadline=None`: the machine is shared)."""
     with closing(stored.connect(h.server.data_dir)) as conn:
-        @settings(max_examples=examples, deadline=None, database=None, derandomize=False,
-                  suppress_health_check=list(HealthCheck))
+
+        @settings(
+            max_examples=examples,
+            deadline=None,
+            database=None,
+            derandomize=False,
+            suppress_health_check=list(HealthCheck),
+        )
         @given(call=calls(h))
         def one(call: Call) -> None:
             attack(h, call, conn)
@@ -245,8 +321,10 @@ def run_attack(h: Hostile, examples: int) -> None:
 def check_still_sound(h: Hostile) -> None:
     """After the attack: the server answers, and every stored batch is whole and consented."""
     health = health_pb2_grpc.HealthStub(h.server.channel)
-    assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == \
-        health_pb2.HealthCheckResponse.SERVING
+    assert (
+        health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+        == health_pb2.HealthCheckResponse.SERVING
+    )
     assert stored.integrity(h.server.data_dir) == "ok"
     tasks = {t.task_id: t for t in h.server.handle.app.store.list_tasks()}
     for row in stored.stored_rows(h.server.data_dir):
@@ -255,14 +333,19 @@ def check_still_sound(h: Hostile) -> None:
         unconsented = conn.execute(
             "SELECT COUNT(*) FROM examples e JOIN tasks t ON t.task_id = e.task_id WHERE NOT EXISTS ("
             "SELECT 1 FROM consents c WHERE c.app_id = e.app_id AND c.user_id = e.user_id "
-            "AND c.purpose = t.purpose AND c.revoked_at IS NULL)").fetchone()[0]
+            "AND c.purpose = t.purpose AND c.revoked_at IS NULL)"
+        ).fetchone()[0]
     assert unconsented == 0
 
 
-def test_two_thousand_hostile_messages_get_answers_and_change_nothing_unaccepted(attacked: Hostile) -> None:
+def test_two_thousand_hostile_messages_get_answers_and_change_nothing_unaccepted(
+    attacked: Hostile,
+) -> None:
     run_attack(attacked, examples=2000)
     assert attacked.sent >= 2000, attacked.sent
-    assert attacked.codes.get("OK", 0) > 50 and attacked.codes.get("INVALID_ARGUMENT", 0) > 50, attacked.codes
+    assert attacked.codes.get("OK", 0) > 50 and attacked.codes.get("INVALID_ARGUMENT", 0) > 50, (
+        attacked.codes
+    )
     check_still_sound(attacked)
 
 
@@ -274,10 +357,16 @@ def test_ten_thousand_more_hostile_messages(attacked: Hostile) -> None:
 
 # -- the limits, one by one ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.name)
-def test_oversized_and_deeply_nested_requests_are_refused(attacked: Hostile, method: Method) -> None:
-    md = attacked.devices[0].md if method.path.startswith("/autohas.v1.DeviceService") else \
-        attacked.server.op_md
+def test_oversized_and_deeply_nested_requests_are_refused(
+    attacked: Hostile, method: Method
+) -> None:
+    md = (
+        attacked.devices[0].md
+        if method.path.startswith("/autohas.v1.DeviceService")
+        else attacked.server.op_md
+    )
     channel = attacked.server.channel
     big = hostile.invoke(channel, method, [b"\x00" * (LIMIT + 1)], md)
     assert big.code == grpc.StatusCode.RESOURCE_EXHAUSTED, big.detail
@@ -285,8 +374,12 @@ def test_oversized_and_deeply_nested_requests_are_refused(attacked: Hostile, met
     if deep.code != grpc.StatusCode.PERMISSION_DENIED:  # the operator's token on a device-only RPC
         assert deep.code == grpc.StatusCode.INVALID_ARGUMENT
         field = "batch[0].message" if method.client_streaming else "request"
-        assert deep.detail.startswith(f"{field}: not a valid {method.input_class.DESCRIPTOR.full_name}")
-    shallow = hostile.invoke(channel, method, [hostile.nested_groups(50)], md)  # an unknown field: ignored
+        assert deep.detail.startswith(
+            f"{field}: not a valid {method.input_class.DESCRIPTOR.full_name}"
+        )
+    shallow = hostile.invoke(
+        channel, method, [hostile.nested_groups(50)], md
+    )  # an unknown field: ignored
     assert shallow.code in ANSWERS and "not a valid" not in shallow.detail
 
 
@@ -295,5 +388,7 @@ def test_garbage_mid_stream_keeps_the_batches_before_it(seeded_server: SeededSer
     good = example_batch("before-garbage", n=4).SerializeToString()
     outcome = hostile.invoke(s.channel, BY_NAME["UploadExamples"], [good, b"\xff\xff"], device.md)
     assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert outcome.detail.startswith("batch[1].message: not a valid autohas.v1.ExampleBatch message")
+    assert outcome.detail.startswith(
+        "batch[1].message: not a valid autohas.v1.ExampleBatch message"
+    )
     assert s.handle.app.store.count_examples(TASK_ID) == 4

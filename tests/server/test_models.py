@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from proto.autohas.v1 import personalization_pb2 as pb
+from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
 from tests.fixtures.server_fixtures import (
     TASK_ID,
     Device,
@@ -21,10 +21,13 @@ from tests.fixtures.server_fixtures import (
 Exported = tuple[SeededServer, pb.ExportResult]
 
 
-def download(device: Device, model_id: str, path: str, offset: int = 0,
-             chunk_bytes: int = 0) -> tuple[bytes, str]:
+def download(
+    device: Device, model_id: str, path: str, offset: int = 0, chunk_bytes: int = 0
+) -> tuple[bytes, str]:
     """A file's bytes from `offset` and the sha256 the server announced."""
-    request = pb.DownloadModelRequest(model_id=model_id, path=path, offset=offset, chunk_bytes=chunk_bytes)
+    request = pb.DownloadModelRequest(
+        model_id=model_id, path=path, offset=offset, chunk_bytes=chunk_bytes
+    )
     chunks = list(device.stub.DownloadModel(request, metadata=device.md))
     starts = [offset + sum(len(c.data) for c in chunks[:i]) for i in range(len(chunks))]
     assert [c.offset for c in chunks] == starts and {c.path for c in chunks} == {path}
@@ -42,7 +45,9 @@ def exported(seeded_server: SeededServer) -> Exported:
     """A finished job exported to ONNX by the fake engine's exporter."""
     s, device = seeded_server.server, seeded_server.device
     device.stub.UploadExamples(iter([example_batch("b1")]), metadata=device.md)
-    job = s.operator.StartJob(pb.StartJobRequest(spec=pb.JobSpec(task_id=TASK_ID, steps=2)), metadata=s.op_md)
+    job = s.operator.StartJob(
+        pb.StartJobRequest(spec=pb.JobSpec(task_id=TASK_ID, steps=2)), metadata=s.op_md
+    )
     list(s.operator.WatchJob(pb.WatchJobRequest(job_id=job.job_id), metadata=s.op_md, timeout=60))
     return seeded_server, export(s, [job.job_id], ["onnx"])[0]
 
@@ -52,9 +57,13 @@ def test_an_exported_model_is_listed_described_and_downloaded_intact(exported: E
     s, device = seeded.server, seeded.device
     assert result.ok and result.error == "" and list(result.model.formats) == ["onnx"]
     model_id = result.model.model_id
-    listed = device.stub.ListModels(pb.ListModelsRequest(task_id=TASK_ID), metadata=device.md).models
+    listed = device.stub.ListModels(
+        pb.ListModelsRequest(task_id=TASK_ID), metadata=device.md
+    ).models
     assert [m.model_id for m in listed] == [model_id] and listed[0].job_id == result.job_id
-    manifest = device.stub.GetModelManifest(pb.GetModelManifestRequest(task_id=TASK_ID), metadata=device.md)
+    manifest = device.stub.GetModelManifest(
+        pb.GetModelManifestRequest(task_id=TASK_ID), metadata=device.md
+    )
     assert manifest.model.model_id == model_id and '"schema_version": 1' in manifest.manifest_json
     assert {f.path for f in manifest.files} == {"head.npz", "manifest.json", "model.onnx"}
     for file in manifest.files:
@@ -79,28 +88,43 @@ def test_bad_requests_name_their_field(exported: Exported) -> None:
     seeded, result = exported
     s, device, model_id = seeded.server, seeded.device, result.model.model_id
     not_found, invalid = grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT
-    downloads = [({"model_id": "model-nope", "path": "model.onnx"}, not_found, "model_id"),
-                 ({"model_id": "", "path": "model.onnx"}, not_found, "model_id"),
-                 ({"path": "nope.bin"}, not_found, "path"),
-                 ({"path": "../../server.lock"}, not_found, "path"),
-                 ({"path": "/etc/passwd"}, not_found, "path"),
-                 ({"path": "model.onnx", "offset": 300_001}, invalid, "offset"),
-                 ({"path": "model.onnx", "offset": -1}, invalid, "offset"),
-                 ({"path": "model.onnx", "chunk_bytes": -1}, invalid, "chunk_bytes")]
+    downloads = [
+        ({"model_id": "model-nope", "path": "model.onnx"}, not_found, "model_id"),
+        ({"model_id": "", "path": "model.onnx"}, not_found, "model_id"),
+        ({"path": "nope.bin"}, not_found, "path"),
+        ({"path": "../../server.lock"}, not_found, "path"),
+        ({"path": "/etc/passwd"}, not_found, "path"),
+        ({"path": "model.onnx", "offset": 300_001}, invalid, "offset"),
+        ({"path": "model.onnx", "offset": -1}, invalid, "offset"),
+        ({"path": "model.onnx", "chunk_bytes": -1}, invalid, "chunk_bytes"),
+    ]
     for fields, code, field in downloads:
         request = pb.DownloadModelRequest(**{"model_id": model_id, **fields})
-        assert expect_error(code, device.stub.DownloadModel, request, metadata=device.md).startswith(field)
-    manifests = [(pb.GetModelManifestRequest(), invalid, "model_id"),
-                 (pb.GetModelManifestRequest(model_id="model-nope"), not_found, "model_id"),
-                 (pb.GetModelManifestRequest(task_id="nope"), not_found, "task_id")]
+        assert expect_error(
+            code, device.stub.DownloadModel, request, metadata=device.md
+        ).startswith(field)
+    manifests = [
+        (pb.GetModelManifestRequest(), invalid, "model_id"),
+        (pb.GetModelManifestRequest(model_id="model-nope"), not_found, "model_id"),
+        (pb.GetModelManifestRequest(task_id="nope"), not_found, "task_id"),
+    ]
     for request, code, field in manifests:
-        assert expect_error(code, device.stub.GetModelManifest, request, metadata=device.md).startswith(field)
-    exports = [(pb.ExportModelsRequest(), invalid, "job_ids"),
-               (pb.ExportModelsRequest(job_ids=["job-nope"]), not_found, "job_id"),
-               (pb.ExportModelsRequest(job_ids=[result.job_id], formats=["onnx", "coreml"]), invalid,
-                "formats[1]")]
+        assert expect_error(
+            code, device.stub.GetModelManifest, request, metadata=device.md
+        ).startswith(field)
+    exports = [
+        (pb.ExportModelsRequest(), invalid, "job_ids"),
+        (pb.ExportModelsRequest(job_ids=["job-nope"]), not_found, "job_id"),
+        (
+            pb.ExportModelsRequest(job_ids=[result.job_id], formats=["onnx", "coreml"]),
+            invalid,
+            "formats[1]",
+        ),
+    ]
     for request, code, field in exports:
-        assert expect_error(code, s.operator.ExportModels, request, metadata=s.op_md).startswith(field)
+        assert expect_error(code, s.operator.ExportModels, request, metadata=s.op_md).startswith(
+            field
+        )
 
 
 def test_only_finished_jobs_export_and_each_export_is_a_new_model(exported: Exported) -> None:
@@ -113,11 +137,15 @@ def test_only_finished_jobs_export_and_each_export_is_a_new_model(exported: Expo
     assert again.ok and again.model.model_id != first.model.model_id
     assert set(again.model.formats) == {"onnx", "tflite"}
     assert not refused.ok and "not succeeded" in refused.error
-    latest = device.stub.GetModelManifest(pb.GetModelManifestRequest(task_id=TASK_ID), metadata=device.md)
+    latest = device.stub.GetModelManifest(
+        pb.GetModelManifestRequest(task_id=TASK_ID), metadata=device.md
+    )
     assert latest.model.model_id == again.model.model_id
 
 
-def test_a_bundle_without_manifest_is_refused(running_server: RunningServer, tmp_path: Path) -> None:
+def test_a_bundle_without_manifest_is_refused(
+    running_server: RunningServer, tmp_path: Path
+) -> None:
     running_server.create_task()
     (tmp_path / "b").mkdir()
     with pytest.raises(Exception, match=r"manifest\.json"):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from proto.autohas.v1 import personalization_pb2 as pb
+from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
 from tests.fixtures.server_fixtures import (
     APP_ID,
     FAKE_ENGINE,
@@ -35,8 +35,9 @@ Owners = list[tuple[str, str]]
 
 
 def grant(device: Device) -> None:
-    device.stub.GrantConsent(pb.GrantConsentRequest(purpose=PURPOSE, consent_text_version="v1"),
-                             metadata=device.md)
+    device.stub.GrantConsent(
+        pb.GrantConsentRequest(purpose=PURPOSE, consent_text_version="v1"), metadata=device.md
+    )
 
 
 def revoke(device: Device) -> int:
@@ -50,8 +51,9 @@ def two_users(s: RunningServer) -> tuple[Device, Device]:
     alice, bob = s.register(user_id="alice"), s.register(user_id="bob")
     for device, n, seed in ((alice, 5, 1), (bob, 7, 2)):
         grant(device)
-        device.stub.UploadExamples(iter([example_batch(f"{device.user_id}-0", n=n, seed=seed)]),
-                                   metadata=device.md)
+        device.stub.UploadExamples(
+            iter([example_batch(f"{device.user_id}-0", n=n, seed=seed)]), metadata=device.md
+        )
     return alice, bob
 
 
@@ -63,7 +65,9 @@ def snapshot(job_dir: Path) -> tuple[np.ndarray, Owners]:
 
 
 def run_job(s: RunningServer, **spec: object) -> str:
-    job = s.operator.StartJob(pb.StartJobRequest(spec=pb.JobSpec(task_id=TASK_ID, **spec)), metadata=s.op_md)
+    job = s.operator.StartJob(
+        pb.StartJobRequest(spec=pb.JobSpec(task_id=TASK_ID, **spec)), metadata=s.op_md
+    )
     return str(job.job_id)
 
 
@@ -82,7 +86,9 @@ def export(s: RunningServer, job_id: str) -> pb.ExportResult:
     return s.operator.ExportModels(request, metadata=s.op_md, timeout=120).results[0]
 
 
-def test_revoking_removes_the_user_from_finished_jobs_snapshots(running_server: RunningServer) -> None:
+def test_revoking_removes_the_user_from_finished_jobs_snapshots(
+    running_server: RunningServer,
+) -> None:
     s = running_server
     alice, bob = two_users(s)
     job_id = run_job(s, steps=2)
@@ -94,9 +100,14 @@ def test_revoking_removes_the_user_from_finished_jobs_snapshots(running_server: 
     assert owners == [(APP_ID, "bob")] * 7 and np.array_equal(x, bobs_features())
     assert stat.S_IMODE((job_dir / "dataset.npz").stat().st_mode) == 0o600
     log = json.loads((job_dir / "purge.json").read_text())
-    assert log["pending"] == [] and [(d["user_id"], d["rows_removed"]) for d in log["done"]] == [("alice", 5)]
+    assert log["pending"] == [] and [(d["user_id"], d["rows_removed"]) for d in log["done"]] == [
+        ("alice", 5)
+    ]
     audit = s.operator.GetJobAudit(pb.GetJobRequest(job_id=job_id), metadata=s.op_md)
-    assert {u.user_id: u.examples for u in audit.users} == {"alice": 5, "bob": 7}  # the record stays
+    assert {u.user_id: u.examples for u in audit.users} == {
+        "alice": 5,
+        "bob": 7,
+    }  # the record stays
     assert export(s, job_id).ok  # re-export still works on what is left
     revoke(bob)
     assert not (job_dir / "dataset.npz").exists()
@@ -105,8 +116,9 @@ def test_revoking_removes_the_user_from_finished_jobs_snapshots(running_server: 
     assert "start a new job" in refused.error
 
 
-def test_a_running_jobs_snapshot_is_purged_when_its_worker_exits(server_factory: Callable[..., RunningServer],
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_running_jobs_snapshot_is_purged_when_its_worker_exits(
+    server_factory: Callable[..., RunningServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AUTOHAS_FAKE_STEP_S", "0.05")
     s = server_factory()
     alice, _ = two_users(s)
@@ -120,7 +132,8 @@ def test_a_running_jobs_snapshot_is_purged_when_its_worker_exits(server_factory:
 
 
 def test_an_unfinished_job_whose_users_all_revoked_fails_instead_of_resuming(
-        server_factory: Callable[..., RunningServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    server_factory: Callable[..., RunningServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AUTOHAS_FAKE_STEP_S", "0.05")
     first = server_factory()
     alice, bob = two_users(first)
@@ -139,18 +152,24 @@ def test_an_unfinished_job_whose_users_all_revoked_fails_instead_of_resuming(
     assert final.state == pb.JOB_STATE_FAILED and "revoked consent" in final.error
 
 
-def wait_for_step(s: RunningServer | ServerProcess, job_id: str, step: int, timeout: float = 60) -> None:
+def wait_for_step(
+    s: RunningServer | ServerProcess, job_id: str, step: int, timeout: float = 60
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
         job = s.operator.GetJob(pb.GetJobRequest(job_id=job_id), metadata=s.op_md, timeout=10)
         if job.progress.stage == "search" and job.progress.step >= step:
             return
-        assert time.monotonic() < deadline and job.state in (pb.JOB_STATE_QUEUED, pb.JOB_STATE_RUNNING)
+        assert time.monotonic() < deadline and job.state in (
+            pb.JOB_STATE_QUEUED,
+            pb.JOB_STATE_RUNNING,
+        )
         time.sleep(0.05)
 
 
 def test_a_purge_recorded_while_running_survives_sigkill_and_the_job_restarts_clean(
-        tmp_path: Path, server_process: Callable[..., ServerProcess]) -> None:
+    tmp_path: Path, server_process: Callable[..., ServerProcess]
+) -> None:
     data_dir, token = tmp_path / "var", secrets.token_urlsafe(32)
     args, env = ("--engine", FAKE_ENGINE), {"AUTOHAS_FAKE_STEP_S": "0.05"}
     server = server_process(data_dir, token, *args, env=env)
@@ -161,28 +180,38 @@ def test_a_purge_recorded_while_running_survives_sigkill_and_the_job_restarts_cl
     request = pb.StartJobRequest(spec=pb.JobSpec(task_id=TASK_ID, steps=60))
     job_id = server.operator.StartJob(request, metadata=server.op_md).job_id
     wait_for_step(server, job_id, 5)
-    server.device.RevokeConsent(pb.RevokeConsentRequest(purpose=PURPOSE), metadata=bearer(tokens["u0"]))
+    server.device.RevokeConsent(
+        pb.RevokeConsentRequest(purpose=PURPOSE), metadata=bearer(tokens["u0"])
+    )
     job_dir = data_dir / "jobs" / job_id
     assert json.loads((job_dir / "purge.json").read_text())["pending"] == [[APP_ID, "u0"]]
     server.kill()
     server = server_process(data_dir, token, *args, env=env)
-    events = list(server.operator.WatchJob(pb.WatchJobRequest(job_id=job_id), metadata=server.op_md,
-                                           timeout=60))
+    events = list(
+        server.operator.WatchJob(
+            pb.WatchJobRequest(job_id=job_id), metadata=server.op_md, timeout=60
+        )
+    )
     assert events[-1].state == pb.JOB_STATE_SUCCEEDED
     result = json.loads((job_dir / "run" / "result.json").read_text())
     assert result["resumed_from"] == 0 and result["examples"] == 6  # restarted on u1's rows alone
     assert snapshot(job_dir)[1] == [(APP_ID, "u1")] * 6
 
 
-def test_revoked_examples_leave_no_trace_in_the_database_files(running_server: RunningServer) -> None:
+def test_revoked_examples_leave_no_trace_in_the_database_files(
+    running_server: RunningServer,
+) -> None:
     s = running_server
     s.create_task()
     device = s.register()
     grant(device)
     marker = np.full((8, 1, 16), 1234.5678, dtype="<f4")  # a pattern that occurs nowhere else
-    batch = pb.ExampleBatch(batch_id="m", task_id=TASK_ID, labels=[0] * 8,
-                            features=pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=marker.shape,
-                                               data=marker.tobytes()))
+    batch = pb.ExampleBatch(
+        batch_id="m",
+        task_id=TASK_ID,
+        labels=[0] * 8,
+        features=pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=marker.shape, data=marker.tobytes()),
+    )
     device.stub.UploadExamples(iter([batch]), metadata=device.md)
     needle = marker.tobytes()[:64]
 
@@ -202,5 +231,8 @@ def test_a_device_revoking_cannot_purge_another_users_rows(running_server: Runni
     other = s.register(app_id="app.other", user_id="alice")  # the same user id in another app
     grant(other)
     assert revoke(other) == 0
-    assert sorted(set(snapshot(s.handle.app.jobs.job_dir(job_id))[1])) == [(APP_ID, "alice"), (APP_ID, "bob")]
+    assert sorted(set(snapshot(s.handle.app.jobs.job_dir(job_id))[1])) == [
+        (APP_ID, "alice"),
+        (APP_ID, "bob"),
+    ]
     assert s.handle.app.store.count_examples(TASK_ID) == 12

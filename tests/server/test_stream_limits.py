@@ -10,9 +10,15 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from proto.autohas.v1 import personalization_pb2 as pb
-from server.models import MIN_CHUNK_BYTES
-from tests.fixtures.server_fixtures import PURPOSE, TASK_ID, RunningServer, example_batch, expect_error
+from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
+from autohas_edge.server.models import MIN_CHUNK_BYTES
+from tests.fixtures.server_fixtures import (
+    PURPOSE,
+    TASK_ID,
+    RunningServer,
+    example_batch,
+    expect_error,
+)
 
 
 def stalled(release: threading.Event) -> Iterator[pb.ExampleBatch]:
@@ -29,41 +35,58 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 30) -> None:
 
 
 def test_stalled_uploads_cannot_take_every_thread_and_are_cancelled(
-        server_factory: Callable[..., RunningServer]) -> None:
+    server_factory: Callable[..., RunningServer],
+) -> None:
     s = server_factory(rpc_threads=8, max_watch_streams=2, max_streams=3, stream_idle_timeout_s=1.5)
     guard = s.handle.streams
     assert guard is not None and guard.slots.limit == 3
     s.create_task()
     device = s.register()
-    device.stub.GrantConsent(pb.GrantConsentRequest(purpose=PURPOSE, consent_text_version="v1"),
-                             metadata=device.md)
+    device.stub.GrantConsent(
+        pb.GrantConsentRequest(purpose=PURPOSE, consent_text_version="v1"), metadata=device.md
+    )
     release = threading.Event()
     try:
-        calls = [device.stub.UploadExamples.future(stalled(release), metadata=device.md, timeout=60)
-                 for _ in range(8)]
-        wait_for(lambda: sum(c.done() for c in calls) >= 5)  # 3 streams hold the slots, 5 were refused
+        calls = [
+            device.stub.UploadExamples.future(stalled(release), metadata=device.md, timeout=60)
+            for _ in range(8)
+        ]
+        wait_for(
+            lambda: sum(c.done() for c in calls) >= 5
+        )  # 3 streams hold the slots, 5 were refused
         refused = [c for c in calls if c.done()]
         assert all(c.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for c in refused)
         assert "retry later" in refused[0].details()
         health = health_pb2_grpc.HealthStub(s.channel)  # other calls still get threads
-        assert health.Check(health_pb2.HealthCheckRequest(), timeout=2).status == \
-            health_pb2.HealthCheckResponse.SERVING
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
         assert s.operator.ListTasks(pb.ListTasksRequest(), metadata=s.op_md, timeout=2).tasks
-        wait_for(lambda: all(c.done() for c in calls), timeout=20)  # the watchdog cancels the stalled ones
+        wait_for(
+            lambda: all(c.done() for c in calls), timeout=20
+        )  # the watchdog cancels the stalled ones
         assert guard.watchdog.cancelled == 3 and guard.slots.used == 0
     finally:
         release.set()
-    reply = device.stub.UploadExamples(iter([example_batch("later")]), metadata=device.md, timeout=10)
+    reply = device.stub.UploadExamples(
+        iter([example_batch("later")]), metadata=device.md, timeout=10
+    )
     assert list(reply.stored_batch_ids) == ["later"]
-    assert s.handle.app.store.count_examples(TASK_ID) == 16  # the stalled streams' first batches were kept
+    assert (
+        s.handle.app.store.count_examples(TASK_ID) == 16
+    )  # the stalled streams' first batches were kept
 
 
-def test_a_slow_but_moving_upload_is_not_cancelled(server_factory: Callable[..., RunningServer]) -> None:
+def test_a_slow_but_moving_upload_is_not_cancelled(
+    server_factory: Callable[..., RunningServer],
+) -> None:
     s = server_factory(stream_idle_timeout_s=1.0)
     s.create_task()
     device = s.register()
-    device.stub.GrantConsent(pb.GrantConsentRequest(purpose=PURPOSE, consent_text_version="v1"),
-                             metadata=device.md)
+    device.stub.GrantConsent(
+        pb.GrantConsentRequest(purpose=PURPOSE, consent_text_version="v1"), metadata=device.md
+    )
 
     def slow() -> Iterator[pb.ExampleBatch]:
         for i in range(4):
@@ -74,7 +97,9 @@ def test_a_slow_but_moving_upload_is_not_cancelled(server_factory: Callable[...,
     assert len(reply.stored_batch_ids) == 4 and s.handle.streams.watchdog.cancelled == 0  # type: ignore
 
 
-def test_tiny_download_chunks_are_raised_to_the_floor(running_server: RunningServer, tmp_path: Path) -> None:
+def test_tiny_download_chunks_are_raised_to_the_floor(
+    running_server: RunningServer, tmp_path: Path
+) -> None:
     s = running_server
     s.create_task()
     bundle = tmp_path / "bundle"
@@ -87,13 +112,17 @@ def test_tiny_download_chunks_are_raised_to_the_floor(running_server: RunningSer
     chunks = list(device.stub.DownloadModel(request, metadata=device.md, timeout=30))
     assert [len(c.data) for c in chunks[:-1]] == [MIN_CHUNK_BYTES] * (len(chunks) - 1)
     assert b"".join(c.data for c in chunks) == bytes(100_000)
-    expect_error(grpc.StatusCode.INVALID_ARGUMENT, device.stub.DownloadModel,
-                 pb.DownloadModelRequest(model_id=info.model_id, path="model.onnx", chunk_bytes=-1),
-                 metadata=device.md)
+    expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        device.stub.DownloadModel,
+        pb.DownloadModelRequest(model_id=info.model_id, path="model.onnx", chunk_bytes=-1),
+        metadata=device.md,
+    )
 
 
-def test_a_download_nobody_reads_is_cancelled(server_factory: Callable[..., RunningServer],
-                                              tmp_path: Path) -> None:
+def test_a_download_nobody_reads_is_cancelled(
+    server_factory: Callable[..., RunningServer], tmp_path: Path
+) -> None:
     s = server_factory(stream_idle_timeout_s=1.0)
     s.create_task()
     bundle = tmp_path / "bundle"

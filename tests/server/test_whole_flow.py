@@ -16,10 +16,17 @@ from pathlib import Path
 import grpc
 import pytest
 
-from proto.autohas.v1 import personalization_pb2 as pb
-from server import engine
+from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
+from autohas_edge.server import engine
 from tests.fixtures.search_fixtures import make_toy_signals
-from tests.fixtures.server_fixtures import APP_ID, PURPOSE, Device, RunningServer, example_batch, expect_error
+from tests.fixtures.server_fixtures import (
+    APP_ID,
+    PURPOSE,
+    Device,
+    RunningServer,
+    example_batch,
+    expect_error,
+)
 
 TASK = "toy-signals"
 LABELS = ("c0", "c1", "c2")
@@ -28,7 +35,7 @@ BATCH = 40
 
 def real_server(server_factory: Callable[..., RunningServer]) -> RunningServer:
     """A server whose jobs run the real search engine on the CPU."""
-    return server_factory(engine="server.engine", search_device="cpu")
+    return server_factory(engine="autohas_edge.server.engine", search_device="cpu")
 
 
 def signal_batches(user: str, index: int, per_user: int) -> list[pb.ExampleBatch]:
@@ -36,10 +43,19 @@ def signal_batches(user: str, index: int, per_user: int) -> list[pb.ExampleBatch
     toy = make_toy_signals(n=2 * per_user, length=16, classes=3)
     mine = slice(index * per_user, (index + 1) * per_user)
     x, y = toy["x"][mine], toy["y"][mine]
-    return [pb.ExampleBatch(batch_id=f"{user}-{k}", task_id=TASK, labels=y[k:k + BATCH].tolist(),
-                            features=pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=x[k:k + BATCH].shape,
-                                               data=x[k:k + BATCH].astype("<f4").tobytes()))
-            for k in range(0, per_user, BATCH)]
+    return [
+        pb.ExampleBatch(
+            batch_id=f"{user}-{k}",
+            task_id=TASK,
+            labels=y[k : k + BATCH].tolist(),
+            features=pb.Tensor(
+                dtype=pb.DTYPE_FLOAT32,
+                shape=x[k : k + BATCH].shape,
+                data=x[k : k + BATCH].astype("<f4").tobytes(),
+            ),
+        )
+        for k in range(0, per_user, BATCH)
+    ]
 
 
 def populate(s: RunningServer, per_user: int = 120) -> dict[str, Device]:
@@ -48,32 +64,48 @@ def populate(s: RunningServer, per_user: int = 120) -> dict[str, Device]:
     devices = {user: s.register(APP_ID, user) for user in ("alice", "bob", "carol")}
     for index, user in enumerate(("alice", "bob")):
         device = devices[user]
-        device.stub.GrantConsent(pb.GrantConsentRequest(purpose=PURPOSE, consent_text_version="v3"),
-                                 metadata=device.md)
-        reply = device.stub.UploadExamples(iter(signal_batches(user, index, per_user)), metadata=device.md)
+        device.stub.GrantConsent(
+            pb.GrantConsentRequest(purpose=PURPOSE, consent_text_version="v3"), metadata=device.md
+        )
+        reply = device.stub.UploadExamples(
+            iter(signal_batches(user, index, per_user)), metadata=device.md
+        )
         assert reply.examples_stored == per_user
     carol = devices["carol"]
-    expect_error(grpc.StatusCode.FAILED_PRECONDITION, carol.stub.UploadExamples,
-                 iter([example_batch("c-0", task_id=TASK)]), metadata=carol.md)
+    expect_error(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        carol.stub.UploadExamples,
+        iter([example_batch("c-0", task_id=TASK)]),
+        metadata=carol.md,
+    )
     return devices
 
 
 def run_job(s: RunningServer, **spec: object) -> tuple[pb.Job, list[pb.JobProgress]]:
     """Start a job on TASK and watch it to its end."""
-    job = s.operator.StartJob(pb.StartJobRequest(spec=pb.JobSpec(task_id=TASK, **spec)), metadata=s.op_md)
-    events = list(s.operator.WatchJob(pb.WatchJobRequest(job_id=job.job_id), metadata=s.op_md, timeout=600))
+    job = s.operator.StartJob(
+        pb.StartJobRequest(spec=pb.JobSpec(task_id=TASK, **spec)), metadata=s.op_md
+    )
+    events = list(
+        s.operator.WatchJob(pb.WatchJobRequest(job_id=job.job_id), metadata=s.op_md, timeout=600)
+    )
     return s.operator.GetJob(pb.GetJobRequest(job_id=job.job_id), metadata=s.op_md), events
 
 
 def download(device: Device, model_id: str, path: str) -> tuple[bytes, str]:
-    chunks = list(device.stub.DownloadModel(pb.DownloadModelRequest(model_id=model_id, path=path),
-                                            metadata=device.md))
+    chunks = list(
+        device.stub.DownloadModel(
+            pb.DownloadModelRequest(model_id=model_id, path=path), metadata=device.md
+        )
+    )
     return b"".join(c.data for c in chunks), chunks[0].sha256
 
 
 def check_bundle_download(device: Device, model_id: str) -> dict:
     """Download every file of a model; each must match the server's sha256 and the manifest's table."""
-    reply = device.stub.GetModelManifest(pb.GetModelManifestRequest(model_id=model_id), metadata=device.md)
+    reply = device.stub.GetModelManifest(
+        pb.GetModelManifestRequest(model_id=model_id), metadata=device.md
+    )
     manifest = json.loads(reply.manifest_json)
     listed = {f.path: f for f in reply.files}
     assert set(listed) == {*manifest["files"], "manifest.json"}
@@ -86,14 +118,17 @@ def check_bundle_download(device: Device, model_id: str) -> dict:
 
 
 def test_the_adapter_matches_the_engines_config() -> None:
-    from server.search import SearchConfig
-    from server.search.config import STRATEGIES
+    from autohas_edge.server.search import SearchConfig
+    from autohas_edge.server.search.config import STRATEGIES
 
     assert engine.STRATEGIES == STRATEGIES
     fields = {f.name for f in dataclasses.fields(SearchConfig)}
     assert set(engine._SPEC_TO_CONFIG.values()) <= fields
-    config = engine.search_config({"task_id": "t", "mode": "nas", "steps": 7, "seed": 0, "max_params": 0},
-                                  "/data/x.npz", "cpu")
+    config = engine.search_config(
+        {"task_id": "t", "mode": "nas", "steps": 7, "seed": 0, "max_params": 0},
+        "/data/x.npz",
+        "cpu",
+    )
     assert (config.dataset, config.mode, config.steps, config.seed) == ("/data/x.npz", "nas", 7, 0)
     assert config.max_params == SearchConfig().max_params  # 0 = the engine's default
     with pytest.raises(ValueError, match=r"spec\.test_fraction"):
@@ -102,26 +137,36 @@ def test_the_adapter_matches_the_engines_config() -> None:
 
 def test_the_server_picks_a_checkpoint_interval_that_fits_the_job() -> None:
     """The engine's default (every 100 steps) would leave a short job without a checkpoint to resume."""
-    every = {steps: engine.search_config({"steps": steps}, "/d.npz", "cpu").checkpoint_every
-             for steps in (1, 8, 40, 600, 100_000)}
+    every = {
+        steps: engine.search_config({"steps": steps}, "/d.npz", "cpu").checkpoint_every
+        for steps in (1, 8, 40, 600, 100_000)
+    }
     assert every == {1: 1, 8: 1, 40: 2, 600: 30, 100_000: 100}
     default = engine.search_config({}, "/d.npz", "cpu")  # the engine's default step budget
     assert default.checkpoint_every == engine.checkpoint_every(default.steps) < default.steps
-    first, again = (engine.search_config({"steps": 77, "seed": 3}, "/d.npz", "cpu") for _ in range(2))
-    assert first == again  # a resumed job rebuilds the same config, which the engine requires to resume
+    first, again = (
+        engine.search_config({"steps": 77, "seed": 3}, "/d.npz", "cpu") for _ in range(2)
+    )
+    assert (
+        first == again
+    )  # a resumed job rebuilds the same config, which the engine requires to resume
 
 
 def test_a_server_with_two_search_workers_runs_jobs_under_torchrun(
     server_factory: Callable[..., RunningServer],
 ) -> None:
-    s = server_factory(engine="server.engine", search_device="cpu", search_workers=2)
+    s = server_factory(engine="autohas_edge.server.engine", search_device="cpu", search_workers=2)
     populate(s, per_user=80)
     job, events = run_job(s, strategy="reinforce", steps=4, retrain_steps=2, seed=1)
     assert job.state == pb.JOB_STATE_SUCCEEDED, job.error
-    assert any(e.stage == "search" for e in events)  # rank 0's progress reached the watcher (coalesced)
+    assert any(
+        e.stage == "search" for e in events
+    )  # rank 0's progress reached the watcher (coalesced)
     result = json.loads((s.handle.app.jobs.run_dir(job.job_id) / "result.json").read_text())
     assert result["search_steps"] == 4
-    assert result["workers"]["world_size"] == 2 and result["workers"]["max_encoding_difference"] == 0.0
+    assert (
+        result["workers"]["world_size"] == 2 and result["workers"]["max_encoding_difference"] == 0.0
+    )
     assert result["strategy"] == "reinforce" and job.result.params == result["params"]
 
 
@@ -132,7 +177,9 @@ def test_a_real_search_runs_as_a_server_job(server_factory: Callable[..., Runnin
     assert job.state == pb.JOB_STATE_SUCCEEDED, job.error
     stages = [e.stage for e in events]
     assert stages[0] in ("queued", "load") and stages[-1] == "done" and "search" in stages
-    assert job.result.params > 0 and job.result.architecture and 0.0 <= job.result.test_accuracy <= 1.0
+    assert (
+        job.result.params > 0 and job.result.architecture and 0.0 <= job.result.test_accuracy <= 1.0
+    )
     result = json.loads((s.handle.app.jobs.run_dir(job.job_id) / "result.json").read_text())
     assert result["dataset"]["label_names"] == list(LABELS) and result["config"]["mode"] == "nas"
 
@@ -152,9 +199,12 @@ def test_the_whole_flow_on_the_real_engine(server_factory: Callable[..., Running
         assert sum(encoding.probabilities) == pytest.approx(1.0, abs=1e-4)
     audit = s.operator.GetJobAudit(pb.GetJobRequest(job_id=job.job_id), metadata=s.op_md)
     assert {(u.user_id, u.examples, u.consent_text_version) for u in audit.users} == {
-        ("alice", 120, "v3"), ("bob", 120, "v3")}
-    reply = s.operator.ExportModels(pb.ExportModelsRequest(job_ids=[job.job_id], formats=["onnx"]),
-                                    metadata=s.op_md)
+        ("alice", 120, "v3"),
+        ("bob", 120, "v3"),
+    }
+    reply = s.operator.ExportModels(
+        pb.ExportModelsRequest(job_ids=[job.job_id], formats=["onnx"]), metadata=s.op_md
+    )
     (result,) = reply.results
     assert result.ok, result.error
     alice = devices["alice"]
@@ -165,11 +215,16 @@ def test_the_whole_flow_on_the_real_engine(server_factory: Callable[..., Running
 
 
 @pytest.mark.slow
-def test_a_real_bundle_is_served_byte_for_byte(running_server: RunningServer, tiny_bundle: Path) -> None:
+def test_a_real_bundle_is_served_byte_for_byte(
+    running_server: RunningServer, tiny_bundle: Path
+) -> None:
     s = running_server
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
-    s.create_task(TASK, input_shape=tuple(manifest["input"]["shape"][1:]),
-                  num_classes=manifest["fine_tuning"]["num_classes"])
+    s.create_task(
+        TASK,
+        input_shape=tuple(manifest["input"]["shape"][1:]),
+        num_classes=manifest["fine_tuning"]["num_classes"],
+    )
     info = s.handle.app.models.import_bundle(TASK, "", tiny_bundle)
     assert set(info.formats) == {"onnx", "tflite", "onnx-int8", "tflite-int8"}
     check_bundle_download(s.register(), info.model_id)

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from proto.autohas.v1 import personalization_pb2 as proto_dot_autohas_dot_v1_dot_personalization__pb2
+from autohas_edge.proto.autohas.v1 import personalization_pb2 as autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in proto/autohas/v1/personalization_pb2_grpc.py depends on'
+        + ' but the generated code in autohas_edge/proto/autohas/v1/personalization_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -40,48 +40,48 @@ class DeviceServiceStub:
         """
         self.RegisterDevice = channel.unary_unary(
                 '/autohas.v1.DeviceService/RegisterDevice',
-                request_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.RegisterDeviceRequest.SerializeToString,
-                response_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.RegisterDeviceResponse.FromString,
+                request_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.RegisterDeviceRequest.SerializeToString,
+                response_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.RegisterDeviceResponse.FromString,
                 _registered_method=True)
         self.GrantConsent = channel.unary_unary(
                 '/autohas.v1.DeviceService/GrantConsent',
-                request_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.GrantConsentRequest.SerializeToString,
-                response_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.Consent.FromString,
+                request_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.GrantConsentRequest.SerializeToString,
+                response_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.Consent.FromString,
                 _registered_method=True)
         self.RevokeConsent = channel.unary_unary(
                 '/autohas.v1.DeviceService/RevokeConsent',
-                request_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.RevokeConsentRequest.SerializeToString,
-                response_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.RevokeConsentResponse.FromString,
+                request_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.RevokeConsentRequest.SerializeToString,
+                response_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.RevokeConsentResponse.FromString,
                 _registered_method=True)
         self.ListConsents = channel.unary_unary(
                 '/autohas.v1.DeviceService/ListConsents',
-                request_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.ListConsentsRequest.SerializeToString,
-                response_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.ListConsentsResponse.FromString,
+                request_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListConsentsRequest.SerializeToString,
+                response_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListConsentsResponse.FromString,
                 _registered_method=True)
         self.GetTask = channel.unary_unary(
                 '/autohas.v1.DeviceService/GetTask',
-                request_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.GetTaskRequest.SerializeToString,
-                response_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.Task.FromString,
+                request_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.GetTaskRequest.SerializeToString,
+                response_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.Task.FromString,
                 _registered_method=True)
         self.UploadExamples = channel.stream_unary(
                 '/autohas.v1.DeviceService/UploadExamples',
-                request_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.ExampleBatch.SerializeToString,
-                response_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.UploadSummary.FromString,
+                request_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ExampleBatch.SerializeToString,
+                response_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.UploadSummary.FromString,
                 _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/autohas.v1.DeviceService/ListModels',
-                request_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.ListModelsRequest.SerializeToString,
-                response_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.ListModelsResponse.FromString,
+                request_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
         self.GetModelManifest = channel.unary_unary(
                 '/autohas.v1.DeviceService/GetModelManifest',
-                request_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.GetModelManifestRequest.SerializeToString,
-                response_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.ModelManifest.FromString,
+                request_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.GetModelManifestRequest.SerializeToString,
+                response_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ModelManifest.FromString,
                 _registered_method=True)
         self.DownloadModel = channel.unary_stream(
                 '/autohas.v1.DeviceService/DownloadModel',
-                request_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.DownloadModelRequest.SerializeToString,
-                response_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.FileChunk.FromString,
+                request_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.DownloadModelRequest.SerializeToString,
+                response_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.FileChunk.FromString,
                 _registered_method=True)
 
 
@@ -151,48 +151,48 @@ def add_DeviceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'RegisterDevice': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterDevice,
-                    request_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.RegisterDeviceRequest.FromString,
-                    response_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.RegisterDeviceResponse.SerializeToString,
+                    request_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.RegisterDeviceRequest.FromString,
+                    response_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.RegisterDeviceResponse.SerializeToString,
             ),
             'GrantConsent': grpc.unary_unary_rpc_method_handler(
                     servicer.GrantConsent,
-                    request_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.GrantConsentRequest.FromString,
-                    response_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.Consent.SerializeToString,
+                    request_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.GrantConsentRequest.FromString,
+                    response_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.Consent.SerializeToString,
             ),
             'RevokeConsent': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeConsent,
-                    request_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.RevokeConsentRequest.FromString,
-                    response_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.RevokeConsentResponse.SerializeToString,
+                    request_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.RevokeConsentRequest.FromString,
+                    response_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.RevokeConsentResponse.SerializeToString,
             ),
             'ListConsents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListConsents,
-                    request_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.ListConsentsRequest.FromString,
-                    response_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.ListConsentsResponse.SerializeToString,
+                    request_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListConsentsRequest.FromString,
+                    response_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListConsentsResponse.SerializeToString,
             ),
             'GetTask': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTask,
-                    request_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.GetTaskRequest.FromString,
-                    response_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.Task.SerializeToString,
+                    request_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.GetTaskRequest.FromString,
+                    response_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.Task.SerializeToString,
             ),
             'UploadExamples': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadExamples,
-                    request_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.ExampleBatch.FromString,
-                    response_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.UploadSummary.SerializeToString,
+                    request_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ExampleBatch.FromString,
+                    response_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.UploadSummary.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
-                    request_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.ListModelsRequest.FromString,
-                    response_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.ListModelsResponse.SerializeToString,
+                    request_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListModelsRequest.FromString,
+                    response_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListModelsResponse.SerializeToString,
             ),
             'GetModelManifest': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelManifest,
-                    request_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.GetModelManifestRequest.FromString,
-                    response_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.ModelManifest.SerializeToString,
+                    request_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.GetModelManifestRequest.FromString,
+                    response_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ModelManifest.SerializeToString,
             ),
             'DownloadModel': grpc.unary_stream_rpc_method_handler(
                     servicer.DownloadModel,
-                    request_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.DownloadModelRequest.FromString,
-                    response_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.FileChunk.SerializeToString,
+                    request_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.DownloadModelRequest.FromString,
+                    response_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.FileChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -224,8 +224,8 @@ class DeviceService:
             request,
             target,
             '/autohas.v1.DeviceService/RegisterDevice',
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.RegisterDeviceRequest.SerializeToString,
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.RegisterDeviceResponse.FromString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.RegisterDeviceRequest.SerializeToString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.RegisterDeviceResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -251,8 +251,8 @@ class DeviceService:
             request,
             target,
             '/autohas.v1.DeviceService/GrantConsent',
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.GrantConsentRequest.SerializeToString,
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.Consent.FromString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.GrantConsentRequest.SerializeToString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.Consent.FromString,
             options,
             channel_credentials,
             insecure,
@@ -278,8 +278,8 @@ class DeviceService:
             request,
             target,
             '/autohas.v1.DeviceService/RevokeConsent',
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.RevokeConsentRequest.SerializeToString,
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.RevokeConsentResponse.FromString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.RevokeConsentRequest.SerializeToString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.RevokeConsentResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -305,8 +305,8 @@ class DeviceService:
             request,
             target,
             '/autohas.v1.DeviceService/ListConsents',
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.ListConsentsRequest.SerializeToString,
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.ListConsentsResponse.FromString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListConsentsRequest.SerializeToString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListConsentsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -332,8 +332,8 @@ class DeviceService:
             request,
             target,
             '/autohas.v1.DeviceService/GetTask',
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.GetTaskRequest.SerializeToString,
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.Task.FromString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.GetTaskRequest.SerializeToString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.Task.FromString,
             options,
             channel_credentials,
             insecure,
@@ -359,8 +359,8 @@ class DeviceService:
             request_iterator,
             target,
             '/autohas.v1.DeviceService/UploadExamples',
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.ExampleBatch.SerializeToString,
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.UploadSummary.FromString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ExampleBatch.SerializeToString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.UploadSummary.FromString,
             options,
             channel_credentials,
             insecure,
@@ -386,8 +386,8 @@ class DeviceService:
             request,
             target,
             '/autohas.v1.DeviceService/ListModels',
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.ListModelsRequest.SerializeToString,
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.ListModelsResponse.FromString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListModelsRequest.SerializeToString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -413,8 +413,8 @@ class DeviceService:
             request,
             target,
             '/autohas.v1.DeviceService/GetModelManifest',
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.GetModelManifestRequest.SerializeToString,
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.ModelManifest.FromString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.GetModelManifestRequest.SerializeToString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ModelManifest.FromString,
             options,
             channel_credentials,
             insecure,
@@ -440,8 +440,8 @@ class DeviceService:
             request,
             target,
             '/autohas.v1.DeviceService/DownloadModel',
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.DownloadModelRequest.SerializeToString,
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.FileChunk.FromString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.DownloadModelRequest.SerializeToString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.FileChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -464,48 +464,48 @@ class OperatorServiceStub:
         """
         self.CreateTask = channel.unary_unary(
                 '/autohas.v1.OperatorService/CreateTask',
-                request_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.CreateTaskRequest.SerializeToString,
-                response_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.Task.FromString,
+                request_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.CreateTaskRequest.SerializeToString,
+                response_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.Task.FromString,
                 _registered_method=True)
         self.ListTasks = channel.unary_unary(
                 '/autohas.v1.OperatorService/ListTasks',
-                request_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.ListTasksRequest.SerializeToString,
-                response_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.ListTasksResponse.FromString,
+                request_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListTasksRequest.SerializeToString,
+                response_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListTasksResponse.FromString,
                 _registered_method=True)
         self.StartJob = channel.unary_unary(
                 '/autohas.v1.OperatorService/StartJob',
-                request_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.StartJobRequest.SerializeToString,
-                response_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.Job.FromString,
+                request_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.StartJobRequest.SerializeToString,
+                response_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.Job.FromString,
                 _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/autohas.v1.OperatorService/GetJob',
-                request_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.GetJobRequest.SerializeToString,
-                response_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.Job.FromString,
+                request_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.Job.FromString,
                 _registered_method=True)
         self.ListJobs = channel.unary_unary(
                 '/autohas.v1.OperatorService/ListJobs',
-                request_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.ListJobsRequest.SerializeToString,
-                response_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.ListJobsResponse.FromString,
+                request_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListJobsResponse.FromString,
                 _registered_method=True)
         self.CancelJob = channel.unary_unary(
                 '/autohas.v1.OperatorService/CancelJob',
-                request_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.CancelJobRequest.SerializeToString,
-                response_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.Job.FromString,
+                request_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.Job.FromString,
                 _registered_method=True)
         self.WatchJob = channel.unary_stream(
                 '/autohas.v1.OperatorService/WatchJob',
-                request_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.WatchJobRequest.SerializeToString,
-                response_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.JobProgress.FromString,
+                request_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.JobProgress.FromString,
                 _registered_method=True)
         self.GetJobAudit = channel.unary_unary(
                 '/autohas.v1.OperatorService/GetJobAudit',
-                request_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.GetJobRequest.SerializeToString,
-                response_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.JobAudit.FromString,
+                request_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.JobAudit.FromString,
                 _registered_method=True)
         self.ExportModels = channel.unary_unary(
                 '/autohas.v1.OperatorService/ExportModels',
-                request_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.ExportModelsRequest.SerializeToString,
-                response_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.ExportModelsResponse.FromString,
+                request_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ExportModelsRequest.SerializeToString,
+                response_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ExportModelsResponse.FromString,
                 _registered_method=True)
 
 
@@ -571,48 +571,48 @@ def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'CreateTask': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateTask,
-                    request_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.CreateTaskRequest.FromString,
-                    response_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.Task.SerializeToString,
+                    request_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.CreateTaskRequest.FromString,
+                    response_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.Task.SerializeToString,
             ),
             'ListTasks': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTasks,
-                    request_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.ListTasksRequest.FromString,
-                    response_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.ListTasksResponse.SerializeToString,
+                    request_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListTasksRequest.FromString,
+                    response_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListTasksResponse.SerializeToString,
             ),
             'StartJob': grpc.unary_unary_rpc_method_handler(
                     servicer.StartJob,
-                    request_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.StartJobRequest.FromString,
-                    response_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.Job.SerializeToString,
+                    request_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.StartJobRequest.FromString,
+                    response_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.Job.SerializeToString,
             ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
-                    request_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.GetJobRequest.FromString,
-                    response_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.Job.SerializeToString,
+                    request_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.GetJobRequest.FromString,
+                    response_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.Job.SerializeToString,
             ),
             'ListJobs': grpc.unary_unary_rpc_method_handler(
                     servicer.ListJobs,
-                    request_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.ListJobsRequest.FromString,
-                    response_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.ListJobsResponse.SerializeToString,
+                    request_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListJobsRequest.FromString,
+                    response_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListJobsResponse.SerializeToString,
             ),
             'CancelJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelJob,
-                    request_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.CancelJobRequest.FromString,
-                    response_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.Job.SerializeToString,
+                    request_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.CancelJobRequest.FromString,
+                    response_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.Job.SerializeToString,
             ),
             'WatchJob': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchJob,
-                    request_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.WatchJobRequest.FromString,
-                    response_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.JobProgress.SerializeToString,
+                    request_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.WatchJobRequest.FromString,
+                    response_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.JobProgress.SerializeToString,
             ),
             'GetJobAudit': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJobAudit,
-                    request_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.GetJobRequest.FromString,
-                    response_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.JobAudit.SerializeToString,
+                    request_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.GetJobRequest.FromString,
+                    response_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.JobAudit.SerializeToString,
             ),
             'ExportModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ExportModels,
-                    request_deserializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.ExportModelsRequest.FromString,
-                    response_serializer=proto_dot_autohas_dot_v1_dot_personalization__pb2.ExportModelsResponse.SerializeToString,
+                    request_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ExportModelsRequest.FromString,
+                    response_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ExportModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -640,8 +640,8 @@ class OperatorService:
             request,
             target,
             '/autohas.v1.OperatorService/CreateTask',
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.CreateTaskRequest.SerializeToString,
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.Task.FromString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.CreateTaskRequest.SerializeToString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.Task.FromString,
             options,
             channel_credentials,
             insecure,
@@ -667,8 +667,8 @@ class OperatorService:
             request,
             target,
             '/autohas.v1.OperatorService/ListTasks',
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.ListTasksRequest.SerializeToString,
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.ListTasksResponse.FromString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListTasksRequest.SerializeToString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -694,8 +694,8 @@ class OperatorService:
             request,
             target,
             '/autohas.v1.OperatorService/StartJob',
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.StartJobRequest.SerializeToString,
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.Job.FromString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.StartJobRequest.SerializeToString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,
@@ -721,8 +721,8 @@ class OperatorService:
             request,
             target,
             '/autohas.v1.OperatorService/GetJob',
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.GetJobRequest.SerializeToString,
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.Job.FromString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.GetJobRequest.SerializeToString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,
@@ -748,8 +748,8 @@ class OperatorService:
             request,
             target,
             '/autohas.v1.OperatorService/ListJobs',
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.ListJobsRequest.SerializeToString,
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.ListJobsResponse.FromString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListJobsRequest.SerializeToString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -775,8 +775,8 @@ class OperatorService:
             request,
             target,
             '/autohas.v1.OperatorService/CancelJob',
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.CancelJobRequest.SerializeToString,
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.Job.FromString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.CancelJobRequest.SerializeToString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,
@@ -802,8 +802,8 @@ class OperatorService:
             request,
             target,
             '/autohas.v1.OperatorService/WatchJob',
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.WatchJobRequest.SerializeToString,
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.JobProgress.FromString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.WatchJobRequest.SerializeToString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.JobProgress.FromString,
             options,
             channel_credentials,
             insecure,
@@ -829,8 +829,8 @@ class OperatorService:
             request,
             target,
             '/autohas.v1.OperatorService/GetJobAudit',
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.GetJobRequest.SerializeToString,
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.JobAudit.FromString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.GetJobRequest.SerializeToString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.JobAudit.FromString,
             options,
             channel_credentials,
             insecure,
@@ -856,8 +856,8 @@ class OperatorService:
             request,
             target,
             '/autohas.v1.OperatorService/ExportModels',
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.ExportModelsRequest.SerializeToString,
-            proto_dot_autohas_dot_v1_dot_personalization__pb2.ExportModelsResponse.FromString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ExportModelsRequest.SerializeToString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ExportModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from server.demo.run import DemoConfig, DemoOutcome, decision, run_demo
-from server.demo.summary import write_report
+from autohas_edge.server.demo.run import DemoConfig, DemoOutcome, decision, run_demo
+from autohas_edge.server.demo.summary import write_report
 
-AUTOHAS = [sys.executable, "-m", "server.cli", "demo"]
+AUTOHAS = [sys.executable, "-m", "autohas_edge.server.cli", "demo"]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,9 @@ def test_only_consenting_users_data_is_used(outcome: DemoOutcome) -> None:
         if decision(i, len(outcome.devices)) == "consent":
             assert used.get(o.user_id) == o.uploaded > 0
         else:
-            assert o.user_id not in used, f"{o.user_id} ({decision(i, 6)}) must not be in the job's data"
+            assert o.user_id not in used, (
+                f"{o.user_id} ({decision(i, 6)}) must not be in the job's data"
+            )
     assert outcome.revoked_deleted > 0
     assert outcome.audit.total_examples == sum(used.values())
 
@@ -53,7 +55,13 @@ def test_fine_tuning_hurts_no_user(outcome: DemoOutcome) -> None:
 def test_report_has_summary_and_plots(outcome: DemoOutcome, tmp_path: Path) -> None:
     path = write_report(outcome, tmp_path / "report")
     text = path.read_text()
-    for heading in ("Derived model", "Artifacts", "Consent and data use", "Personalization", "Timing"):
+    for heading in (
+        "Derived model",
+        "Artifacts",
+        "Consent and data use",
+        "Personalization",
+        "Timing",
+    ):
         assert f"## {heading}" in text
     assert "None of the decliners' or the revoker's examples were used" in text
     for png in ("encodings.png", "user_accuracy.png"):
@@ -61,8 +69,13 @@ def test_report_has_summary_and_plots(outcome: DemoOutcome, tmp_path: Path) -> N
 
 
 def _demo(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*AUTOHAS, *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+    return subprocess.run(
+        [*AUTOHAS, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+    )
 
 
 def test_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
@@ -72,7 +85,9 @@ def test_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
         done = _demo("--data-dir", str(tmp_path / "d"), "--port", str(taken.getsockname()[1]))
     assert done.returncode == 2
     assert "Traceback" not in done.stderr  # gRPC's own log line may precede ours
-    assert done.stderr.strip().splitlines()[-1].startswith("autohas demo: cannot listen"), done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("autohas demo: cannot listen"), (
+        done.stderr
+    )
 
 
 def test_unwritable_data_dir_is_a_one_line_error(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.cli import main
+from autohas_edge.server.cli import main
 
 
 def test_search_command_writes_result(

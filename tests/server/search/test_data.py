@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from server.search import load_dataset
-from server.search.augment import POLICIES, augment
+from autohas_edge.server.search import load_dataset
+from autohas_edge.server.search.augment import POLICIES, augment
 
 
 def test_mnist1d_splits_and_shapes() -> None:

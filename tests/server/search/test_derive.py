@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from server.search.defaults import default_space
-from server.search.derive import derive_arch, derive_hparams, fine_tuning, smallest_params
-from server.search.models import LAYOUTS, count_params, model_args_for
+from autohas_edge.server.search.defaults import default_space
+from autohas_edge.server.search.derive import (
+    derive_arch,
+    derive_hparams,
+    fine_tuning,
+    smallest_params,
+)
+from autohas_edge.server.search.models import LAYOUTS, count_params, model_args_for
 
 LAYOUT = LAYOUTS["conv1d"]
 SPACE = default_space(LAYOUT, "signal", "joint")
@@ -28,7 +33,13 @@ def _params(arch: dict) -> int:
 
 def test_categorical_choices_take_the_argmax() -> None:
     enc = _encodings(
-        {"b0.kernel": "3", "b1.expansion": "1", "b0.depth": "keep", "b2.depth": "keep", "b4.depth": "keep"}
+        {
+            "b0.kernel": "3",
+            "b1.expansion": "1",
+            "b0.depth": "keep",
+            "b2.depth": "keep",
+            "b4.depth": "keep",
+        }
     )
     arch = derive_arch(SPACE, enc, LAYOUT, (1, 40), 10, max_params=10**9, max_skips=3)
     assert arch["b0.kernel"] == 3 and arch["b1.expansion"] == 1 and arch["b3.kernel"] == 7
@@ -75,6 +86,9 @@ def test_budget_is_respected_by_giving_up_the_least_probability(budget: int) -> 
 def test_impossible_budget_is_named() -> None:
     smallest = smallest_params(SPACE, LAYOUT, (1, 40), 10, max_skips=2)
     enc = _encodings({})
-    assert _params(derive_arch(SPACE, enc, LAYOUT, (1, 40), 10, max_params=smallest, max_skips=2)) <= smallest
+    assert (
+        _params(derive_arch(SPACE, enc, LAYOUT, (1, 40), 10, max_params=smallest, max_skips=2))
+        <= smallest
+    )
     with pytest.raises(ValueError, match="no architecture in the search space fits max_params"):
         derive_arch(SPACE, enc, LAYOUT, (1, 40), 10, max_params=smallest - 1, max_skips=2)

@@ -12,23 +12,61 @@ from pathlib import Path
 import pytest
 import torch
 
-from server import multiworker
-from server.engine import Cancelled
-from server.search import SearchConfig
-from server.search.distributed import Comm
-from server.search.reinforce import controller_objective
+from autohas_edge.server import multiworker
+from autohas_edge.server.engine import Cancelled
+from autohas_edge.server.search import SearchConfig
+from autohas_edge.server.search.distributed import Comm
+from autohas_edge.server.search.reinforce import controller_objective
 
 ROOT = Path(__file__).resolve().parents[3]
-RESULT_KEYS = {"architecture", "hyperparameters", "encodings", "params", "test_accuracy", "search_seconds",
-               "retrain_seconds", "search_steps", "stop_reason", "retrain_steps", "checkpoint", "dataset",
-               "fine_tuning", "config", "lr_trajectory", "model_args", "space", "mode", "strategy", "device",
-               "effective_learning_rate", "workers"}
+RESULT_KEYS = {
+    "architecture",
+    "hyperparameters",
+    "encodings",
+    "params",
+    "test_accuracy",
+    "search_seconds",
+    "retrain_seconds",
+    "search_steps",
+    "stop_reason",
+    "retrain_steps",
+    "checkpoint",
+    "dataset",
+    "fine_tuning",
+    "config",
+    "lr_trajectory",
+    "model_args",
+    "space",
+    "mode",
+    "strategy",
+    "device",
+    "effective_learning_rate",
+    "workers",
+}
 
 
 def _search(out: Path, dataset: Path, *options: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "server.search.cli", "--dataset", str(dataset), "--device", "cpu",
-               "--steps", "6", "--warmup-fraction", "0.34", "--retrain-steps", "4", "--batch-size", "16",
-               "--out", str(out), "--quiet", *options]
+    command = [
+        sys.executable,
+        "-m",
+        "autohas_edge.server.search.cli",
+        "--dataset",
+        str(dataset),
+        "--device",
+        "cpu",
+        "--steps",
+        "6",
+        "--warmup-fraction",
+        "0.34",
+        "--retrain-steps",
+        "4",
+        "--batch-size",
+        "16",
+        "--out",
+        str(out),
+        "--quiet",
+        *options,
+    ]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
 
 
@@ -62,8 +100,17 @@ def test_bad_worker_count_is_a_clear_error(tmp_path: Path, toy_signal_npz: Path)
 
 
 def _config(dataset: Path, **changes: object) -> SearchConfig:
-    base = {"dataset": str(dataset), "steps": 6, "warmup_fraction": 0.34, "retrain_steps": 3,
-            "batch_size": 16, "checkpoint_every": 2, "device": "cpu", "strategy": "reinforce", "samples": 4}
+    base = {
+        "dataset": str(dataset),
+        "steps": 6,
+        "warmup_fraction": 0.34,
+        "retrain_steps": 3,
+        "batch_size": 16,
+        "checkpoint_every": 2,
+        "device": "cpu",
+        "strategy": "reinforce",
+        "samples": 4,
+    }
     return SearchConfig(**{**base, **changes})
 
 
@@ -94,12 +141,17 @@ def test_multiworker_failure_names_the_reason(tmp_path: Path) -> None:
 def test_the_controller_moves_towards_the_better_candidate() -> None:
     """A toy bandit: candidate 2 of 'arm' earns reward 1, the others 0; 'other' does not matter."""
     torch.manual_seed(0)
-    logits = {"arm": torch.zeros(3, requires_grad=True), "other": torch.zeros(2, requires_grad=True)}
+    logits = {
+        "arm": torch.zeros(3, requires_grad=True),
+        "other": torch.zeros(2, requires_grad=True),
+    }
     opt = torch.optim.Adam(logits.values(), lr=0.05)
     baseline = 0.0
     for _ in range(150):
         probs = {k: torch.softmax(v, 0) for k, v in logits.items()}
-        picks = [{k: int(torch.multinomial(p.detach(), 1)) for k, p in probs.items()} for _ in range(8)]
+        picks = [
+            {k: int(torch.multinomial(p.detach(), 1)) for k, p in probs.items()} for _ in range(8)
+        ]
         rewards = [float(pick["arm"] == 2) for pick in picks]
         opt.zero_grad()
         controller_objective(probs, picks, rewards, baseline).backward()
@@ -113,7 +165,10 @@ def test_the_controller_moves_towards_the_better_candidate() -> None:
 def test_a_single_process_comm_is_a_no_op() -> None:
     comm, t = Comm(), torch.tensor([1.0, 2.0])
     assert comm.is_main and not comm.active and comm.mean(3.5) == 3.5
-    assert torch.equal(comm.mean_(t), torch.tensor([1.0, 2.0])) and comm.flags(True, False) == (True, False)
+    assert torch.equal(comm.mean_(t), torch.tensor([1.0, 2.0])) and comm.flags(True, False) == (
+        True,
+        False,
+    )
     assert comm.share(64, minimum=8) == 64 and comm.rank_seed(5) == 5
     assert Comm(rank=1, world_size=4).share(16, minimum=8) == 8
     assert [Comm(rank=r, world_size=2).share(5) for r in (0, 1)] == [3, 2]  # the parts add up
@@ -122,10 +177,12 @@ def test_a_single_process_comm_is_a_no_op() -> None:
 def test_ranks_exit_when_the_job_worker_dies(tmp_path: Path, toy_signal_npz: Path) -> None:
     """A killed server (and so job worker) must not leave torchrun or its ranks searching."""
     out = tmp_path / "orphan-run"
-    script = ("from server import multiworker; from server.search import SearchConfig; "
-              f"c = SearchConfig(dataset={str(toy_signal_npz)!r}, steps=100000, retrain_steps=1, "
-              "batch_size=16, device='cpu', strategy='reinforce', samples=2); "
-              f"multiworker.run(c, {str(out)!r}, 2, lambda e: None, lambda: False)")
+    script = (
+        "from autohas_edge.server import multiworker; from autohas_edge.server.search import SearchConfig; "
+        f"c = SearchConfig(dataset={str(toy_signal_npz)!r}, steps=100000, retrain_steps=1, "
+        "batch_size=16, device='cpu', strategy='reinforce', samples=2); "
+        f"multiworker.run(c, {str(out)!r}, 2, lambda e: None, lambda: False)"
+    )
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
     progress = out / multiworker.PROGRESS
     deadline = time.monotonic() + 120
@@ -157,10 +214,31 @@ def _processes_naming(path: Path) -> list[int]:
 
 def test_ctrl_c_stops_every_worker_after_a_checkpoint(tmp_path: Path, toy_signal_npz: Path) -> None:
     """SIGINT reaches the `--workers` command only; rank 0 checkpoints, all ranks stop, exit code 130."""
-    command = [sys.executable, "-m", "server.search.cli", "--dataset", str(toy_signal_npz), "--device", "cpu",
-               "--steps", "100000", "--batch-size", "16", "--out", str(tmp_path), "--quiet", "--workers", "2",
-               "--strategy", "reinforce", "--samples", "2"]
-    cli = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "autohas_edge.server.search.cli",
+        "--dataset",
+        str(toy_signal_npz),
+        "--device",
+        "cpu",
+        "--steps",
+        "100000",
+        "--batch-size",
+        "16",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+        "--workers",
+        "2",
+        "--strategy",
+        "reinforce",
+        "--samples",
+        "2",
+    ]
+    cli = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     progress = tmp_path / multiworker.PROGRESS
     deadline = time.monotonic() + 120
     while not (progress.exists() and progress.read_text().count("\n") >= 3):
@@ -177,8 +255,10 @@ def test_ctrl_c_stops_every_worker_after_a_checkpoint(tmp_path: Path, toy_signal
     assert not _processes_naming(tmp_path)
 
 
-def test_a_one_worker_checkpoint_resumes_with_two_workers(tmp_path: Path, toy_signal_npz: Path) -> None:
-    from server.search import SearchCancelled, run_search
+def test_a_one_worker_checkpoint_resumes_with_two_workers(
+    tmp_path: Path, toy_signal_npz: Path
+) -> None:
+    from autohas_edge.server.search import SearchCancelled, run_search
 
     config, seen = _config(toy_signal_npz), []
     with pytest.raises(SearchCancelled):

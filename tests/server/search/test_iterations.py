@@ -7,11 +7,11 @@ import itertools
 import pytest
 import torch
 
-from server.search import SearchConfig
-from server.search import hparams as hp
-from server.search.defaults import arch_choices
-from server.search.engine import Batches, Searcher, cost_penalty
-from server.search.iterations import (
+from autohas_edge.server.search import SearchConfig
+from autohas_edge.server.search import hparams as hp
+from autohas_edge.server.search.defaults import arch_choices
+from autohas_edge.server.search.engine import Batches, Searcher, cost_penalty
+from autohas_edge.server.search.iterations import (
     HPMix,
     augmented_chunks,
     basis_gradients,
@@ -20,10 +20,10 @@ from server.search.iterations import (
     first_iteration,
     validation_objective,
 )
-from server.search.models import BlockSpec, Layout
-from server.search.space import CONTINUOUS, Choice, SearchSpace
-from server.search.supernet import SuperNet
-from server.search.weights import FlatWeights, forward_with
+from autohas_edge.server.search.models import BlockSpec, Layout
+from autohas_edge.server.search.space import CONTINUOUS, Choice, SearchSpace
+from autohas_edge.server.search.supernet import SuperNet
+from autohas_edge.server.search.weights import FlatWeights, forward_with
 
 LAYOUT = Layout("conv1d", 4, 3, 1, (BlockSpec(4, 4), BlockSpec(4, 6, 2)))
 HPARAMS = (
@@ -109,7 +109,9 @@ def test_second_iteration_leaves_w_unchanged_and_moves_encodings() -> None:
 def test_combined_weights_are_the_encoding_weighted_sum_of_one_step_temporary_weights() -> None:
     s = _searcher()
     probs, arch, mix, chunks = _setup(s)
-    combined, bases = combine_explicit(s.net, s.flat, chunks, arch, s.opt_state, SPACE, mix, grad_clip=0.0)
+    combined, bases = combine_explicit(
+        s.net, s.flat, chunks, arch, s.opt_state, SPACE, mix, grad_clip=0.0
+    )
     w = s.flat.get()
     product = list(itertools.product(range(2), range(2), range(3), range(2), range(2)))
     assert len(bases) == len(product) == 48
@@ -120,7 +122,9 @@ def test_combined_weights_are_the_encoding_weighted_sum_of_one_step_temporary_we
         ce, uniform = hp.per_example_losses(forward_with(s.net, s.flat, None, x, arch), y)
         g = s.flat.flat_grad(hp.basis_loss(ce, uniform, HPARAMS[3].candidates[k]).mean())
         d, _ = hp.direction(HPARAMS[2].candidates[o], g, s.opt_state)
-        torch.testing.assert_close(w_b, w - lr * d - lr * wd * w)  # one gradient step from W (claim 10)
+        torch.testing.assert_close(
+            w_b, w - lr * d - lr * wd * w
+        )  # one gradient step from W (claim 10)
         p_b = (
             probs["learning_rate"][i]
             * probs["weight_decay"][j]
@@ -146,7 +150,9 @@ def test_fast_path_equals_explicit_path_in_value_and_gradient(float64: object) -
     s = _searcher()
     _, arch, mix, chunks = _setup(s)
     x_val, y_val = s.batches.val(16)
-    explicit, _ = combine_explicit(s.net, s.flat, chunks, arch, s.opt_state, SPACE, mix, grad_clip=0.0)
+    explicit, _ = combine_explicit(
+        s.net, s.flat, chunks, arch, s.opt_state, SPACE, mix, grad_clip=0.0
+    )
     grads = basis_gradients(s.net, s.flat, chunks, arch, ["ce", "ls0.2"], grad_clip=0.0)
     fast = combine_fast(s.flat.get(), grads, s.opt_state, mix)
     assert fast.dtype == torch.float64
@@ -186,7 +192,9 @@ def test_resource_penalty_pushes_towards_smaller_candidates_only_above_budget() 
     assert float(penalty.detach()) == pytest.approx(
         float(expected.detach()) / (int(expected.detach()) // 2) - 1
     )
-    grads = dict(zip(names, torch.autograd.grad(penalty, [s.logits[n] for n in names]), strict=True))
+    grads = dict(
+        zip(names, torch.autograd.grad(penalty, [s.logits[n] for n in names]), strict=True)
+    )
     expansion = grads["b1.expansion"]  # candidates (1, 3, 6): the cost rises with the expansion
     assert expansion[0] < expansion[1] < expansion[2]
 

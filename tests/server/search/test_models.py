@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from server.search.defaults import default_space
-from server.search.models import LAYOUTS, build_model, count_params, model_args_for
-from server.search.supernet import SubModel, SuperNet, child_state_dict
+from autohas_edge.server.search.defaults import default_space
+from autohas_edge.server.search.models import LAYOUTS, build_model, count_params, model_args_for
+from autohas_edge.server.search.supernet import SubModel, SuperNet, child_state_dict
 
 SHAPES = {"conv1d": (1, 40), "conv2d": (1, 8, 8), "mlp": (6,)}
 MODALITY = {"conv1d": "signal", "conv2d": "image", "mlp": "tabular"}
@@ -24,7 +24,9 @@ def _random_arch(family: str, seed: int) -> tuple[dict, dict]:
 
 
 def _one_hot(space, arch: dict) -> dict[str, torch.Tensor]:
-    return {c.name: torch.tensor([float(v == arch[c.name]) for v in c.candidates]) for c in space.arch}
+    return {
+        c.name: torch.tensor([float(v == arch[c.name]) for v in c.candidates]) for c in space.arch
+    }
 
 
 def _randomise_bn(net: nn.Module) -> None:
@@ -54,7 +56,9 @@ def test_every_candidate_is_a_sub_model_of_the_supernet(family: str, seed: int) 
 
 @pytest.mark.parametrize("family", ["conv1d", "conv2d", "mlp"])
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_a_sampled_sub_model_computes_what_its_one_hot_mixture_computes(family: str, seed: int) -> None:
+def test_a_sampled_sub_model_computes_what_its_one_hot_mixture_computes(
+    family: str, seed: int
+) -> None:
     """The controller's sliced path: same outputs, same gradients, same running statistics."""
     space, arch = _random_arch(family, seed)
     picks = SubModel({c.name: list(c.candidates).index(arch[c.name]) for c in space.arch})
@@ -74,10 +78,18 @@ def test_a_sampled_sub_model_computes_what_its_one_hot_mixture_computes(family: 
         out_mixed.square().sum().backward()
         out_sliced.square().sum().backward()
         for (name, a), b in zip(mixed.named_parameters(), sliced.parameters(), strict=True):
-            torch.testing.assert_close(b.grad if b.grad is not None else torch.zeros_like(a), a.grad,
-                                       rtol=1e-4, atol=1e-5, msg=name)
+            torch.testing.assert_close(
+                b.grad if b.grad is not None else torch.zeros_like(a),
+                a.grad,
+                rtol=1e-4,
+                atol=1e-5,
+                msg=name,
+            )
     args = model_args_for(LAYOUTS[family], SHAPES[family], 10, arch)
-    mixed_child, sliced_child = child_state_dict(mixed, arch, args), child_state_dict(sliced, arch, args)
+    mixed_child, sliced_child = (
+        child_state_dict(mixed, arch, args),
+        child_state_dict(sliced, arch, args),
+    )
     for name, value in mixed_child.items():  # the sub-model's own running statistics moved alike
         torch.testing.assert_close(sliced_child[name], value, msg=name)
 
@@ -102,7 +114,9 @@ def test_expected_cost_is_the_mean_over_candidates() -> None:
     for _ in range(3000):
         arch = {c.name: rng.choice(c.candidates) for c in space.arch}
         samples.append(count_params(model_args_for(LAYOUTS["conv1d"], (1, 40), 10, arch)))
-    assert float(net.expected_params(uniform)) == pytest.approx(sum(samples) / len(samples), rel=0.02)
+    assert float(net.expected_params(uniform)) == pytest.approx(
+        sum(samples) / len(samples), rel=0.02
+    )
 
 
 @pytest.mark.parametrize("family", ["conv1d", "conv2d", "mlp"])

@@ -8,11 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from server.search import ProgressEvent, SearchCancelled, SearchConfig, load_dataset, load_model, run_search
-from server.search.defaults import FIXED_ARCH, FIXED_HPARAMS, arch_choices
-from server.search.models import LAYOUTS
-from server.search.retrain import accuracy
-from server.search.space import CONTINUOUS, Choice, SearchSpace
+from autohas_edge.server.search import (
+    ProgressEvent,
+    SearchCancelled,
+    SearchConfig,
+    load_dataset,
+    load_model,
+    run_search,
+)
+from autohas_edge.server.search.defaults import FIXED_ARCH, FIXED_HPARAMS, arch_choices
+from autohas_edge.server.search.models import LAYOUTS
+from autohas_edge.server.search.retrain import accuracy
+from autohas_edge.server.search.space import CONTINUOUS, Choice, SearchSpace
 
 RESULT_KEYS = {
     "architecture",
@@ -74,7 +81,11 @@ def test_tiny_run_writes_the_run_directory_contract(tiny_run: Path) -> None:
 def test_load_model_reproduces_the_reported_accuracy(tiny_run: Path) -> None:
     model, result = load_model(tiny_run)
     assert not model.training
-    assert sum(p.numel() for p in model.parameters()) == result["params"] <= result["config"]["max_params"]
+    assert (
+        sum(p.numel() for p in model.parameters())
+        == result["params"]
+        <= result["config"]["max_params"]
+    )
     data = load_dataset("mnist1d", seed=result["config"]["seed"])
     acc = accuracy(model, torch.as_tensor(data.x_test), torch.as_tensor(data.y_test))
     assert acc == pytest.approx(result["test_accuracy"])
@@ -91,9 +102,18 @@ def test_resume_equals_an_uninterrupted_run(tmp_path: Path, toy_signal_npz: Path
 
     with pytest.raises(SearchCancelled, match="step 3"):
         run_search(config, tmp_path / "resumed", should_stop=stop_after_three)
-    assert torch.load(tmp_path / "resumed" / "search.pt", weights_only=True)["searcher"]["step"] == 3
+    assert (
+        torch.load(tmp_path / "resumed" / "search.pt", weights_only=True)["searcher"]["step"] == 3
+    )
     resumed = run_search(config, tmp_path / "resumed")
-    for key in ("architecture", "hyperparameters", "encodings", "test_accuracy", "lr_trajectory", "params"):
+    for key in (
+        "architecture",
+        "hyperparameters",
+        "encodings",
+        "test_accuracy",
+        "lr_trajectory",
+        "params",
+    ):
         assert resumed[key] == full[key], key
     a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)["state_dict"]
@@ -115,7 +135,9 @@ def test_progress_events_cover_every_stage(tmp_path: Path, toy_signal_npz: Path)
     assert [e.step for e in search] == list(range(1, 7)) and search[-1].total_steps == 6
     assert stages.count("retrain") == 8
     assert abs(sum(search[-1].encodings["optimizer"].values()) - 1) < 1e-6
-    assert search[0].val_loss != search[0].val_loss and search[-1].val_loss > 0  # NaN during warm-up
+    assert (
+        search[0].val_loss != search[0].val_loss and search[-1].val_loss > 0
+    )  # NaN during warm-up
 
 
 @pytest.mark.parametrize("mode", ["nas", "hpo"])
@@ -131,7 +153,9 @@ def test_modes_keep_their_half_fixed(tmp_path: Path, toy_signal_npz: Path, mode:
         )
     else:
         assert all(
-            v == FIXED_ARCH["kernel"] for k, v in result["architecture"].items() if k.endswith("kernel")
+            v == FIXED_ARCH["kernel"]
+            for k, v in result["architecture"].items()
+            if k.endswith("kernel")
         )
         assert result["hyperparameters"]["optimizer"] in ("sgd", "adam", "rmsprop")
         assert max(result["encodings"]["optimizer"].values()) > 1 / 3
@@ -146,9 +170,14 @@ def test_derived_model_respects_the_parameter_budget(tmp_path: Path, toy_signal_
 
 @pytest.mark.parametrize(
     ("changes", "reason"),
-    [({"encoding_tol": 1.0, "check_every": 1}, "encodings changed"), ({"grad_tol": 1e9}, "gradient norm")],
+    [
+        ({"encoding_tol": 1.0, "check_every": 1}, "encodings changed"),
+        ({"grad_tol": 1e9}, "gradient norm"),
+    ],
 )
-def test_stopping_criteria(tmp_path: Path, toy_signal_npz: Path, changes: dict, reason: str) -> None:
+def test_stopping_criteria(
+    tmp_path: Path, toy_signal_npz: Path, changes: dict, reason: str
+) -> None:
     result = run_search(_toy(toy_signal_npz, steps=20, **changes), tmp_path)
     assert result["search_steps"] < 20 and reason in result["stop_reason"]
 
@@ -159,7 +188,9 @@ def test_a_clearly_too_large_learning_rate_loses_weight(
 ) -> None:
     """Both strategies, on real rewards: the controller scores one-step temporary weights."""
     hparams = (
-        Choice("learning_rate", (0.05, 5.0), CONTINUOUS),  # 5.0 with momentum 0.9: clearly too large
+        Choice(
+            "learning_rate", (0.05, 5.0), CONTINUOUS
+        ),  # 5.0 with momentum 0.9: clearly too large
         Choice("weight_decay", (0.0,), CONTINUOUS),
         Choice("optimizer", ("sgd",)),
         Choice("loss", ("ce",)),
@@ -167,11 +198,21 @@ def test_a_clearly_too_large_learning_rate_loses_weight(
     )
     space = SearchSpace(arch_choices(LAYOUTS["conv1d"], fixed=True), hparams)
     result = run_search(
-        _toy(toy_signal_npz, steps=16, warmup_fraction=0.0, encoding_lr=0.1, space=space, strategy=strategy,
-             samples=8), tmp_path
+        _toy(
+            toy_signal_npz,
+            steps=16,
+            warmup_fraction=0.0,
+            encoding_lr=0.1,
+            space=space,
+            strategy=strategy,
+            samples=8,
+        ),
+        tmp_path,
     )
     assert result["encodings"]["learning_rate"]["5.0"] < 0.3
-    assert result["lr_trajectory"][-1] < result["lr_trajectory"][0]  # the searched schedule moved down
+    assert (
+        result["lr_trajectory"][-1] < result["lr_trajectory"][0]
+    )  # the searched schedule moved down
 
 
 def test_explicit_and_fast_paths_give_the_same_search(tmp_path: Path, toy_signal_npz: Path) -> None:
@@ -185,13 +226,16 @@ def test_explicit_and_fast_paths_give_the_same_search(tmp_path: Path, toy_signal
     space = SearchSpace(arch_choices(LAYOUTS["conv1d"], fixed=False), hparams)
     results = [
         run_search(
-            _toy(toy_signal_npz, steps=4, retrain_steps=1, space=space, weights_path=path), tmp_path / path
+            _toy(toy_signal_npz, steps=4, retrain_steps=1, space=space, weights_path=path),
+            tmp_path / path,
         )
         for path in ("fast", "explicit")
     ]
     for name, probs in results[0]["encodings"].items():
         assert probs == pytest.approx(results[1]["encodings"][name], abs=1e-4), name
-    assert max(abs(p - 0.5) for p in results[0]["encodings"]["optimizer"].values()) > 1e-3  # they moved
+    assert (
+        max(abs(p - 0.5) for p in results[0]["encodings"]["optimizer"].values()) > 1e-3
+    )  # they moved
 
 
 @pytest.mark.parametrize("dataset", ["digits", "tabular"])

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from server.search import SearchConfig
-from server.search.defaults import default_space, hparam_choices
-from server.search.hparams import label_smoothing, validate_hparams
-from server.search.models import LAYOUTS
-from server.search.space import CONTINUOUS, Choice, SearchSpace
+from autohas_edge.server.search import SearchConfig
+from autohas_edge.server.search.defaults import default_space, hparam_choices
+from autohas_edge.server.search.hparams import label_smoothing, validate_hparams
+from autohas_edge.server.search.models import LAYOUTS
+from autohas_edge.server.search.space import CONTINUOUS, Choice, SearchSpace
 
 
 def test_choice_rejects_empty_and_duplicate_candidates() -> None:
@@ -40,7 +40,8 @@ def test_space_rejects_duplicate_names() -> None:
 )
 def test_invalid_hparam_bases_are_named(name: str, candidates: tuple, message: str) -> None:
     choices = [
-        c if c.name != name else Choice(name, candidates, c.kind) for c in hparam_choices("signal", False)
+        c if c.name != name else Choice(name, candidates, c.kind)
+        for c in hparam_choices("signal", False)
     ]
     with pytest.raises(ValueError, match=message):
         validate_hparams(choices, "signal")
@@ -75,7 +76,9 @@ def test_modes_fix_the_other_half() -> None:
 
 def test_choice_derivation_argmax_and_weighted_sum() -> None:
     assert Choice("opt", ("sgd", "adam", "rmsprop")).derive([0.2, 0.5, 0.3]) == "adam"
-    assert Choice("wd", (1e-1, 1e-2, 1e-3), CONTINUOUS).derive([0.5, 0.5, 0.0]) == pytest.approx(0.055)
+    assert Choice("wd", (1e-1, 1e-2, 1e-3), CONTINUOUS).derive([0.5, 0.5, 0.0]) == pytest.approx(
+        0.055
+    )
 
 
 def test_config_validation_and_round_trip() -> None:

@@ -8,10 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from server.domain import Consent, StoredBatch, Task
-from server.store import DB_FILE, open_store
-from server.store.schema import MIGRATIONS, SCHEMA_VERSION, SchemaTooNew, migrate, schema_version
-from server.store.sqlite import SqliteStore
+from autohas_edge.server.domain import Consent, StoredBatch, Task
+from autohas_edge.server.store import DB_FILE, open_store
+from autohas_edge.server.store.schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    SchemaTooNew,
+    migrate,
+    schema_version,
+)
+from autohas_edge.server.store.sqlite import SqliteStore
 
 T0 = 1_700_000_000.0
 
@@ -23,7 +29,16 @@ def test_a_new_database_is_migrated_to_the_current_schema(tmp_path: Path) -> Non
         assert schema_version(conn) == SCHEMA_VERSION == len(MIGRATIONS)
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"devices", "consents", "tasks", "examples", "jobs", "audits", "audit_users", "models"} <= tables
+    assert {
+        "devices",
+        "consents",
+        "tasks",
+        "examples",
+        "jobs",
+        "audits",
+        "audit_users",
+        "models",
+    } <= tables
     assert stat.S_IMODE((tmp_path / DB_FILE).stat().st_mode) == 0o600
 
 
@@ -42,12 +57,13 @@ def test_a_database_from_a_newer_release_is_refused(tmp_path: Path) -> None:
         SqliteStore(tmp_path / DB_FILE)
 
 
-def test_a_failed_migration_leaves_the_database_unchanged(tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_migration_leaves_the_database_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     conn = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
     migrate(conn)
     broken = "CREATE TABLE t (a); SELECT nonsense("
-    monkeypatch.setattr("server.store.schema.MIGRATIONS", [*MIGRATIONS, broken])
+    monkeypatch.setattr("autohas_edge.server.store.schema.MIGRATIONS", [*MIGRATIONS, broken])
     with pytest.raises(sqlite3.Error):
         migrate(conn)
     assert schema_version(conn) == SCHEMA_VERSION
@@ -61,7 +77,9 @@ def test_everything_committed_is_there_after_reopening(tmp_path: Path) -> None:
     store.grant_consent(Consent("app", "u1", "p", "v1", T0))
     payload = bytes(range(8))
     labels = b"\1" + b"\0" * 7
-    stored = StoredBatch("d1", "b1", "t1", "app", "u1", 1, "float32", (1, 2), payload, labels, "h", T0)
+    stored = StoredBatch(
+        "d1", "b1", "t1", "app", "u1", 1, "float32", (1, 2), payload, labels, "h", T0
+    )
     assert store.add_batch(stored, "p") == "stored"
     store.close()
     reopened = open_store("sqlite", tmp_path)
@@ -75,7 +93,9 @@ def test_revoked_examples_are_overwritten_on_disk(tmp_path: Path) -> None:
     store.add_task(Task("t1", ("app",), "p", (64,), "uint8", 2, (), T0))
     store.grant_consent(Consent("app", "u1", "p", "v1", T0))
     marker = b"PRIVATE-MARKER-" * 4 + b"!!!!"
-    stored = StoredBatch("d1", "b1", "t1", "app", "u1", 1, "uint8", (1, 64), marker, b"\0" * 8, "h", T0)
+    stored = StoredBatch(
+        "d1", "b1", "t1", "app", "u1", 1, "uint8", (1, 64), marker, b"\0" * 8, "h", T0
+    )
     store.add_batch(stored, "p")
     store.revoke_consent("app", "u1", "p", T0 + 1)
     store.close()

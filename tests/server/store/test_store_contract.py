@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from server.domain import (
+from autohas_edge.server.domain import (
     Consent,
     Device,
     Job,
@@ -22,7 +22,7 @@ from server.domain import (
     Task,
     UserCount,
 )
-from server.store import Store, open_store
+from autohas_edge.server.store import Store, open_store
 
 T0 = 1_700_000_000.0
 
@@ -38,10 +38,28 @@ def task(task_id: str = "t1", purpose: str = "p", apps: tuple[str, ...] = ("app"
     return Task(task_id, apps, purpose, (1, 4), "float32", 3, ("a", "b", "c"), T0)
 
 
-def batch(batch_id: str, user: str = "u1", device: str = "d1", task_id: str = "t1", n: int = 2,
-          digest: str = "") -> StoredBatch:
-    return StoredBatch(device, batch_id, task_id, "app", user, n, "float32", (n, 1, 4), b"\0" * 16 * n,
-                       b"\0" * 8 * n, digest or f"digest-{batch_id}", T0)
+def batch(
+    batch_id: str,
+    user: str = "u1",
+    device: str = "d1",
+    task_id: str = "t1",
+    n: int = 2,
+    digest: str = "",
+) -> StoredBatch:
+    return StoredBatch(
+        device,
+        batch_id,
+        task_id,
+        "app",
+        user,
+        n,
+        "float32",
+        (n, 1, 4),
+        b"\0" * 16 * n,
+        b"\0" * 8 * n,
+        digest or f"digest-{batch_id}",
+        T0,
+    )
 
 
 def consent(user: str = "u1", purpose: str = "p", version: str = "v1", at: float = T0) -> Consent:
@@ -70,7 +88,10 @@ def test_grant_is_idempotent_per_version_and_a_new_version_supersedes(store: Sto
     second = store.grant_consent(consent(version="v2", at=T0 + 10))
     assert second.consent_text_version == "v2" and second.active
     history = store.list_consents("app", "u1")
-    assert [(c.consent_text_version, c.revoked_at) for c in history] == [("v2", None), ("v1", T0 + 10)]
+    assert [(c.consent_text_version, c.revoked_at) for c in history] == [
+        ("v2", None),
+        ("v1", T0 + 10),
+    ]
 
 
 def test_upload_needs_active_consent_for_the_purpose(store: Store) -> None:
@@ -103,7 +124,9 @@ def test_revoke_deletes_only_that_users_examples_for_that_purpose(store: Store) 
     store.add_batch(batch("b2", "u1", task_id="t2", n=3), "q")
     store.add_batch(batch("b3", "u2", device="d2", task_id="t1", n=5), "p")
     revoked, deleted = store.revoke_consent("app", "u1", "p", T0 + 1)
-    assert deleted == 2 and revoked is not None and revoked.revoked_at == T0 + 1 and not revoked.active
+    assert (
+        deleted == 2 and revoked is not None and revoked.revoked_at == T0 + 1 and not revoked.active
+    )
     assert store.count_examples("t1") == 5 and store.count_examples("t1", "app", "u1") == 0
     assert store.count_examples("t2") == 3
     assert store.add_batch(batch("b4", "u1", task_id="t1"), "p") == "no_consent"
@@ -128,7 +151,13 @@ def test_snapshot_holds_only_consenting_users_with_their_consent_version(store: 
 
 def test_jobs_round_trip_and_filter_by_task(store: Store) -> None:
     job = Job("j1", JobSpec("t1", steps=5), JobState.QUEUED, T0)
-    later = Job("j2", JobSpec("t2"), JobState.SUCCEEDED, T0 + 1, result=ModelSummary("m", {"k": "3"}, {}, 10))
+    later = Job(
+        "j2",
+        JobSpec("t2"),
+        JobState.SUCCEEDED,
+        T0 + 1,
+        result=ModelSummary("m", {"k": "3"}, {}, 10),
+    )
     store.put_job(later)
     store.put_job(job)
     assert [j.job_id for j in store.list_jobs()] == ["j1", "j2"]
@@ -140,7 +169,9 @@ def test_jobs_round_trip_and_filter_by_task(store: Store) -> None:
 
 def test_audits_round_trip_once(store: Store) -> None:
     store.put_job(Job("j1", JobSpec("t1"), JobState.RUNNING, T0))
-    audit = JobAudit("j1", "t1", "p", T0, (UserCount("app", "u1", 4, "v1"), UserCount("app", "u2", 2, "v2")))
+    audit = JobAudit(
+        "j1", "t1", "p", T0, (UserCount("app", "u1", 4, "v1"), UserCount("app", "u2", 2, "v2"))
+    )
     store.put_audit(audit)
     assert store.get_audit("j1") == audit and audit.total_examples == 6
     assert store.get_audit("j2") is None
