@@ -22,11 +22,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from autohas_edge.server.search import ProgressEvent, SearchConfig, load_dataset, run_search
-from autohas_edge.server.search.data import Dataset
-from autohas_edge.server.search.defaults import default_space
-from autohas_edge.server.search.models import LAYOUTS, build_model, count_params, model_args_for
-from autohas_edge.server.search.retrain import accuracy, retrain
+from autohas_edge.server.search import (
+    LAYOUTS,
+    Dataset,
+    ProgressEvent,
+    SearchConfig,
+    accuracy,
+    build_model,
+    count_params,
+    default_space,
+    load_dataset,
+    model_args_for,
+    retrain,
+    run_search,
+)
 from bench.results import markdown_table, write_section
 
 TARGETS = (

@@ -28,10 +28,7 @@ def sub_model_matches(device: str, seed: int = 0) -> dict[str, Any]:
     """Largest difference between a random sampled sub-model and its one-hot mixture on `device`."""
     import torch
 
-    from autohas_edge.server.search.defaults import default_space
-    from autohas_edge.server.search.models import LAYOUTS
-    from autohas_edge.server.search.supernet import SubModel, SuperNet
-    from autohas_edge.server.search.weights import autocast
+    from autohas_edge.server.search import LAYOUTS, SubModel, SuperNet, autocast, default_space
 
     rng = random.Random(seed)
     space = default_space(LAYOUTS["conv1d"], "signal", "joint")

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from autohas_edge.server.domain import ModelSummary
+from autohas_edge.server.errors import Cancelled
+
+__all__ = ["Cancelled", "check_spec", "export_bundle", "run_job", "search_config"]
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -27,8 +30,6 @@ _SPEC_TO_CONFIG = {
     "seed": "seed",
     "retrain_steps": "retrain_steps",
 }
-#: server.search.config.STRATEGIES, repeated so that checking a spec needs no torch (a test keeps them equal)
-STRATEGIES = ("differentiable", "reinforce")
 #: JobSpec fields this engine has no setting for: it splits the data itself (10% validation, 20% test)
 _UNSUPPORTED = ("validation_fraction", "test_fraction")
 #: About this many search checkpoints a job (the engine's own default, every 100 steps, would leave a short
@@ -37,12 +38,10 @@ CHECKPOINTS_PER_SEARCH = 20
 MAX_CHECKPOINT_EVERY = 100
 
 
-class Cancelled(Exception):
-    """The job was asked to stop before it finished."""
-
-
 def check_spec(spec: Mapping[str, Any]) -> None:
     """Raise ValueError naming the field if the engine cannot run this job spec (cheap: no torch)."""
+    from autohas_edge.server.search import STRATEGIES  # torch-free
+
     if spec.get("strategy") and spec["strategy"] not in STRATEGIES:
         raise ValueError(
             f"spec.strategy: {spec['strategy']!r} is not one of {', '.join(STRATEGIES)}"
@@ -106,21 +105,17 @@ def run_job(
 ) -> dict[str, Any]:
     """Run a search into `out_dir` (resuming from its checkpoint); returns the run's `result.json` dict.
 
-    `workers` > 1 runs it in that many processes under torchrun (`server.multiworker`).
+    `workers` > 1 runs it in that many processes under torchrun (`run_search_workers`).
     """
-    from autohas_edge.server.search import SearchCancelled, run_search
+    from autohas_edge.server.search import SearchCancelled, run_search, run_search_workers
 
     config = search_config(spec, dataset, device)
-    if workers > 1:
-        from autohas_edge.server import multiworker
-
-        return multiworker.run(config, out_dir, workers, on_progress, should_stop)
+    report = lambda e: on_progress(progress_dict(e))  # noqa: E731
     try:
+        if workers > 1:
+            return dict(run_search_workers(config, out_dir, workers, report, should_stop))
         result: dict[str, Any] = run_search(
-            config,
-            Path(out_dir),
-            on_progress=lambda e: on_progress(progress_dict(e)),
-            should_stop=should_stop,
+            config, Path(out_dir), on_progress=report, should_stop=should_stop
         )
     except SearchCancelled as e:
         raise Cancelled(str(e)) from e

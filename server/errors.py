@@ -13,6 +13,10 @@ class ServerError(Exception):
         self.message = message
 
 
+class Cancelled(Exception):
+    """A job was asked to stop before it finished (raised by an engine's `run_job`)."""
+
+
 class InvalidArgument(ServerError):
     """A request field is malformed; the message starts with the field's name."""
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autohas_edge.server.engine import Cancelled
+from autohas_edge.server.errors import Cancelled
 
 log = logging.getLogger(__name__)
 

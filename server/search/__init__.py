@@ -23,8 +23,10 @@ _EXPORTS = {
     "CONTINUOUS": "space",
     # running a search
     "run_search": "runner",
-    "ProgressEvent": "runner",
-    "SearchCancelled": "runner",
+    "run_search_workers": "launcher",
+    "WorkersFailed": "launcher",
+    "ProgressEvent": "progress",
+    "SearchCancelled": "progress",
     "load_model": "rundir",
     "Dataset": "data",
     "load_dataset": "data",
@@ -47,13 +49,46 @@ _EXPORTS = {
     "register_strategy": "strategies",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "CATEGORICAL",
+    "CONTINUOUS",
+    "DEVICES",
+    "LAYOUTS",
+    "MODES",
+    "STRATEGIES",
+    "ChildNet",
+    "Choice",
+    "Dataset",
+    "Layout",
+    "ProgressEvent",
+    "SearchCancelled",
+    "SearchConfig",
+    "SearchSpace",
+    "Strategy",
+    "SubModel",
+    "SuperNet",
+    "WorkersFailed",
+    "accuracy",
+    "autocast",
+    "build_model",
+    "count_params",
+    "default_space",
+    "feasible",
+    "load_dataset",
+    "load_model",
+    "model_args_for",
+    "register_strategy",
+    "retrain",
+    "run_search",
+    "run_search_workers",
+]
 
 if TYPE_CHECKING:
     from autohas_edge.server.search.config import DEVICES, MODES, STRATEGIES, SearchConfig
     from autohas_edge.server.search.data import Dataset, load_dataset
     from autohas_edge.server.search.defaults import default_space
     from autohas_edge.server.search.derive import feasible
+    from autohas_edge.server.search.launcher import WorkersFailed, run_search_workers
     from autohas_edge.server.search.models import (
         LAYOUTS,
         ChildNet,
@@ -62,9 +97,10 @@ if TYPE_CHECKING:
         count_params,
         model_args_for,
     )
+    from autohas_edge.server.search.progress import ProgressEvent, SearchCancelled
     from autohas_edge.server.search.retrain import accuracy, retrain
     from autohas_edge.server.search.rundir import load_model
-    from autohas_edge.server.search.runner import ProgressEvent, SearchCancelled, run_search
+    from autohas_edge.server.search.runner import run_search
     from autohas_edge.server.search.space import CATEGORICAL, CONTINUOUS, Choice, SearchSpace
     from autohas_edge.server.search.strategies import Strategy, register_strategy
     from autohas_edge.server.search.supernet import SubModel, SuperNet

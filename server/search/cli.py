@@ -6,10 +6,10 @@ import argparse
 import signal
 import sys
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any
 
 from autohas_edge.server.search.config import DEVICES, MODES, STRATEGIES, SearchConfig
+from autohas_edge.server.search.progress import SearchCancelled
 
 #: command-line flag -> SearchConfig field (flags map one to one onto the config)
 _FLAGS: dict[str, tuple[type, str]] = {
@@ -141,7 +141,7 @@ def _in_process(
     should_stop: Callable[[], bool],
 ) -> dict[str, Any]:
     """The search in this process (also each rank's part under torchrun)."""
-    from autohas_edge.server.search.runner import SearchCancelled, run_search
+    from autohas_edge.server.search.runner import run_search
 
     if args.threads > 0:
         import torch
@@ -161,21 +161,17 @@ def _with_workers(
     bar: _ProgressBar,
     should_stop: Callable[[], bool],
 ) -> dict[str, Any]:
-    """The search in `args.workers` processes under torchrun (see `server.multiworker`); Ctrl-C reaches
+    """The search in `args.workers` processes under torchrun (see `launcher`); Ctrl-C reaches
     this process only, which asks rank 0 to checkpoint and stop all ranks at the same step."""
-    from autohas_edge.server import multiworker
-    from autohas_edge.server.engine import Cancelled
-
-    def report(event: dict[str, Any]) -> None:
-        bar.update(SimpleNamespace(**event))
+    from autohas_edge.server.search import launcher
 
     try:
-        return multiworker.run(
-            config, args.out, args.workers, report, should_stop, threads=args.threads
+        return launcher.run(
+            config, args.out, args.workers, bar.update, should_stop, threads=args.threads
         )
-    except Cancelled as exc:
+    except SearchCancelled as exc:
         raise _Exit(130, str(exc)) from exc
-    except multiworker.WorkersFailed as exc:
+    except launcher.WorkersFailed as exc:
         raise _Exit(1, f"error: {exc}") from exc
 
 

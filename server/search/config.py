@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autohas_edge.server.search.space import SearchSpace
+from autohas_edge.server.search.strategies import REGISTRY
 
 MODES = ("joint", "nas", "hpo")
-STRATEGIES = ("differentiable", "reinforce")
+STRATEGIES = tuple(REGISTRY)  # the built-in strategies
 WEIGHT_PATHS = ("fast", "explicit")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -50,7 +51,7 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         _one_of("mode", self.mode, MODES)
-        _one_of("strategy", self.strategy, STRATEGIES)
+        _one_of("strategy", self.strategy, tuple(REGISTRY))  # registered ones too
         _one_of("device", self.device, DEVICES)
         _one_of("weights_path", self.weights_path, WEIGHT_PATHS)
         if not self.dataset:

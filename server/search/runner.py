@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,12 @@ from autohas_edge.server.search.distributed import Comm
 from autohas_edge.server.search.engine import Batches, Searcher
 from autohas_edge.server.search.hparams import LR_SCALE, validate_hparams
 from autohas_edge.server.search.models import LAYOUTS, build_model, count_params, model_args_for
+from autohas_edge.server.search.progress import (
+    Progress,
+    ProgressEvent,
+    SearchCancelled,
+    StopCheck,
+)
 from autohas_edge.server.search.retrain import accuracy, retrain
 from autohas_edge.server.search.rundir import read_checkpoint, save_checkpoint, write_run
 from autohas_edge.server.search.space import SearchSpace
@@ -29,27 +33,6 @@ from autohas_edge.server.search.supernet import SuperNet
 
 #: a resumed rank without a saved generator reseeds with its rank seed + this times the step
 RESEED_STRIDE = 1_000_003
-
-
-class SearchCancelled(Exception):
-    """Raised when `should_stop()` returned True; the search checkpoint is saved first."""
-
-
-@dataclass
-class ProgressEvent:
-    """One progress report: stage `load|search|retrain|evaluate|done` and the current figures."""
-
-    stage: str
-    step: int = 0
-    total_steps: int = 0
-    train_loss: float = math.nan
-    val_loss: float = math.nan
-    learning_rate: float = math.nan
-    encodings: dict[str, dict[str, float]] = field(default_factory=dict)
-
-
-Progress = Callable[[ProgressEvent], None]
-StopCheck = Callable[[], bool]
 
 
 def resolve_device(name: str) -> torch.device:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from autohas_edge.server import multiworker
-from autohas_edge.server.engine import Cancelled
-from autohas_edge.server.search import SearchConfig
+from autohas_edge.server.search import ProgressEvent, SearchConfig
+from autohas_edge.server.search import SearchCancelled as Cancelled
+from autohas_edge.server.search import launcher as multiworker
 from autohas_edge.server.search.distributed import Comm
 from autohas_edge.server.search.reinforce import controller_objective
 
@@ -122,12 +122,12 @@ def test_a_multiworker_job_cancels_then_resumes_from_its_checkpoint(
         multiworker.run(config, tmp_path, 2, seen.append, should_stop=lambda: len(seen) >= 4)
     stopped_at = torch.load(tmp_path / "search.pt", weights_only=True)["searcher"]["step"]
     assert 0 < stopped_at < 6 and not (tmp_path / "result.json").exists()
-    events: list[dict] = []
+    events: list[ProgressEvent] = []
     result = multiworker.run(config, tmp_path, 2, events.append, should_stop=lambda: False)
     assert result["search_steps"] == 6 and result["workers"]["max_encoding_difference"] == 0.0
-    search_steps = [e["step"] for e in events if e["stage"] == "search"]
+    search_steps = [e.step for e in events if e.stage == "search"]
     assert search_steps[0] == stopped_at + 1 and search_steps[-1] == 6  # resumed, not restarted
-    assert events[-1]["stage"] == "done"
+    assert events[-1].stage == "done"
     left = sorted(p.name for p in tmp_path.glob("workers.*"))
     assert left == ["workers.log"]  # the hand-over files are gone once the run is done
 
@@ -178,7 +178,7 @@ def test_ranks_exit_when_the_job_worker_dies(tmp_path: Path, toy_signal_npz: Pat
     """A killed server (and so job worker) must not leave torchrun or its ranks searching."""
     out = tmp_path / "orphan-run"
     script = (
-        "from autohas_edge.server import multiworker; from autohas_edge.server.search import SearchConfig; "
+        "from autohas_edge.server.search import SearchConfig, launcher as multiworker; "
         f"c = SearchConfig(dataset={str(toy_signal_npz)!r}, steps=100000, retrain_steps=1, "
         "batch_size=16, device='cpu', strategy='reinforce', samples=2); "
         f"multiworker.run(c, {str(out)!r}, 2, lambda e: None, lambda: False)"

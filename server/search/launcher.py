@@ -1,7 +1,8 @@
-"""A job's search in several worker processes under torchrun (`ServerConfig.search_workers` > 1).
+"""One search in several worker processes under torchrun (`autohas search --workers N`, and the
+server's jobs with `--search-workers N`).
 
-The job's worker process (`run`) starts ``python -m torch.distributed.run --standalone
---nproc-per-node N -m server.multiworker ...`` and talks to rank 0 through small files in the run
+The caller (`run`) starts ``python -m torch.distributed.run --standalone --nproc-per-node N
+-m autohas_edge.server.search.launcher ...`` and talks to rank 0 through small files in the run
 directory: rank 0 appends one JSON progress line per step, the job worker creates the stop file to
 cancel (rank 0 polls it and every rank stops at the same step), and rank 0 writes the outcome. Every
 rank exits when the job worker is gone, so a killed server never leaves ranks running.
@@ -10,6 +11,7 @@ rank exits when the job worker is gone, so a killed server never leaves ranks ru
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -22,6 +24,8 @@ from typing import Any
 
 from autohas_edge.server.jobs.files import write_json_atomic
 from autohas_edge.server.jobs.worker import exit_when_gone
+from autohas_edge.server.search.config import SearchConfig
+from autohas_edge.server.search.progress import ProgressEvent, SearchCancelled
 
 PROGRESS, STOP, OUTCOME, LOG = (
     "workers.progress.jsonl",
@@ -38,22 +42,20 @@ class WorkersFailed(RuntimeError):
 
 
 def run(
-    config: Any,
+    config: SearchConfig,
     out_dir: str | Path,
     workers: int,
-    on_progress: Callable[[dict[str, Any]], None],
+    on_progress: Callable[[ProgressEvent], None],
     should_stop: Callable[[], bool],
     threads: int = 0,
 ) -> dict[str, Any]:
-    """Run `config` (a `SearchConfig`) in `workers` processes; rank 0's result.json dict.
+    """Run `config` in `workers` processes; rank 0's result.json dict.
 
     torchrun runs in its own session, so a terminal's Ctrl-C reaches the caller only, whose
     `should_stop()` then stops every rank at the same step after a checkpoint. `threads`: torch threads
-    per worker (0: torchrun's default, 1). Raises `server.engine.Cancelled` when stopped, `WorkersFailed`
+    per worker (0: torchrun's default, 1). Raises `SearchCancelled` when stopped, `WorkersFailed`
     when the workers end without a result.
     """
-    from autohas_edge.server.engine import Cancelled
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name in (PROGRESS, STOP, OUTCOME):
@@ -66,7 +68,7 @@ def run(
         "--standalone",
         f"--nproc-per-node={workers}",
         "-m",
-        "autohas_edge.server.multiworker",
+        "autohas_edge.server.search.launcher",
         "--out",
         str(out),
         "--parent-pid",
@@ -85,21 +87,25 @@ def run(
     progress = _Tail(out / PROGRESS)
     while process.poll() is None:
         for event in progress.read():
-            on_progress(event)
+            on_progress(ProgressEvent(**event))
         if should_stop():
             (out / STOP).touch()
         time.sleep(POLL_S)
     for event in progress.read():
-        on_progress(event)
+        on_progress(ProgressEvent(**event))
     outcome = _read_json(out / OUTCOME) or {}
     if outcome.get("status") == "cancelled":
-        raise Cancelled(outcome.get("message", "cancelled"))
+        raise SearchCancelled(outcome.get("message", "cancelled"))
     if process.returncode == 0 and outcome.get("status") == "done":
         for name in (PROGRESS, STOP, OUTCOME, CONFIG):  # workers.log stays, for the record
             (out / name).unlink(missing_ok=True)
         return json.loads((out / "result.json").read_text())
     reason = outcome.get("error") or f"exit code {process.returncode}; see {out / LOG}"
     raise WorkersFailed(f"{workers} search workers failed: {reason}")
+
+
+#: the public name (`autohas_edge.server.search.run_search_workers`)
+run_search_workers = run
 
 
 class _Tail:
@@ -125,10 +131,9 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def rank_main(argv: list[str] | None = None) -> int:
     """One rank: run the search in the run directory's `workers.config.json`; rank 0 reports."""
-    from autohas_edge.server.engine import progress_dict
-    from autohas_edge.server.search import SearchCancelled, SearchConfig, run_search
+    from autohas_edge.server.search.runner import run_search
 
-    parser = argparse.ArgumentParser(prog="python -m server.multiworker")
+    parser = argparse.ArgumentParser(prog="python -m autohas_edge.server.search.launcher")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--parent-pid", type=int, required=True)
     args = parser.parse_args(argv)
@@ -137,9 +142,9 @@ def rank_main(argv: list[str] | None = None) -> int:
     is_main = int(os.environ.get("RANK", "0")) == 0
     progress = open(out / PROGRESS, "a") if is_main else None  # noqa: SIM115 (open for the whole run)
 
-    def report(event: Any) -> None:
+    def report(event: ProgressEvent) -> None:
         if progress is not None:
-            progress.write(json.dumps(progress_dict(event)) + "\n")
+            progress.write(json.dumps(dataclasses.asdict(event)) + "\n")
             progress.flush()
 
     try:
