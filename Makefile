@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all lint proto bench clean
+.PHONY: setup demo test test-slow test-all lint proto bench device-wheel clean
 
 setup: $(STAMP)
 
@@ -24,11 +24,20 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+# The device-only wheel: device_sdk + generated protocol code + the numpy layer, no server or torch.
+device-wheel: $(STAMP)
+	$(PY) -m tools.build_device_wheel --out dist/
 
 proto: $(STAMP)
 	$(PY) -m autohas_edge.proto.generate
