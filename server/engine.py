@@ -108,8 +108,11 @@ def run_job(
     `workers` > 1 runs it in that many processes under torchrun (`run_search_workers`).
     """
     from autohas_edge.server.search import SearchCancelled, run_search, run_search_workers
+    from autohas_edge.server.search.threads import apply_threads
 
     config = search_config(spec, dataset, device)
+    if workers <= 1:
+        apply_threads(0)  # the launcher sets each rank's share when there are several
     report = lambda e: on_progress(progress_dict(e))  # noqa: E731
     try:
         if workers > 1:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autohas_edge.common.proc import process_identity
 from autohas_edge.server.errors import Cancelled
 
 log = logging.getLogger(__name__)
@@ -31,33 +32,13 @@ class WorkerArgs:
     workers: int = 1  # search worker processes (torchrun ranks)
 
 
-def _identity(pid: int) -> str | None:
-    """Something that changes when process `pid` ends, even if its pid is reused (its start time on
-    Linux); None when there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        if Path("/proc/self/stat").exists():
-            return None
-        try:  # no /proc: existence only
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return "alive"
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
 def exit_when_gone(pid: int, period: float = 0.5) -> None:
     """Exit (code 3) once process `pid` is gone: a killed server leaves no search worker running, and a
     gone job worker leaves no torchrun rank running."""
-    alive = _identity(pid)
+    alive = process_identity(pid)
 
     def watch() -> None:
-        while _identity(pid) == alive is not None:
+        while process_identity(pid) == alive is not None:
             time.sleep(period)
         os._exit(3)
 
@@ -67,6 +48,9 @@ def exit_when_gone(pid: int, period: float = 0.5) -> None:
 def run_job(args: WorkerArgs, messages: Any, stop: Any) -> None:
     """Run one job; send ("progress", dict) while it runs, then ("done", result) / ("cancelled", None) /
     ("failed", message) on the `messages` queue. `stop` is an Event the server sets to cancel."""
+    from autohas_edge.server.search.threads import prepare_environment
+
+    prepare_environment()  # before the engine imports torch
     exit_when_gone(args.parent_pid)
     Path(args.run_dir).mkdir(parents=True, exist_ok=True)
     logging.basicConfig(

@@ -70,7 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             help=f"{help_text} (default {default})",
         )
     parser.add_argument(
-        "--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)"
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads per worker (default 0: the usable cores, shared among the workers)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
@@ -82,7 +85,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m server.search.cli` (what `--workers` and torchrun start in every worker)."""
+    """`python -m autohas_edge.server.search.cli` (also what torchrun can start in every worker)."""
+    from autohas_edge.server.search.threads import prepare_environment
+
+    prepare_environment()
     parser = argparse.ArgumentParser(prog="autohas search", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))
@@ -142,11 +148,9 @@ def _in_process(
 ) -> dict[str, Any]:
     """The search in this process (also each rank's part under torchrun)."""
     from autohas_edge.server.search.runner import run_search
+    from autohas_edge.server.search.threads import apply_threads
 
-    if args.threads > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     try:
         return run_search(config, args.out, on_progress=bar.update, should_stop=should_stop)
     except ValueError as exc:

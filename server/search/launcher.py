@@ -26,6 +26,7 @@ from autohas_edge.server.jobs.files import write_json_atomic
 from autohas_edge.server.jobs.worker import exit_when_gone
 from autohas_edge.server.search.config import SearchConfig
 from autohas_edge.server.search.progress import ProgressEvent, SearchCancelled
+from autohas_edge.server.search.threads import resolve_threads
 
 PROGRESS, STOP, OUTCOME, LOG = (
     "workers.progress.jsonl",
@@ -53,8 +54,8 @@ def run(
 
     torchrun runs in its own session, so a terminal's Ctrl-C reaches the caller only, whose
     `should_stop()` then stops every rank at the same step after a checkpoint. `threads`: torch threads
-    per worker (0: torchrun's default, 1). Raises `SearchCancelled` when stopped, `WorkersFailed`
-    when the workers end without a result.
+    per worker (0: the usable cores shared among the workers). Raises `SearchCancelled` when stopped,
+    `WorkersFailed` when the workers end without a result.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,7 +75,11 @@ def run(
         "--parent-pid",
         str(os.getpid()),
     ]
-    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads > 0 else {})}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(resolve_threads(threads, workers)),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+    }
     with open(out / LOG, "ab") as log:
         process = subprocess.Popen(
             command,

@@ -259,6 +259,7 @@ class _Run:
             "strategy": config.strategy,
             "device": str(self.device),
             "workers": workers or {"world_size": 1},
+            "torch_threads": torch.get_num_threads(),
         }
         write_run(self.out, result, model, args, searcher, self.space)
         self.emit(
