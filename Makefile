@@ -33,7 +33,7 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy
+	$(PY) -m tools.typecheck
 
 # The device-only wheel: device_sdk + generated protocol code + the numpy layer, no server or torch.
 device-wheel: $(STAMP)
