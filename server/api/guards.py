@@ -69,7 +69,7 @@ class MessageInterceptor(grpc.ServerInterceptor):
             handler is None
             or handler.request_deserializer is None
             or details.method not in self._methods
-        ):  # type: ignore[attr-defined]
+        ):
             return handler
 
         def around(behavior: Behavior, request: Any, context: grpc.ServicerContext) -> Any:
@@ -193,7 +193,7 @@ class StreamInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
-        method = details.method  # type: ignore[attr-defined]
+        method = details.method
         if (
             handler is None
             or method not in self._methods

@@ -96,14 +96,16 @@ def bearer_token(metadata: Any) -> str:
 
 
 def wrap_handler(
-    handler: grpc.RpcMethodHandler,
+    handler: grpc.RpcMethodHandler[Any, Any],
     around: Around,
     request_deserializer: Callable[[bytes], Any] | None = None,
-) -> grpc.RpcMethodHandler:
+) -> grpc.RpcMethodHandler[Any, Any]:
     """The same handler with its behavior called through `around(behavior, request, context)`.
 
     `request_deserializer` replaces the handler's own when given.
     """
+    behavior: Behavior | None
+    factory: Callable[..., grpc.RpcMethodHandler[Any, Any]]
     if handler.request_streaming and handler.response_streaming:
         behavior, factory = handler.stream_stream, grpc.stream_stream_rpc_method_handler
     elif handler.request_streaming:
@@ -112,6 +114,7 @@ def wrap_handler(
         behavior, factory = handler.unary_stream, grpc.unary_stream_rpc_method_handler
     else:
         behavior, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+    assert behavior is not None, "a handler has the behavior of its streaming kind"
     return factory(
         lambda request, context: around(behavior, request, context),
         request_deserializer=request_deserializer or handler.request_deserializer,
@@ -128,10 +131,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
-        access = self._table.get(details.method)  # type: ignore[attr-defined]
+        access = self._table.get(details.method)
         if handler is None or access is None or access is Access.PUBLIC:
             return handler  # health, reflection and RegisterDevice need no token
-        method = details.method.rsplit("/", 1)[-1]  # type: ignore[attr-defined]
+        method = details.method.rsplit("/", 1)[-1]
 
         def around(behavior: Behavior, request: Any, context: grpc.ServicerContext) -> Any:
             principal = self._accounts.authenticate(bearer_token(context.invocation_metadata()))
@@ -153,7 +156,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
-        if handler is None or details.method not in self._methods:  # type: ignore[attr-defined]
+        if handler is None or details.method not in self._methods:
             return handler
 
         def around(behavior: Behavior, request: Any, context: grpc.ServicerContext) -> Any:
@@ -178,6 +181,7 @@ def _abort(context: grpc.ServicerContext, error: Exception) -> None:
     """Fail the call with the error's status; re-raises when the call already has one (abort, cancel)."""
     if isinstance(error, ServerError):
         context.abort(getattr(grpc.StatusCode, error.code), error.message)
+    # ServicerContext.code() exists since grpc 1.38 but is missing from types-grpcio
     if context.code() is not None or not context.is_active():  # type: ignore[attr-defined]
         raise error
     log.error("unexpected error in an RPC", exc_info=error)
