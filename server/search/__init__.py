@@ -44,6 +44,9 @@ _EXPORTS = {
     "SuperNet": "supernet",
     "SubModel": "supernet",
     "autocast": "weights",
+    # threads
+    "apply_threads": "threads",
+    "default_threads": "threads",
     # strategies
     "Strategy": "strategies",
     "register_strategy": "strategies",
@@ -69,10 +72,12 @@ __all__ = [
     "SuperNet",
     "WorkersFailed",
     "accuracy",
+    "apply_threads",
     "autocast",
     "build_model",
     "count_params",
     "default_space",
+    "default_threads",
     "feasible",
     "load_dataset",
     "load_model",
@@ -104,6 +109,7 @@ if TYPE_CHECKING:
     from autohas_edge.server.search.space import CATEGORICAL, CONTINUOUS, Choice, SearchSpace
     from autohas_edge.server.search.strategies import Strategy, register_strategy
     from autohas_edge.server.search.supernet import SubModel, SuperNet
+    from autohas_edge.server.search.threads import apply_threads, default_threads
     from autohas_edge.server.search.weights import autocast
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.profiler import record_function
 
 from autohas_edge.server.search import hparams as hp
 from autohas_edge.server.search.config import SearchConfig
@@ -128,9 +129,10 @@ class Searcher:
 
     def _chunks(self, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """A training batch split into one augmented chunk per augmentation basis."""
-        x, y = self.batches.train(size)
-        policies = tuple(str(p) for p in self.space.hparam("augment").candidates)
-        return augmented_chunks(x, y, policies, self.batches.scale, self.batches.gen)
+        with record_function("search.data_and_augmentation"):
+            x, y = self.batches.train(size)
+            policies = tuple(str(p) for p in self.space.hparam("augment").candidates)
+            return augmented_chunks(x, y, policies, self.batches.scale, self.batches.gen)
 
     def step(self) -> StepStats:
         """One first iteration, then (after warm-up) one second iteration."""
@@ -138,16 +140,18 @@ class Searcher:
         with torch.no_grad():
             probs = self.probabilities()
         mix = HPMix.from_probs(self.space, probs)
-        train_loss = first_iteration(
-            self.net,
-            self.flat,
-            self.opt_state,
-            self._chunks(self.batch_size),
-            self._arch(probs),
-            mix,
-            cfg.grad_clip,
-            reduce=self.comm.mean_,
-        )
+        chunks = self._chunks(self.batch_size)
+        with record_function("search.first_iteration"):
+            train_loss = first_iteration(
+                self.net,
+                self.flat,
+                self.opt_state,
+                chunks,
+                self._arch(probs),
+                mix,
+                cfg.grad_clip,
+                reduce=self.comm.mean_,
+            )
         return self._finish_step(train_loss, float(mix.lr))
 
     def _finish_step(self, train_loss: float, lr: float) -> StepStats:
@@ -164,8 +168,9 @@ class Searcher:
     def _sync_buffers(self) -> None:
         """Average batch-norm running statistics across workers (each saw its own batches)."""
         if self.comm.active:
-            buffers = [b for name, b in self.net.named_buffers() if "running_" in name]
-            self._mean_in_place(buffers)
+            with record_function("search.all_reduce"):
+                buffers = [b for name, b in self.net.named_buffers() if "running_" in name]
+                self._mean_in_place(buffers)
 
     def _mean_in_place(self, tensors: list[torch.Tensor]) -> None:
         """Average tensors across workers with one all-reduce."""
@@ -191,10 +196,12 @@ class Searcher:
         probs = self.probabilities()
         mix, arch = HPMix.from_probs(self.space, probs), self._arch(probs)
         w_prime = self._combined_weights(arch, mix)
-        x_val, y_val = self.batches.val(self.encoding_batch_size)
-        val_loss = validation_objective(self.net, self.flat, w_prime, x_val, y_val, arch)
-        penalty = cfg.cost_weight * cost_penalty(self.net.expected_params(arch), cfg.max_params)
-        grad_norm = self._update_encodings(val_loss + penalty)
+        with record_function("search.validation_forward"):
+            x_val, y_val = self.batches.val(self.encoding_batch_size)
+            val_loss = validation_objective(self.net, self.flat, w_prime, x_val, y_val, arch)
+            penalty = cfg.cost_weight * cost_penalty(self.net.expected_params(arch), cfg.max_params)
+        with record_function("search.encoding_update"):
+            grad_norm = self._update_encodings(val_loss + penalty)
         return self.comm.mean(float(val_loss.detach())), grad_norm
 
     def _combined_weights(self, arch: dict[str, torch.Tensor], mix: HPMix) -> torch.Tensor:
@@ -214,8 +221,9 @@ class Searcher:
             )
             return combine_explicit(*args)[0]
         losses = [str(v) for v in self.space.hparam("loss").candidates]
-        grads = basis_gradients(self.net, self.flat, chunks, arch, losses, cfg.grad_clip)
-        return combine_fast(self.flat.get(), grads, self.opt_state, mix)
+        with record_function("search.temporary_weights"):
+            grads = basis_gradients(self.net, self.flat, chunks, arch, losses, cfg.grad_clip)
+            return combine_fast(self.flat.get(), grads, self.opt_state, mix)
 
     def _record(self, stats: StepStats) -> None:
         self.history.lr.append(stats.learning_rate)

@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 import torch
+from torch.profiler import record_function
 
 from autohas_edge.server.search import hparams as hp
 from autohas_edge.server.search.augment import augment
@@ -81,16 +82,18 @@ class ReinforceSearcher(Searcher):
             probs = self.probabilities()
         mix = HPMix.from_probs(self.space, probs)
         arch = self._sub_model(self._sample(probs))
-        train_loss = first_iteration(
-            self.net,
-            self.flat,
-            self.opt_state,
-            self._chunks(self.batch_size),
-            arch,
-            mix,
-            self.config.grad_clip,
-            reduce=self.comm.mean_,
-        )
+        chunks = self._chunks(self.batch_size)
+        with record_function("search.first_iteration"):
+            train_loss = first_iteration(
+                self.net,
+                self.flat,
+                self.opt_state,
+                chunks,
+                arch,
+                mix,
+                self.config.grad_clip,
+                reduce=self.comm.mean_,
+            )
         return self._finish_step(train_loss, float(mix.lr))
 
     def second_iteration(self) -> tuple[float, float]:
@@ -103,10 +106,13 @@ class ReinforceSearcher(Searcher):
         x, y = self.batches.train(self.encoding_batch_size)
         x_val, y_val = self.batches.val(self.encoding_batch_size)
         picks = [self._sample(probs) for _ in range(self.comm.share(self.config.samples))]
-        rewards = [self._reward(p, x, y, x_val, y_val) for p in picks]
+        with record_function("search.temporary_weights"):
+            rewards = [self._reward(p, x, y, x_val, y_val) for p in picks]
         mean_reward = self.comm.mean(sum(rewards) / len(rewards))
         baseline = mean_reward if math.isnan(self.baseline) else self.baseline
-        grad_norm = self._update_encodings(controller_objective(probs, picks, rewards, baseline))
+        with record_function("search.encoding_update"):
+            objective = controller_objective(probs, picks, rewards, baseline)
+            grad_norm = self._update_encodings(objective)
         self.baseline = BASELINE_DECAY * baseline + (1 - BASELINE_DECAY) * mean_reward
         return 1.0 - mean_reward, grad_norm  # reported as the validation error
 

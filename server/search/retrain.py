@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from autohas_edge.server.search import hparams as hp
 from autohas_edge.server.search.augment import augment
@@ -44,18 +45,19 @@ def retrain(
     warmup = max(1, steps // 20)
     model.train()
     for t in range(steps):
-        idx = torch.randint(len(x), (batch_size,), generator=gen, device=x.device)
-        xb = augment(x[idx], policy, scale, gen)
-        with autocast(xb.device):
-            logits = model(xb)
-        ce, uniform = hp.per_example_losses(logits, y[idx])
-        loss = hp.basis_loss(ce, uniform, loss_name).mean()
-        grad = clip(flat.flat_grad(loss), grad_clip)
-        d, new_state = hp.direction(optimizer, grad, state)
-        hp.commit(state, [new_state])
-        lr = peak * hp.cosine_factor(t, steps, warmup)
-        w = flat.get()
-        flat.set(w - lr * d - lr * wd * w)
+        with record_function("retrain.step"):
+            idx = torch.randint(len(x), (batch_size,), generator=gen, device=x.device)
+            xb = augment(x[idx], policy, scale, gen)
+            with autocast(xb.device):
+                logits = model(xb)
+            ce, uniform = hp.per_example_losses(logits, y[idx])
+            loss = hp.basis_loss(ce, uniform, loss_name).mean()
+            grad = clip(flat.flat_grad(loss), grad_clip)
+            d, new_state = hp.direction(optimizer, grad, state)
+            hp.commit(state, [new_state])
+            lr = peak * hp.cosine_factor(t, steps, warmup)
+            w = flat.get()
+            flat.set(w - lr * d - lr * wd * w)
         if on_step is not None:
             on_step(t, float(loss.detach()), lr)
 
