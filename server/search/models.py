@@ -71,22 +71,22 @@ _MLP = Layout("mlp", 64, 0, 1, (BlockSpec(64, 64), BlockSpec(64, 64), BlockSpec(
 LAYOUTS = {"conv1d": _CONV1D, "conv2d": _CONV2D, "mlp": _MLP}
 
 
-def conv_cls(dims: int) -> type[nn.Module]:
+def conv_cls(dims: int) -> type[nn.Conv1d] | type[nn.Conv2d]:
     """nn.Conv1d or nn.Conv2d."""
     return nn.Conv1d if dims == 1 else nn.Conv2d
 
 
-def bn_cls(dims: int) -> type[nn.Module]:
+def bn_cls(dims: int) -> type[nn.BatchNorm1d] | type[nn.BatchNorm2d]:
     """nn.BatchNorm1d or nn.BatchNorm2d."""
     return nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d
 
 
 def conv_bn(
     dims: int, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1
-) -> list[nn.Module]:
+) -> tuple[nn.Conv1d | nn.Conv2d, nn.BatchNorm1d | nn.BatchNorm2d]:
     """Convolution (no bias) followed by batch norm."""
     conv = conv_cls(dims)(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False)
-    return [conv, bn_cls(dims)(cout)]
+    return conv, bn_cls(dims)(cout)
 
 
 class InvertedResidual(nn.Module):
@@ -106,7 +106,8 @@ class InvertedResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the block."""
-        return x + self.body(x) if self.residual else self.body(x)
+        y: torch.Tensor = self.body(x)
+        return x + y if self.residual else y
 
 
 class MLPBlock(nn.Module):
@@ -126,11 +127,15 @@ class MLPBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the block."""
-        return x + self.body(x) if self.residual else self.body(x)
+        y: torch.Tensor = self.body(x)
+        return x + y if self.residual else y
 
 
 class ChildNet(nn.Module):
     """The derived model: normalise (buffers), stem, blocks, global mean pooling, linear classifier."""
+
+    norm_mean: torch.Tensor  # buffers, registered in __init__
+    norm_std: torch.Tensor
 
     def __init__(self, model_args: ModelArgs) -> None:
         super().__init__()
@@ -159,12 +164,13 @@ class ChildNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Feature vector [batch, D] after global pooling (what the device head trains on)."""
-        h = self.blocks(self.stem((x - self.norm_mean) / self.norm_std))
+        h: torch.Tensor = self.blocks(self.stem((x - self.norm_mean) / self.norm_std))
         return h.mean(dim=self.pool_dims) if self.pool_dims else h
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits [batch, num_classes]."""
-        return self.classifier(self.features(x))
+        logits: torch.Tensor = self.classifier(self.features(x))
+        return logits
 
 
 def _block(family: str, b: dict[str, int]) -> nn.Module:
@@ -219,7 +225,7 @@ def count_params(model_args: ModelArgs) -> int:
         taps = b.get("kernel", 0) ** (len(shape) - 1)
         total += block_params(family, b["in"], b["out"], taps, b["in"] * b["expansion"])
         width = b["out"]
-    return total + width * model_args["num_classes"] + model_args["num_classes"]
+    return int(total + width * model_args["num_classes"] + model_args["num_classes"])
 
 
 def block_params(family: str, cin: int, cout: int, taps: Any, hidden: Any) -> Any:

@@ -18,7 +18,13 @@ from autohas_edge.server.search.defaults import default_space
 from autohas_edge.server.search.distributed import Comm
 from autohas_edge.server.search.engine import Batches, Searcher
 from autohas_edge.server.search.hparams import LR_SCALE, validate_hparams
-from autohas_edge.server.search.models import LAYOUTS, build_model, count_params, model_args_for
+from autohas_edge.server.search.models import (
+    LAYOUTS,
+    ChildNet,
+    build_model,
+    count_params,
+    model_args_for,
+)
 from autohas_edge.server.search.progress import (
     Progress,
     ProgressEvent,
@@ -102,7 +108,7 @@ def norm_stats(x: np.ndarray, family: str) -> tuple[np.ndarray, np.ndarray]:
     return x.mean(axis=axes, keepdims=True), x.std(axis=axes, keepdims=True) + 1e-6
 
 
-def _set_norm(model: nn.Module, data: Dataset) -> None:
+def _set_norm(model: SuperNet | ChildNet, data: Dataset) -> None:
     """Normalisation lives inside the model as buffers, so a device feeds raw data."""
     mean, std = norm_stats(data.x_train, data.family)
     model.norm_mean.copy_(torch.as_tensor(mean.reshape(model.norm_mean.shape)))

@@ -17,6 +17,7 @@ mixture computes, at the sub-model's own cost in time and memory.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,15 @@ def _values(arch: dict[str, Choice], name: str, default: tuple) -> tuple:
 class MixedBlock(nn.Module):
     """A searchable block holding the largest candidate's weights; candidates are slices of it."""
 
+    expand: nn.Linear | nn.Conv1d | nn.Conv2d
+    dw: nn.Conv1d | nn.Conv2d  # conv families only
+    project: nn.Linear | nn.Conv1d | nn.Conv2d
+    bn1: nn.BatchNorm1d | nn.BatchNorm2d
+    bn2: nn.BatchNorm1d | nn.BatchNorm2d  # conv families only
+    bn3: nn.BatchNorm1d | nn.BatchNorm2d
+    kernel_masks: torch.Tensor  # buffers, registered in __init__ (kernel_masks: conv families only)
+    channel_masks: torch.Tensor
+
     def __init__(self, family: str, index: int, spec: BlockSpec, arch: dict[str, Choice]) -> None:
         super().__init__()
         self.family, self.spec, self.prefix = family, spec, f"b{index}."
@@ -107,7 +117,7 @@ class MixedBlock(nn.Module):
         hidden = torch.tensordot(p_exp, self.channel_masks, 1)
         if self.family == "mlp":
             h = F.relu(self.bn1(self.expand(x))) * hidden
-            y = self.bn3(self.project(h))
+            y: torch.Tensor = self.bn3(self.project(h))
         else:
             p_kernel = probs.get(self.prefix + "kernel", torch.ones(1, device=x.device))
             kernel = self.dw.weight * torch.tensordot(p_kernel, self.kernel_masks, 1)
@@ -157,7 +167,9 @@ class MixedBlock(nn.Module):
                 [k**self.dims for k in self.kernels], dtype=p_kernel.dtype, device=device
             )
             taps = (p_kernel * areas).sum()
-        cost = block_params(self.family, self.spec.in_ch, self.spec.out_ch, taps, hidden)
+        cost: torch.Tensor = block_params(
+            self.family, self.spec.in_ch, self.spec.out_ch, taps, hidden
+        )
         p_depth = probs.get(self.prefix + "depth")
         return cost if p_depth is None else p_depth[0] * cost
 
@@ -187,6 +199,9 @@ def _bn(
 
 class SuperNet(nn.Module):
     """Stem, mixed blocks, global pooling, classifier; `forward(x, probs)` mixes by the encodings."""
+
+    norm_mean: torch.Tensor  # buffers, registered in __init__
+    norm_std: torch.Tensor
 
     def __init__(
         self,
@@ -227,11 +242,20 @@ class SuperNet(nn.Module):
         h = self.stem((x - self.norm_mean) / self.norm_std)
         for block in self.blocks:
             h = block(h, probs)
-        return self.classifier(h.mean(dim=self.pool_dims) if self.pool_dims else h)
+        logits: torch.Tensor = self.classifier(h.mean(dim=self.pool_dims) if self.pool_dims else h)
+        return logits
+
+    def _mixed_blocks(self) -> Iterator[MixedBlock]:
+        """The blocks, typed (`nn.ModuleList` yields plain modules)."""
+        for block in self.blocks:
+            assert isinstance(block, MixedBlock)
+            yield block
 
     def expected_params(self, probs: Probs) -> torch.Tensor:
         """Expected parameter count of the derived model under the encoding (the cost penalty)."""
-        return self._fixed + sum(block.expected_params(probs) for block in self.blocks)
+        blocks = sum(block.expected_params(probs) for block in self._mixed_blocks())
+        assert isinstance(blocks, torch.Tensor), "every layout has blocks"
+        return self._fixed + blocks
 
 
 def child_state_dict(
