@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
+from autohas_edge.common.tensor import DTYPE_NAMES, decode_tensor, encode_tensor
 from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
-
-_DTYPES = {
-    "float32": pb.DTYPE_FLOAT32,
-    "float16": pb.DTYPE_FLOAT16,
-    "int8": pb.DTYPE_INT8,
-    "uint8": pb.DTYPE_UINT8,
-    "int32": pb.DTYPE_INT32,
-}
-_NAMES = {v: k for k, v in _DTYPES.items()}
 
 
 @dataclass(frozen=True)
@@ -55,20 +47,14 @@ class ConsentInfo:
 
 
 def tensor_to_proto(x: np.ndarray) -> pb.Tensor:
-    """A numpy array as a little-endian row-major `Tensor`."""
-    name = np.dtype(x.dtype).name
-    if name not in _DTYPES:
-        raise ValueError(f"dtype {name} cannot be uploaded; use one of {sorted(_DTYPES)}")
-    data = np.ascontiguousarray(x, dtype=np.dtype(name).newbyteorder("<")).tobytes()
-    return pb.Tensor(dtype=_DTYPES[name], shape=list(x.shape), data=data)
+    """A numpy array as a little-endian row-major `Tensor`; ValueError naming an unsendable dtype."""
+    wire = encode_tensor(x)
+    return pb.Tensor(dtype=cast(pb.DType, wire.dtype), shape=list(wire.shape), data=wire.data)
 
 
 def tensor_from_proto(t: pb.Tensor) -> np.ndarray:
-    """Inverse of `tensor_to_proto`."""
-    dtype = np.dtype(_NAMES[t.dtype]).newbyteorder("<")
-    return (
-        np.frombuffer(t.data, dtype=dtype).reshape(tuple(t.shape)).astype(dtype.newbyteorder("="))
-    )
+    """Inverse of `tensor_to_proto`; ValueError unless its dtype, shape and byte count agree."""
+    return decode_tensor(t.dtype, t.shape, t.data)
 
 
 def task_from_proto(t: pb.Task) -> TaskInfo:
@@ -77,7 +63,7 @@ def task_from_proto(t: pb.Task) -> TaskInfo:
         t.task_id,
         t.purpose,
         tuple(int(d) for d in t.input_shape),
-        _NAMES.get(t.input_dtype, "float32"),
+        DTYPE_NAMES.get(t.input_dtype, "float32"),
         int(t.num_classes),
         tuple(t.label_names),
     )

@@ -11,10 +11,6 @@ from typing import Any
 
 import numpy as np
 
-#: Tensor dtypes a device may upload, by numpy name.
-DTYPES: dict[str, np.dtype] = {
-    name: np.dtype(name) for name in ("float32", "float16", "int8", "uint8", "int32")
-}
 SEARCH_MODES = ("joint", "nas", "hpo")
 EXPORT_FORMATS = ("onnx", "tflite", "onnx-int8", "tflite-int8")
 

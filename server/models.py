@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import multiprocessing as mp
@@ -15,6 +14,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
+from autohas_edge.common.filetable import MANIFEST, files_table
+from autohas_edge.common.fs import fsync_dir
 from autohas_edge.server.accounts import Principal
 from autohas_edge.server.domain import EXPORT_FORMATS, JobState, ModelFile, ModelInfo, now
 from autohas_edge.server.errors import (
@@ -29,7 +30,6 @@ from autohas_edge.server.store import Store
 from autohas_edge.server.tokens import new_id
 
 log = logging.getLogger(__name__)
-MANIFEST = "manifest.json"
 MAX_EXPORT_JOBS = 64
 #: Smaller requested chunks are raised to this: a 1-byte chunk size would make one download of a 16 MiB
 #: model cost the server 16 million messages.
@@ -45,21 +45,10 @@ class ExportOutcome:
     error: str = ""
 
 
-def hash_file(path: Path) -> str:
-    """The hex SHA-256 of a file's content."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def bundle_files(bundle: Path) -> tuple[ModelFile, ...]:
     """Every regular file under a bundle directory with its sha256 and size, by relative path."""
-    files = sorted(p for p in bundle.rglob("*") if p.is_file() and not p.is_symlink())
-    return tuple(
-        ModelFile(p.relative_to(bundle).as_posix(), hash_file(p), p.stat().st_size) for p in files
-    )
+    table = files_table(bundle, with_manifest=True)  # devices check the manifest's hash too
+    return tuple(ModelFile(path, entry.sha256, entry.bytes) for path, entry in table.items())
 
 
 class ModelRegistry:
@@ -106,6 +95,7 @@ class ModelRegistry:
         )
         dest = self.bundle_dir(model_id)
         os.replace(tmp, dest)
+        fsync_dir(self._dir)  # the rename must be on disk before the store, fsynced, names it
         info = ModelInfo(model_id, task_id, job_id, formats, now())
         self._store.add_model(info, bundle_files(dest))
         return info

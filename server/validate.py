@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 
-from autohas_edge.server.domain import DTYPES, SEARCH_MODES, ExampleBatch, JobSpec, Task
+from autohas_edge.common.ids import ID_RULE, is_id
+from autohas_edge.common.tensor import DTYPES
+from autohas_edge.server.domain import SEARCH_MODES, ExampleBatch, JobSpec, Task
 from autohas_edge.server.errors import InvalidArgument
 
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=/-]{0,127}")
 MAX_TEXT = 256
 MAX_STEPS = 10_000_000
 MAX_CLASSES = 100_000
@@ -22,12 +22,8 @@ def check_id(field: str, value: str) -> str:
     """A required identifier: 1-128 characters of letters, digits and `._:@+=/-`, not starting with one."""
     if not value:
         raise InvalidArgument(field, "required")
-    if not _ID.fullmatch(value):
-        raise InvalidArgument(
-            field,
-            f"{value[:64]!r} is not 1-128 letters, digits or ._:@+=/- "
-            "starting with a letter or digit",
-        )
+    if not is_id(value):
+        raise InvalidArgument(field, f"{value[:64]!r} is not {ID_RULE}")
     return value
 
 

@@ -6,13 +6,20 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from autohas_edge.common.tensor import (
+    DTYPE_CODES,
+    DTYPE_NAMES,
+    TensorError,
+    decode_tensor,
+    encode_tensor,
+)
 from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
 from autohas_edge.server.domain import (
-    DTYPES,
     Consent,
     Encoding,
     ExampleBatch,
@@ -31,15 +38,6 @@ from autohas_edge.server.errors import InvalidArgument
 from autohas_edge.server.examples import UploadResult
 from autohas_edge.server.models import ExportOutcome
 
-MAX_TENSOR_RANK = 8
-_DTYPE_TO_PROTO = {
-    "float32": pb.DTYPE_FLOAT32,
-    "float16": pb.DTYPE_FLOAT16,
-    "int8": pb.DTYPE_INT8,
-    "uint8": pb.DTYPE_UINT8,
-    "int32": pb.DTYPE_INT32,
-}
-_DTYPE_FROM_PROTO = {v: k for k, v in _DTYPE_TO_PROTO.items()}
 _MODE_TO_PROTO = {
     "joint": pb.SEARCH_MODE_JOINT,
     "nas": pb.SEARCH_MODE_NAS,
@@ -76,42 +74,28 @@ def timestamp_from_proto(msg: object, field: str) -> float | None:
     return ts.seconds + ts.nanos / 1e9
 
 
-def dtype_to_proto(name: str) -> int:
+def dtype_to_proto(name: str) -> pb.DType:
     """A numpy dtype name as a DType value (DTYPE_UNSPECIFIED for "")."""
-    return _DTYPE_TO_PROTO.get(name, pb.DTYPE_UNSPECIFIED)
+    return cast(pb.DType, DTYPE_CODES.get(name, pb.DTYPE_UNSPECIFIED))
 
 
 def dtype_from_proto(value: int) -> str:
     """A DType value as a numpy dtype name ("" when unspecified or unknown)."""
-    return _DTYPE_FROM_PROTO.get(value, "")
+    return DTYPE_NAMES.get(value, "")
 
 
 def tensor_to_proto(array: np.ndarray) -> pb.Tensor:
-    """A numpy array as a little-endian row-major Tensor."""
-    name = array.dtype.name
-    if name not in DTYPES:
-        raise ValueError(f"dtype {name} cannot be sent (one of {', '.join(DTYPES)})")
-    data = np.ascontiguousarray(array, dtype=DTYPES[name].newbyteorder("<")).tobytes()
-    return pb.Tensor(dtype=dtype_to_proto(name), shape=list(array.shape), data=data)
+    """A numpy array as a little-endian row-major Tensor; ValueError naming an unsendable dtype."""
+    wire = encode_tensor(array)
+    return pb.Tensor(dtype=cast(pb.DType, wire.dtype), shape=list(wire.shape), data=wire.data)
 
 
 def tensor_from_proto(msg: pb.Tensor, field: str) -> np.ndarray:
     """A Tensor as a read-only numpy array; its dtype, shape and byte count must agree."""
-    name = dtype_from_proto(msg.dtype)
-    if not name:
-        raise InvalidArgument(f"{field}.dtype", "unspecified or unknown dtype")
-    shape = tuple(msg.shape)
-    if not 1 <= len(shape) <= MAX_TENSOR_RANK or min(shape) < 0:
-        raise InvalidArgument(
-            f"{field}.shape", f"{list(shape)[:16]} is not 1-{MAX_TENSOR_RANK} sizes >= 0"
-        )
-    dtype = DTYPES[name].newbyteorder("<")
-    expected = math.prod(shape) * dtype.itemsize
-    if len(msg.data) != expected:
-        raise InvalidArgument(
-            f"{field}.data", f"{len(msg.data)} bytes, but {name} {list(shape)} needs {expected}"
-        )
-    return np.frombuffer(msg.data, dtype=dtype).reshape(shape)
+    try:
+        return decode_tensor(msg.dtype, msg.shape, msg.data)
+    except TensorError as e:
+        raise InvalidArgument(f"{field}.{e.part}", str(e)) from None
 
 
 def task_to_proto(task: Task) -> pb.Task:

@@ -33,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from autohas_edge.common.fs import atomic_write_npz, fsync_dir
 from autohas_edge.server.domain import StoredBatch, now
-from autohas_edge.server.jobs.files import sync_dir, write_atomic, write_json_atomic
+from autohas_edge.server.jobs.files import write_json_atomic
 
 DATASET = "dataset.npz"
 PURGE_FILE = "purge.json"
@@ -99,7 +100,7 @@ def apply_purges(job_dir: Path) -> int:
     log["pending"] = []
     if dataset.exists() and left == 0:
         os.unlink(dataset)
-        sync_dir(job_dir)
+        fsync_dir(job_dir)
         log["snapshot_deleted"] = True
     write_json_atomic(job_dir / PURGE_FILE, log)
     return sum(removed.values())
@@ -134,5 +135,5 @@ def _remove_rows(dataset: Path, users: set[UserKey]) -> tuple[dict[UserKey, int]
         }
     )
     if keep.any():
-        write_atomic(dataset, lambda f: np.savez(f, **arrays))
+        atomic_write_npz(dataset, arrays)
     return removed, int(keep.sum())

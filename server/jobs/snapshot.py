@@ -8,22 +8,22 @@ from pathlib import Path
 
 import numpy as np
 
+from autohas_edge.common.fs import atomic_write_npz
+from autohas_edge.common.tensor import decode_tensor, dtype_code
 from autohas_edge.server.domain import JobAudit, StoredBatch, Task, UserCount, now
 from autohas_edge.server.errors import FailedPrecondition
-from autohas_edge.server.jobs.files import write_atomic, write_json_atomic
+from autohas_edge.server.jobs.files import write_json_atomic
 from autohas_edge.server.jobs.retention import owner_arrays
 from autohas_edge.server.store import Store
 
 
 def _arrays(batches: list[StoredBatch], task: Task) -> dict[str, np.ndarray]:
+    # stored batches keep the bytes as they were uploaded: the wire codec reads them
     x = np.concatenate(
-        [
-            np.frombuffer(b.features, dtype=np.dtype(b.dtype).newbyteorder("<")).reshape(b.shape)
-            for b in batches
-        ]
+        [decode_tensor(dtype_code(b.dtype), b.shape, b.features) for b in batches]
     ).astype(np.float32)
     y = np.concatenate([np.frombuffer(b.labels, dtype="<i8") for b in batches]).astype(np.int64)
-    arrays = {"x": x, "y": y, **owner_arrays(batches)}
+    arrays: dict[str, np.ndarray] = {"x": x, "y": y, **owner_arrays(batches)}
     if task.label_names:
         arrays["label_names"] = np.array(task.label_names)
     return arrays
@@ -43,7 +43,7 @@ def take_snapshot(store: Store, task: Task, job_id: str, dataset: Path) -> JobAu
         )
     dataset.parent.mkdir(parents=True, exist_ok=True)
     arrays = _arrays(snap.batches, task)
-    write_atomic(dataset, lambda f: np.savez(f, **arrays))
+    atomic_write_npz(dataset, arrays)
     counts = Counter[tuple[str, str]]()
     for b in snap.batches:
         counts[(b.app_id, b.user_id)] += b.count

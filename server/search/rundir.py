@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from autohas_edge.common.fs import atomic_write_json
 from autohas_edge.server.search.config import SearchConfig
 from autohas_edge.server.search.engine import Searcher
 from autohas_edge.server.search.models import ModelArgs, build_model
@@ -74,7 +75,8 @@ def write_run(
     """Write model.pt (rebuildable: model_args + state_dict + config), result.json and search.png."""
     state = {k: v.cpu() for k, v in model.state_dict().items()}
     torch.save({"model_args": args, "state_dict": state, "config": result["config"]}, out / MODEL)
-    (out / RESULT).write_text(json.dumps(result, indent=2))
+    # atomic: a reader (the server, export, a resumed run) never sees half a result.json
+    atomic_write_json(out / RESULT, result, mode=0o644)
     plot_search(searcher.history.__dict__, space, out / PLOT)
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from autohas_edge.common.tensor import DTYPES
 from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
 from autohas_edge.server.api import serde
-from autohas_edge.server.domain import DTYPES, ExampleBatch
+from autohas_edge.server.domain import ExampleBatch
 from autohas_edge.server.examples import batch_digest
 from autohas_edge.server.store import DB_FILE
 

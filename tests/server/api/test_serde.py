@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from autohas_edge.common.tensor import DTYPES
 from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
 from autohas_edge.server.api import serde
 from autohas_edge.server.domain import (
-    DTYPES,
     SEARCH_MODES,
     Consent,
     Encoding,
