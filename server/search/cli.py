@@ -6,10 +6,13 @@ import argparse
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autohas_edge.server.search.config import DEVICES, MODES, STRATEGIES, SearchConfig
 from autohas_edge.server.search.progress import SearchCancelled
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 #: command-line flag -> SearchConfig field (flags map one to one onto the config)
 _FLAGS: dict[str, tuple[type, str]] = {
@@ -196,7 +199,8 @@ class _ProgressBar:
     """One tqdm bar per stage (search, then retrain)."""
 
     def __init__(self, disabled: bool) -> None:
-        self.disabled, self.stage, self.bar = disabled, "", None
+        self.disabled, self.stage = disabled, ""
+        self.bar: tqdm[Any] | None = None
 
     def update(self, event: Any) -> None:
         """Advance (or open) the bar of the event's stage."""
@@ -210,11 +214,13 @@ class _ProgressBar:
             self.bar = tqdm(
                 total=event.total_steps, desc=event.stage, initial=event.step - 1, file=sys.stderr
             )
-        self.bar.update(event.step - self.bar.n)
+        bar = self.bar
+        assert bar is not None  # opened when the stage began
+        bar.update(event.step - bar.n)
         postfix = {"loss": f"{event.train_loss:.3f}", "lr": f"{event.learning_rate:.3g}"}
         if event.val_loss == event.val_loss:  # not NaN
             postfix["val"] = f"{event.val_loss:.3f}"
-        self.bar.set_postfix(postfix, refresh=False)
+        bar.set_postfix(postfix, refresh=False)
 
     def close(self) -> None:
         """Close the current bar, if any."""

@@ -7,14 +7,29 @@ same code: a one-candidate choice has a constant encoding of 1.
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 from autohas_edge.server.search.augment import POLICIES
 from autohas_edge.server.search.models import Layout
-from autohas_edge.server.search.space import CONTINUOUS, Choice, SearchSpace
+from autohas_edge.server.search.space import CONTINUOUS, Choice, SearchSpace, Value
+
+
+class FixedArch(TypedDict):
+    """The per-block architecture that `hpo` mode keeps (expansion per family)."""
+
+    kernel: int
+    expansion: dict[str, int]
+    depth: str
+
 
 KERNELS = (3, 5, 7)
 EXPANSIONS = {"conv1d": (1, 3, 6), "conv2d": (1, 3, 6), "mlp": (1, 2, 4)}
 #: the architecture that `hpo` mode keeps fixed
-FIXED_ARCH = {"kernel": 5, "expansion": {"conv1d": 3, "conv2d": 3, "mlp": 2}, "depth": "keep"}
+FIXED_ARCH: FixedArch = {
+    "kernel": 5,
+    "expansion": {"conv1d": 3, "conv2d": 3, "mlp": 2},
+    "depth": "keep",
+}
 #: SGD-equivalent rates (see hparams.LR_SCALE). A one-step look-ahead is biased towards small rates
 #: (short-horizon bias), so the bases span only rates that train well at the retraining length.
 LEARNING_RATES = (0.4, 0.15, 0.05)
@@ -22,7 +37,12 @@ WEIGHT_DECAYS = (1e-2, 1e-3, 1e-4)
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 LOSSES = ("ce", "ls0.1")
 #: the hyper-parameters that `nas` mode keeps fixed
-FIXED_HPARAMS = {"learning_rate": 0.1, "weight_decay": 1e-3, "optimizer": "sgd", "loss": "ce"}
+FIXED_HPARAMS: dict[str, Value] = {
+    "learning_rate": 0.1,
+    "weight_decay": 1e-3,
+    "optimizer": "sgd",
+    "loss": "ce",
+}
 FIXED_AUGMENT = {"signal": "shift_noise", "image": "shift_noise", "tabular": "noise"}
 
 

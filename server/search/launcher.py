@@ -104,7 +104,8 @@ def run(
     if process.returncode == 0 and outcome.get("status") == "done":
         for name in (PROGRESS, STOP, OUTCOME, CONFIG):  # workers.log stays, for the record
             (out / name).unlink(missing_ok=True)
-        return json.loads((out / "result.json").read_text())
+        result: dict[str, Any] = json.loads((out / "result.json").read_text())
+        return result
     reason = outcome.get("error") or f"exit code {process.returncode}; see {out / LOG}"
     raise WorkersFailed(f"{workers} search workers failed: {reason}")
 

@@ -48,7 +48,8 @@ def matplotlib_colors() -> list[str]:
     """The default matplotlib colour cycle."""
     import matplotlib.pyplot as plt
 
-    return plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors: list[str] = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return colors
 
 
 def _encodings(ax: Any, history: dict[str, Any], choices: list, all_candidates: bool) -> None:

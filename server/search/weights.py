@@ -57,7 +57,8 @@ def forward_with(
         if weights is None
         else flat.as_dict(weights)
     )
-    return functional_call(module, {**params, **buffers}, args)
+    out: torch.Tensor = functional_call(module, {**params, **buffers}, args)
+    return out
 
 
 def clip(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
