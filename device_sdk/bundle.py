@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from autohas_edge.device_sdk._fs import sha256_file
+from autohas_edge.common.filetable import MANIFEST, FileEntry, file_problem, table_from_json
 from autohas_edge.device_sdk.errors import BundleError, BundleVerificationError
 
 FORMATS = ("onnx", "tflite", "onnx-int8", "tflite-int8")
@@ -18,7 +18,6 @@ FORMATS = ("onnx", "tflite", "onnx-int8", "tflite-int8")
 #: exported models 3-10x faster on the benchmark CPU and is what phones ship)
 AUTO_ORDER = ("tflite", "onnx", "tflite-int8", "onnx-int8")
 ROLES = ("model", "features")
-MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ class Manifest:
 
     raw: dict[str, Any]
     artifacts: tuple[Artifact, ...]
-    files: dict[str, tuple[str, int]]  # path -> (sha256, bytes)
+    files: dict[str, FileEntry]  # path -> (sha256, bytes)
     fine_tuning: FineTuning
     input_shape: tuple[int, ...]  # one example, without the batch dimension
     label_names: tuple[str, ...]
@@ -171,11 +170,12 @@ def _input_shape(raw: dict[str, Any], artifacts: tuple[Artifact, ...]) -> tuple[
 
 def _parse(raw: dict[str, Any]) -> Manifest:
     artifacts = tuple(_artifact(a) for a in raw["artifacts"])
-    files = {_relative(p): (str(v["sha256"]), int(v["bytes"])) for p, v in raw["files"].items()}
+    files = {_relative(p): entry for p, entry in table_from_json(raw["files"]).items()}
     for a in artifacts:
-        if files.get(a.file, (a.sha256, a.bytes)) != (a.sha256, a.bytes):
+        own = FileEntry(a.sha256, a.bytes)
+        if files.get(a.file, own) != own:
             raise BundleError(f"manifest disagrees with itself about {a.file}'s hash or size")
-        files.setdefault(a.file, (a.sha256, a.bytes))
+        files.setdefault(a.file, own)
     ft = raw["fine_tuning"]
     fine = FineTuning(
         _relative(ft.get("head_file", "head.npz")),
@@ -195,18 +195,9 @@ def verify_files(bundle_dir: Path, manifest: Manifest, paths: Iterable[str]) -> 
     for rel in paths:
         if rel not in manifest.files:
             raise BundleVerificationError(f"{rel} is not listed in the manifest's files")
-        sha, size = manifest.files[rel]
-        path = Path(bundle_dir) / rel
-        if not path.is_file():
-            raise BundleVerificationError(f"bundle file {rel} is missing")
-        if path.stat().st_size != size:
-            raise BundleVerificationError(
-                f"{rel} has {path.stat().st_size} bytes, manifest says {size}"
-            )
-        if sha256_file(path) != sha:
-            raise BundleVerificationError(
-                f"{rel} sha256 does not match the manifest: tampered or corrupt"
-            )
+        problem = file_problem(Path(bundle_dir) / rel, manifest.files[rel], rel)
+        if problem:
+            raise BundleVerificationError(f"bundle file {problem}")
 
 
 def load_npz(path: Path, keys: Iterable[str]) -> dict[str, np.ndarray]:

@@ -8,10 +8,12 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autohas_edge.device_sdk._fs import atomic_write_bytes, safe_component, sha256_file
-from autohas_edge.device_sdk.bundle import AUTO_ORDER, MANIFEST, Manifest
+from autohas_edge.common.filetable import MANIFEST, FileEntry
+from autohas_edge.common.fs import atomic_write_bytes, fsync_dir, sha256_file
+from autohas_edge.common.ids import id_to_component
+from autohas_edge.device_sdk.bundle import Manifest
 from autohas_edge.device_sdk.errors import BundleError, DownloadError
-from autohas_edge.device_sdk.runtime import available_runtimes
+from autohas_edge.device_sdk.runtime import available_runtimes, runnable_formats
 
 if TYPE_CHECKING:
     from autohas_edge.device_sdk.hub import Hub
@@ -30,9 +32,9 @@ def download_bundle(
     except BundleError as exc:
         raise DownloadError(f"the server sent an unusable manifest: {exc}") from exc
     chosen = choose_formats(manifest, formats, hub.default_format)
-    directory = hub.root / "downloads" / safe_component(reply.model.model_id, "model_id")
+    directory = hub.root / "downloads" / id_to_component(reply.model.model_id, "model_id")
     directory.mkdir(parents=True, exist_ok=True)
-    announced = {f.path: (f.sha256, int(f.bytes)) for f in reply.files}
+    announced = {f.path: FileEntry(f.sha256, int(f.bytes)) for f in reply.files}
     _check_manifest(reply.manifest_json, announced)
     for rel in manifest.required_files(chosen):
         expected = manifest.files[rel]
@@ -47,8 +49,7 @@ def choose_formats(manifest: Manifest, formats: Iterable[str] | None, preferred:
     """The formats to fetch: those asked for, else the hub's preferred one, else the first runnable."""
     if formats is not None:
         return list(dict.fromkeys(formats))
-    have = manifest.formats()
-    runnable = [f for f in AUTO_ORDER if f in have and f.split("-")[0] in available_runtimes()]
+    runnable = runnable_formats(manifest.formats())
     if preferred in runnable:
         return [preferred]
     if not runnable:
@@ -58,15 +59,15 @@ def choose_formats(manifest: Manifest, formats: Iterable[str] | None, preferred:
     return runnable[:1]
 
 
-def _check_manifest(text: str, announced: dict[str, tuple[str, int]]) -> None:
+def _check_manifest(text: str, announced: dict[str, FileEntry]) -> None:
     if MANIFEST in announced:
         digest = hashlib.sha256(text.encode()).hexdigest()
-        if digest != announced[MANIFEST][0]:
+        if digest != announced[MANIFEST].sha256:
             raise DownloadError("manifest.json does not match the hash the server lists for it")
 
 
 def download_file(
-    final: Path, rel: str, expected: tuple[str, int], fetch: Fetch, on_chunk: Progress | None
+    final: Path, rel: str, expected: FileEntry, fetch: Fetch, on_chunk: Progress | None
 ) -> None:
     """Fetch one file into `final`, resuming a `.part` left by a broken earlier try."""
     sha, size = expected
@@ -106,3 +107,4 @@ def _finish(part: Path, final: Path, rel: str, sha: str, size: int, offset: int)
             f"{rel}: downloaded bytes do not match the sha256 in the manifest; discarded"
         )
     os.replace(part, final)
+    fsync_dir(final.parent)  # else a power cut may undo the rename of a file already checked

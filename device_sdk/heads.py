@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from autohas_edge.device_sdk._fs import atomic_save_npz, atomic_write_json, read_json
+from autohas_edge.common.fs import atomic_write_json, atomic_write_npz, file_stamp, read_json
 from autohas_edge.device_sdk.finetune import Head
 
 _VERSION_FILE = re.compile(r"^v(\d{6})\.npz$")
@@ -30,11 +30,7 @@ class HeadStore:
 
     def stamp(self) -> tuple[int, int]:
         """A value that changes whenever another handle or process switches version."""
-        try:
-            st = (self.directory / CURRENT).stat()
-        except FileNotFoundError:
-            return (0, 0)
-        return (st.st_ino, st.st_mtime_ns)  # every switch is a rename, so a new inode
+        return file_stamp(self.directory / CURRENT)  # every switch is a rename: a new inode
 
     def versions(self) -> list[int]:
         """All stored versions, oldest first, including 0."""
@@ -60,12 +56,12 @@ class HeadStore:
         """Store `head` as a new version and make it current; crash-safe at every step."""
         version = max(self.versions()) + 1
         # The version file is durable before the pointer names it: a crash leaves the old pointer.
-        atomic_save_npz(
-            self._path(version),
-            weight=head.weight,
-            bias=head.bias,
-            meta=np.array(json.dumps(meta, sort_keys=True)),
-        )
+        arrays = {
+            "weight": head.weight,
+            "bias": head.bias,
+            "meta": np.array(json.dumps(meta, sort_keys=True)),
+        }
+        atomic_write_npz(self._path(version), arrays)
         self.activate(version)
         return version
 
@@ -73,7 +69,7 @@ class HeadStore:
         """Point at an existing version (0 resets to the bundle's head)."""
         if version not in self.versions():
             raise ValueError(f"no personalised version {version}; have {self.versions()}")
-        atomic_write_json(self.directory / CURRENT, {"version": version})
+        atomic_write_json(self.directory / CURRENT, {"version": version}, sort_keys=True)
 
     def _path(self, version: int) -> Path:
         return self.directory / f"v{version:06d}.npz"

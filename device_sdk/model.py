@@ -6,14 +6,13 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from autohas_edge.device_sdk._validate import as_examples, as_labels
-from autohas_edge.device_sdk.bundle import AUTO_ORDER, Manifest, load_head, verify_files
-from autohas_edge.device_sdk.errors import BundleError
+from autohas_edge.device_sdk.bundle import Manifest
+from autohas_edge.device_sdk.engine import Engine
 from autohas_edge.device_sdk.finetune import (
     Head,
     HeadHyperparameters,
@@ -22,39 +21,7 @@ from autohas_edge.device_sdk.finetune import (
     train_head,
 )
 from autohas_edge.device_sdk.heads import HeadStore
-from autohas_edge.device_sdk.runtime import Runtime, available_runtimes, open_runtime
-
-if TYPE_CHECKING:
-    from autohas_edge.device_sdk.hub import Hub
-
-
-class Engine:
-    """One installed bundle loaded in one format; shared by every handle that uses it."""
-
-    def __init__(self, directory: Path, fmt: str, verified: list[str], threads: int | None) -> None:
-        self.directory = directory
-        self.manifest = Manifest.load(directory)
-        self.format = _pick_format(fmt, verified, directory.name)
-        # Re-hash what will run: catches files changed on disk since they were verified.
-        artifact = self.manifest.artifact(self.format, "features")
-        verify_files(directory, self.manifest, [artifact.file, self.manifest.fine_tuning.head_file])
-        self.features: Runtime = open_runtime(directory, artifact, threads)
-        self.base_head = Head(*load_head(directory, self.manifest))
-
-    def embed(self, x: np.ndarray) -> np.ndarray:
-        """Features `[n, D]` of validated float32 input."""
-        return self.features.run(x)
-
-
-def _pick_format(requested: str, verified: list[str], bundle: str) -> str:
-    runnable = [f for f in AUTO_ORDER if f in verified and f.split("-")[0] in available_runtimes()]
-    if requested == "auto" and runnable:
-        return runnable[0]
-    if requested in runnable:
-        return requested
-    raise BundleError(
-        f"format {requested!r} is not available for bundle {bundle}: verified {runnable}"
-    )
+from autohas_edge.device_sdk.store import ModelStore
 
 
 @dataclass(frozen=True)
@@ -75,14 +42,11 @@ class FineTuneResult:
 class Model:
     """An app's handle to a task's model; obtain one with `Hub.model(task_id, app_id=...)`."""
 
-    def __init__(self, hub: Hub, task_id: str, app_id: str, owner: str | None, fmt: str) -> None:
-        self.hub, self.task_id, self.app_id, self._owner, self._format = (
-            hub,
-            task_id,
-            app_id,
-            owner,
-            fmt,
-        )
+    def __init__(
+        self, store: ModelStore, task_id: str, app_id: str, owner: str | None, fmt: str
+    ) -> None:
+        self.task_id, self.app_id = task_id, app_id
+        self._models, self._owner, self._format = store, owner, fmt
         self._lock = threading.RLock()
         self._pointer_stamp: tuple[int, int] | None = None
         self._head_stamp: tuple[int, int] | None = None
@@ -218,7 +182,7 @@ class Model:
 
     def reset(self, version: int = 0) -> None:
         """Go back to the downloaded head (version 0) or to an earlier personalised version."""
-        with self._lock, self.hub._exclusive():
+        with self._lock, self._models.exclusive():
             self._store.activate(version)
             self._sync()
 
@@ -235,7 +199,7 @@ class Model:
             "hyperparameters": hp.__dict__,
             "saved_at": time.time(),
         }
-        with self.hub._exclusive():
+        with self._models.exclusive():
             version = self._store.save(head, meta)
         self._sync()
         return version
@@ -244,13 +208,12 @@ class Model:
 
     def _sync(self) -> None:
         """Reload when a new bundle was installed or another handle switched the personalised head."""
-        pointer_path = self.hub._pointer_path(self.task_id, self._owner)
-        stamp = _stamp(pointer_path)
+        stamp = self._models.pointer_stamp(self.task_id, self._owner)
         if stamp != self._pointer_stamp:
-            pointer = self.hub._read_pointer(self.task_id, self._owner)
-            self._engine = self.hub._engine(str(pointer["bundle"]), self._format)
+            pointer = self._models.read_pointer(self.task_id, self._owner)
+            self._engine = self._models.engine(str(pointer["bundle"]), self._format)
             self._model_id = str(pointer["model_id"])
-            heads = self.hub._heads_dir(self.task_id, self._owner, self._model_id)
+            heads = self._models.heads_dir(self.task_id, self._owner, self._model_id)
             self._store = HeadStore(heads, self._engine.base_head)
             self._pointer_stamp, self._head_stamp = stamp, None
         head_stamp = self._store.stamp()
@@ -258,11 +221,3 @@ class Model:
             self._version = self._store.current_version()
             self._head = self._store.load(self._version)
             self._head_stamp = head_stamp
-
-
-def _stamp(path: Path) -> tuple[int, int]:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return (0, 0)
-    return (st.st_ino, st.st_mtime_ns)

@@ -6,12 +6,13 @@ import importlib
 import importlib.util
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from autohas_edge.device_sdk.bundle import Artifact
+from autohas_edge.device_sdk.bundle import AUTO_ORDER, Artifact
 from autohas_edge.device_sdk.errors import BundleError, RuntimeUnavailableError
 
 
@@ -147,6 +148,12 @@ RUNTIMES: dict[str, tuple[type[Runtime], tuple[str, ...]]] = {
 def available_runtimes() -> list[str]:
     """Runtime families whose Python package is installed, without importing it."""
     return [name for name, (_, mods) in RUNTIMES.items() if any(_installed(m) for m in mods)]
+
+
+def runnable_formats(have: Iterable[str]) -> list[str]:
+    """The formats of `have` whose runtime is installed here, in the order `format="auto"` tries."""
+    wanted, runtimes = set(have), available_runtimes()
+    return [f for f in AUTO_ORDER if f in wanted and f.split("-")[0] in runtimes]
 
 
 def _installed(module: str) -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from autohas_edge.common.filetable import file_entry, files_table, table_to_json
 from autohas_edge.export.contract import ModelSpec, check_contract, torch_outputs
 from autohas_edge.export.errors import VerificationError
 from autohas_edge.export.fold import fold_batch_norm
@@ -22,8 +23,6 @@ from autohas_edge.export.manifest import (
     HEAD_FILE,
     REFERENCE_FILE,
     SCHEMA_VERSION,
-    file_entry,
-    files_table,
     tool_versions,
     write_manifest,
 )
@@ -311,7 +310,7 @@ def _record_artifact(ctx: _Context, fmt: Format, role: str, path: Path, note: st
         "format": fmt.name,
         "role": role,
         "file": path.name,
-        **file_entry(path),
+        **file_entry(path).to_json(),
         "batch": runner_batch,
         "inputs": inputs,
         "outputs": outputs,
@@ -402,7 +401,7 @@ def _manifest(
             "keys": ["x", "logits", "features"],
         },
         "artifacts": sorted(ctx.artifacts, key=_artifact_order),
-        "files": files_table(ctx.staging),
+        "files": table_to_json(files_table(ctx.staging)),
         "tool_versions": tool_versions(),
         "verification": _verification(ctx),
     }

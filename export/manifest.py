@@ -1,18 +1,20 @@
-"""The bundle manifest (docs/architecture.md §5): hashes, file entries, reading and writing; no torch."""
+"""The bundle manifest (docs/architecture.md §5): reading and writing; no torch.
+
+Its file table (`files`: every file's sha256 and size) is `autohas_edge.common.filetable`.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from autohas_edge.common.filetable import MANIFEST
 from autohas_edge.export.errors import ExportError
 
 SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
 HEAD_FILE = "head.npz"
 REFERENCE_FILE = "reference.npz"
 #: the distributions whose versions a manifest records (those not installed are left out)
@@ -26,29 +28,6 @@ TOOLS = (
     "ai-edge-quantizer",
     "numpy",
 )
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_entry(path: str | Path) -> dict[str, Any]:
-    """`{sha256, bytes}` of a file."""
-    return {"sha256": sha256_file(path), "bytes": Path(path).stat().st_size}
-
-
-def files_table(bundle: Path) -> dict[str, dict[str, Any]]:
-    """Every file of the bundle except the manifest itself -> its sha256 and size."""
-    return {
-        p.name: file_entry(p)
-        for p in sorted(bundle.iterdir())
-        if p.is_file() and p.name != MANIFEST
-    }
 
 
 def tool_versions() -> dict[str, str]:

@@ -12,14 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from autohas_edge.common.filetable import MANIFEST, FileEntry, file_problem
 from autohas_edge.export.errors import ExportError, VerificationError
-from autohas_edge.export.manifest import (
-    HEAD_FILE,
-    MANIFEST,
-    REFERENCE_FILE,
-    read_manifest,
-    sha256_file,
-)
+from autohas_edge.export.manifest import HEAD_FILE, REFERENCE_FILE, read_manifest
 from autohas_edge.export.runtimes import load_runner
 
 #: float artifacts: largest allowed |artifact - torch| on any reference output
@@ -209,18 +204,11 @@ def _plain(name: object) -> bool:
 
 
 def _file_problem(path: Path, entry: dict[str, Any]) -> str:
-    if not path.is_file():
-        return f"{path}: missing (listed in manifest.json)"
-    digest = sha256_file(path)
-    if digest != entry.get("sha256"):
-        expected = str(entry.get("sha256"))[:12]
-        return (
-            f"{path}: sha256 mismatch (manifest {expected}..., file {digest[:12]}...): "
-            "tampered or corrupted"
-        )
-    if path.stat().st_size != entry.get("bytes"):
-        return f"{path}: size {path.stat().st_size} bytes, manifest says {entry.get('bytes')}"
-    return ""
+    # read leniently: a row with a missing or mistyped field is a mismatch to report, not a crash
+    size = entry.get("bytes")
+    return file_problem(
+        path, FileEntry(str(entry.get("sha256")), size if isinstance(size, int) else -1)
+    )
 
 
 def verify_bundle(bundle_dir: str | Path, num_threads: int | None = None) -> VerificationReport:

@@ -17,7 +17,8 @@ from autohas_edge.device_sdk import (
     verify_bundle,
 )
 from autohas_edge.device_sdk.bundle import load_head
-from tests.device_sdk.helpers import TASK, rewrite_manifest_entry
+from tests.device_sdk.helpers import TASK
+from tests.fixtures.bundle_edits import rehash
 
 
 def test_manifest_reads_the_exported_bundle(bundle_dir: Path, manifest_json: dict) -> None:
@@ -50,7 +51,7 @@ def test_flipped_byte_in_an_artifact_is_refused_and_the_old_model_stays(
     data = bytearray((bundle_copy / "features.onnx").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (bundle_copy / "features.onnx").write_bytes(bytes(data))
-    with pytest.raises(BundleVerificationError, match=r"features\.onnx sha256"):
+    with pytest.raises(BundleVerificationError, match=r"features\.onnx: sha256 mismatch"):
         hub.install(bundle_copy, TASK, model_id="evil")
     assert hub.installed(TASK) != "evil"
     np.testing.assert_array_equal(hub.model(TASK, app_id="com.a").predict(x), before)
@@ -64,7 +65,7 @@ def test_rehashed_substitution_is_caught_by_reference_outputs(
 ) -> None:
     """An attacker who also rewrites the manifest's hashes still fails the reference-output check."""
     shutil.copyfile(bundle_copy / "model.onnx", bundle_copy / "features.onnx")
-    rewrite_manifest_entry(bundle_copy, "features.onnx")
+    rehash(bundle_copy, "features.onnx")
     with pytest.raises(BundleVerificationError, match=r"features\.onnx"):
         Hub(tmp_path / "hub").install(bundle_copy, TASK)
 
@@ -72,7 +73,7 @@ def test_rehashed_substitution_is_caught_by_reference_outputs(
 def test_rehashed_head_is_caught(bundle_copy: Path, tmp_path: Path) -> None:
     with np.load(bundle_copy / "head.npz") as head:
         np.savez(bundle_copy / "head.npz", weight=head["weight"][::-1].copy(), bias=head["bias"])
-    rewrite_manifest_entry(bundle_copy, "head.npz")
+    rehash(bundle_copy, "head.npz")
     with pytest.raises(BundleVerificationError, match=r"head\.npz"):
         Hub(tmp_path / "hub").install(bundle_copy, TASK)
 

@@ -26,7 +26,8 @@ from autohas_edge.device_sdk import (
     ServerUnavailableError,
 )
 from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
-from tests.device_sdk.helpers import TASK, rewrite_manifest_entry
+from tests.device_sdk.helpers import TASK
+from tests.fixtures.bundle_edits import rehash
 from tests.fixtures.server_fixtures import RunningServer
 
 APP = "com.example.keyboard"
@@ -301,7 +302,7 @@ def test_a_tampered_bundle_on_the_server_is_refused(
         good = _import(server, bundle_dir)
         client.fetch_model(TASK, hub)
         (bundle_copy / "features.onnx").write_bytes((bundle_copy / "model.onnx").read_bytes())
-        rewrite_manifest_entry(bundle_copy, "features.onnx")  # hashes consistent, content wrong
+        rehash(bundle_copy, "features.onnx")  # hashes consistent, content wrong
         _import(server, bundle_copy)
         with pytest.raises(BundleVerificationError, match=r"features\.onnx"):
             client.fetch_model(TASK, hub, formats=["onnx", "tflite"])

@@ -28,14 +28,21 @@ SCRIPT = textwrap.dedent("""
     sys.meta_path.insert(0, BlockTorch())
     sys.modules["torch"] = None  # `import torch` now raises, even if something cached it
 
+    import importlib, pkgutil
     import numpy as np
+    import autohas_edge.common as common
     import autohas_edge.device_sdk as device_sdk
     from autohas_edge.device_sdk import Hub, ServerClient
+
+    # the shared numpy layer ships in the device wheel: every module of it must import here
+    common_modules = sorted(m.name for m in pkgutil.iter_modules(common.__path__))
+    for name in common_modules:
+        importlib.import_module(f"autohas_edge.common.{name}")
 
     address, state, bundle, data_path, task = sys.argv[1:6]
     data = np.load(data_path)
     x, y = data["x"], data["y"]
-    out = {}
+    out = {"common": common_modules}
     hub = Hub(state + "/hub")
     hub.install(bundle, task)
     for fmt in ("onnx", "tflite"):
@@ -102,4 +109,5 @@ def test_the_sdk_runs_with_torch_blocked(
         assert out[f"{fmt}_predict"] == [4, classes] and out[f"{fmt}_embed"] == [dim]
         assert out[f"{fmt}_accepted"] is True
     assert out["stored"] == 1 and out["fetched"] is True
+    assert {"filetable", "fs", "ids", "proc", "tensor"} <= set(out["common"])
     assert out["torch_loaded"] is False

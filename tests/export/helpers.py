@@ -10,8 +10,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from autohas_edge.export.manifest import file_entry
-
 FINE_TUNING = {
     "learning_rate": 0.01,
     "weight_decay": 0.0,
@@ -61,17 +59,6 @@ def toy_data(n: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Random inputs shaped for ToyNet and labels."""
     rng = np.random.default_rng(0)
     return rng.normal(size=(n, 1, 12)).astype(np.float32), rng.integers(0, 3, n)
-
-
-def rehash(bundle: Path, name: str) -> None:
-    """Update the manifest's sha256 and size of `name` (a consistent forgery, as an attacker would make)."""
-    path = bundle / "manifest.json"
-    manifest = json.loads(path.read_text())
-    manifest["files"][name] = file_entry(bundle / name)
-    for artifact in manifest["artifacts"]:
-        if artifact["file"] == name:
-            artifact.update(file_entry(bundle / name))
-    path.write_text(json.dumps(manifest))
 
 
 def manifest_of(bundle: Path) -> dict[str, Any]:

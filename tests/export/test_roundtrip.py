@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 import pytest
 
+from autohas_edge.common.fs import sha256_file
 from autohas_edge.export.formats import FORMATS, ROLES
-from autohas_edge.export.manifest import sha256_file
 from autohas_edge.export.runtimes import load_runner, tflite_interpreter_class
 from autohas_edge.export.verify import FLOAT_TOLERANCE, load_head, load_reference
 from tests.export.helpers import manifest_of

@@ -14,7 +14,8 @@ import pytest
 from onnx import numpy_helper
 
 from autohas_edge.export import VerificationError, verify_bundle
-from tests.export.helpers import manifest_of, rehash
+from tests.export.helpers import manifest_of
+from tests.fixtures.bundle_edits import rehash
 
 ROOT = Path(__file__).resolve().parents[2]
 NO_TORCH = (
