@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autohas_edge.server.demo.population import make_mnist1d
+from autohas_edge.server.search.data import mnist1d_arrays
 from tests.fixtures.server_fixtures import RunningServer
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -34,8 +34,8 @@ def test_readme_sdk_example_runs(
         num_classes=10,
     )
     model_id = server.handle.app.models.import_bundle("gestures", "readme", tiny_bundle).model_id
-    data = make_mnist1d(seed=1)
-    x, y = data["x"][:120, None, :].astype(np.float32), data["y"][:120]
+    x_train, y_train, _, _ = mnist1d_arrays(seed=1)
+    x, y = x_train[:120], y_train[:120]
     namespace = {"ROOT": tmp_path / "device", "ADDRESS": server.address, "x": x, "y": y}
     exec(compile(sdk_example(), str(README), "exec"), namespace)
     assert namespace["model"].model_id == namespace["fitness"].model_id == model_id

@@ -1,8 +1,14 @@
-"""Simulated device users whose data is shifted from the global MNIST-1D distribution (numpy only).
+"""Simulated device users whose data is shifted from the global distribution (numpy only, no torch).
 
-Each user has a personal "style": the signal is scaled, offset and shifted in time, and the user draws
-mostly from a few favourite classes (label skew). A few users also have a personal label convention
-(two gestures swapped), which a global model cannot know and local fine-tuning can learn.
+Two kinds, one per consumer:
+
+- the demo's population (`make_population`): each user has a personal "style" (the MNIST-1D signal
+  scaled, offset and shifted in time), draws mostly from a few favourite classes (label skew), and a
+  few have a personal label convention (two gestures swapped), which a global model cannot know and
+  local fine-tuning can learn;
+- the benchmarks' and the SDK tests' users (`make_user`): label skew plus one named shift of the
+  signal (gain, offset, time reversal or a circular shift), with separate tuning and evaluation
+  examples, drawn from the test split of a dataset the server searches on (`global_test_split`).
 """
 
 from __future__ import annotations
@@ -11,8 +17,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from autohas_edge.server.search import load_dataset
+from autohas_edge.server.search.data import mnist1d_arrays  # not yet a package export
+
 NUM_CLASSES = 10
 SIGNAL_LENGTH = 40
+SHIFTS = ("none", "gain", "offset", "reverse", "roll")
+
+
+# -- the demo's population ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -36,15 +49,6 @@ class SimulatedUser:
     y: np.ndarray
 
 
-def make_mnist1d(seed: int = 0) -> dict[str, np.ndarray]:
-    """Generate MNIST-1D offline (no download): x [n, 40], y [n], x_test, y_test."""
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    args = get_dataset_args()
-    args.seed = seed
-    return make_dataset(args)
-
-
 def random_style(rng: np.random.Generator, swap_labels: bool) -> UserStyle:
     """Draw one user's style."""
     favourites = tuple(int(c) for c in rng.choice(NUM_CLASSES, size=4, replace=False))
@@ -59,13 +63,14 @@ def random_style(rng: np.random.Generator, swap_labels: bool) -> UserStyle:
 
 
 def apply_style(x: np.ndarray, y: np.ndarray, style: UserStyle) -> tuple[np.ndarray, np.ndarray]:
-    """Transform global examples (x [n, 40]) into this user's style; returns ([n, 1, 40], labels)."""
-    shifted = np.roll(x, style.shift, axis=-1) * style.scale + style.offset
+    """Transform global examples (x [n, 1, 40]) into this user's style; returns (x, labels)."""
+    # float64 arithmetic, then float32: the values of the float64 signals mnist1d generates
+    shifted = np.roll(x.astype(np.float64), style.shift, axis=-1) * style.scale + style.offset
     labels = y.copy()
     if style.swapped is not None:
         a, b = style.swapped
         labels = np.where(y == a, b, np.where(y == b, a, y))
-    return shifted[:, None, :].astype(np.float32), labels.astype(np.int64)
+    return shifted.astype(np.float32), labels.astype(np.int64)
 
 
 def skewed_indices(y: np.ndarray, style: UserStyle, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -83,9 +88,9 @@ def make_population(
     """Simulate `num_users` users, each with their own shifted, label-skewed MNIST-1D examples."""
     if num_users < 1 or examples_per_user < 10:
         raise ValueError("need at least 1 user and 10 examples per user")
-    data = make_mnist1d(seed)
-    x = np.concatenate([data["x"], data["x_test"]])
-    y = np.concatenate([data["y"], data["y_test"]])
+    x_train, y_train, x_test, y_test = mnist1d_arrays(seed)
+    x = np.concatenate([x_train, x_test])
+    y = np.concatenate([y_train, y_test])
     rng = np.random.default_rng(seed)
     users = []
     for i in range(num_users):
@@ -94,3 +99,70 @@ def make_population(
         ux, uy = apply_style(x[idx], y[idx], style)
         users.append(SimulatedUser(f"user-{i:02d}", style, ux, uy))
     return users
+
+
+# -- the benchmarks' and the SDK tests' users ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class User:
+    """One simulated user: examples to fine-tune on and later examples to measure accuracy on."""
+
+    user_id: str
+    shift: str
+    x_tune: np.ndarray
+    y_tune: np.ndarray
+    x_eval: np.ndarray
+    y_eval: np.ndarray
+
+
+def global_test_split(name: str = "mnist1d") -> tuple[np.ndarray, np.ndarray]:
+    """The test split of a dataset the server can search on, as `[n, *input_shape]` float32 and int64."""
+    if name not in ("mnist1d", "digits"):
+        raise ValueError(f"no simulated users for dataset {name!r}")
+    data = load_dataset(name)  # the fixed test split the server's searches report on
+    return data.x_test, data.y_test
+
+
+def transform(x: np.ndarray, shift: str, rng: np.random.Generator) -> np.ndarray:
+    """Apply one user's shift to examples `[n, ...]` (the last axis is time or width)."""
+    if shift == "none":
+        return x.copy()
+    if shift == "gain":
+        return x * float(rng.uniform(1.6, 2.2))
+    if shift == "offset":
+        return x + float(rng.uniform(0.4, 0.7) * np.std(x))
+    if shift == "reverse":
+        return np.ascontiguousarray(x[..., ::-1])
+    if shift == "roll":
+        return np.roll(x, int(rng.integers(x.shape[-1] // 5, x.shape[-1] // 3)), axis=-1)
+    raise ValueError(f"unknown shift {shift!r}; choose from {SHIFTS}")
+
+
+def make_user(
+    x: np.ndarray,
+    y: np.ndarray,
+    index: int,
+    shift: str,
+    n_tune: int = 120,
+    n_eval: int = 200,
+    favourite_classes: int = 4,
+    skew: float = 0.8,
+) -> User:
+    """User `index`: `skew` of the examples from `favourite_classes` classes, then `shift` applied."""
+    rng = np.random.default_rng(1000 + index)
+    classes = int(y.max()) + 1
+    favourites = rng.choice(classes, favourite_classes, replace=False)
+    p = np.full(classes, (1 - skew) / (classes - favourite_classes))
+    p[favourites] = skew / favourite_classes
+    labels = rng.choice(classes, n_tune + n_eval, p=p)
+    idx = np.array([rng.choice(np.flatnonzero(y == c)) for c in labels])
+    xs = transform(x[idx], shift, rng).astype(np.float32)
+    return User(
+        f"user{index:02d}-{shift}",
+        shift,
+        xs[:n_tune],
+        labels[:n_tune],
+        xs[n_tune:],
+        labels[n_tune:],
+    )

@@ -6,12 +6,16 @@ The family of models follows from the rank of one example: `[F]` tabular (MLP), 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from autohas_edge.common.fs import atomic_write_npz
 
 MODALITY_BY_RANK = {1: "tabular", 2: "signal", 3: "image"}
 FAMILY_BY_MODALITY = {"tabular": "mlp", "signal": "conv1d", "image": "conv2d"}
@@ -61,7 +65,7 @@ class Dataset:
 def load_dataset(spec: str, seed: int = 0) -> Dataset:
     """Load "mnist1d", "digits" or an `.npz` path; the validation split is drawn with `seed`."""
     if spec == "mnist1d":
-        x, y, x_test, y_test = _mnist1d()
+        x, y, x_test, y_test = mnist1d_arrays()
         names = [str(i) for i in range(10)]
     elif spec == "digits":
         x, y, x_test, y_test = _digits()
@@ -81,34 +85,44 @@ def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[n_held:]), np.sort(order[:n_held])
 
 
-@functools.lru_cache(maxsize=1)
-def _mnist1d() -> tuple[np.ndarray, ...]:
-    """The standard MNIST-1D (4000 train / 1000 test), generated offline and cached on disk."""
+@functools.lru_cache(maxsize=4)
+def mnist1d_arrays(
+    seed: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """MNIST-1D, generated offline: x [4000, 1, 40] float32, y int64, x_test [1000, 1, 40], y_test.
+
+    `seed=None` is mnist1d's own default seed: the standard dataset every search and benchmark uses.
+    Another seed draws another dataset of the same kind (the demo's simulated users). Each is
+    generated once and cached on disk; callers share the arrays, so they must not write into them.
+    """
     from importlib.metadata import version
 
-    cache = _cache_dir() / f"mnist1d-{version('mnist1d')}.npz"
+    suffix = "" if seed is None else f"-seed{seed}"
+    cache = _cache_dir() / f"mnist1d-{version('mnist1d')}{suffix}.npz"
     if cache.is_file():
         with np.load(cache) as arrays:
-            return tuple(arrays[k] for k in ("x", "y", "x_test", "y_test"))
+            return _mnist1d_tuple(arrays)
     from mnist1d.data import get_dataset_args, make_dataset
 
-    data = make_dataset(
-        get_dataset_args()
-    )  # seeded by mnist1d's own defaults: always the same data
+    args = get_dataset_args()
+    if seed is not None:
+        args.seed = seed
+    data = make_dataset(args)
     arrays = {
         "x": np.asarray(data["x"], np.float32)[:, None, :],
         "y": data["y"].astype(np.int64),
         "x_test": np.asarray(data["x_test"], np.float32)[:, None, :],
         "y_test": data["y_test"].astype(np.int64),
     }
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, **arrays)
-        tmp.replace(cache)
-    except OSError:
-        pass  # a read-only home only costs the regeneration next time
-    return tuple(arrays[k] for k in ("x", "y", "x_test", "y_test"))
+    with contextlib.suppress(OSError):  # a read-only home only costs the regeneration next time
+        atomic_write_npz(cache, arrays, mode=0o644)
+    return _mnist1d_tuple(arrays)
+
+
+def _mnist1d_tuple(
+    arrays: Mapping[str, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return arrays["x"], arrays["y"], arrays["x_test"], arrays["y_test"]
 
 
 def _cache_dir() -> Path:

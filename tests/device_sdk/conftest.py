@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from autohas_edge.device_sdk import Hub
-from bench.users import User, global_test_split, make_user
+from autohas_edge.server.demo.population import User, global_test_split, make_user
 from tests.device_sdk.helpers import TASK
 
 
