@@ -33,9 +33,10 @@ class OperatorClient:
 
     def create_task(self, task: pb.Task) -> pb.Task:
         """Declare a task devices can upload to."""
-        return self._stub.CreateTask(
+        created: pb.Task = self._stub.CreateTask(
             pb.CreateTaskRequest(task=task), metadata=self._metadata, timeout=self.timeout
         )
+        return created
 
     def start_job(
         self,
@@ -56,27 +57,36 @@ class OperatorClient:
             max_params=max_params,
             seed=seed,
         )
-        return self._stub.StartJob(
+        job: pb.Job = self._stub.StartJob(
             pb.StartJobRequest(spec=spec), metadata=self._metadata, timeout=self.timeout
         )
+        return job
 
     def watch(self, job_id: str) -> Iterator[pb.JobProgress]:
         """Stream the job's progress until it ends."""
-        return self._stub.WatchJob(pb.WatchJobRequest(job_id=job_id), metadata=self._metadata)
+        progress: Iterator[pb.JobProgress] = self._stub.WatchJob(
+            pb.WatchJobRequest(job_id=job_id), metadata=self._metadata
+        )
+        return progress
 
     def job(self, job_id: str) -> pb.Job:
         """The job as it is now."""
-        return self._stub.GetJob(
+        job: pb.Job = self._stub.GetJob(
             pb.GetJobRequest(job_id=job_id), metadata=self._metadata, timeout=self.timeout
         )
+        return job
 
     def audit(self, job_id: str) -> pb.JobAudit:
         """Which users' examples the job used."""
-        return self._stub.GetJobAudit(
+        audit: pb.JobAudit = self._stub.GetJobAudit(
             pb.GetJobRequest(job_id=job_id), metadata=self._metadata, timeout=self.timeout
         )
+        return audit
 
     def export(self, job_ids: Sequence[str], formats: Sequence[str]) -> pb.ExportModelsResponse:
         """Export finished jobs' models to verified bundles (waits for the exports)."""
         request = pb.ExportModelsRequest(job_ids=list(job_ids), formats=list(formats))
-        return self._stub.ExportModels(request, metadata=self._metadata, timeout=30 * self.timeout)
+        response: pb.ExportModelsResponse = self._stub.ExportModels(
+            request, metadata=self._metadata, timeout=30 * self.timeout
+        )
+        return response

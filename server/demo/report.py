@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 
-def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A GitHub-flavoured Markdown table."""
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -79,21 +79,26 @@ def plot_encodings(history: EncodingHistory, path: Path) -> None:
 
 def plot_user_accuracy(outcomes: Sequence[UserOutcome], path: Path) -> None:
     """Bars of each user's held-out accuracy with the global model and after local fine-tuning."""
-    rows = [o for o in outcomes if o.accuracy_before is not None]
+    # both measured (a bar of None would make matplotlib raise)
+    rows = [
+        (o.user_id, o.accuracy_before, o.accuracy_after)
+        for o in outcomes
+        if o.accuracy_before is not None and o.accuracy_after is not None
+    ]
     if not rows:
         return
     xs = range(len(rows))
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(rows)), 3.5))
     ax.bar(
-        [x - 0.2 for x in xs], [o.accuracy_before for o in rows], width=0.4, label="global model"
+        [x - 0.2 for x in xs], [before for _, before, _ in rows], width=0.4, label="global model"
     )
     ax.bar(
         [x + 0.2 for x in xs],
-        [o.accuracy_after for o in rows],
+        [after for _, _, after in rows],
         width=0.4,
         label="after fine-tuning",
     )
-    ax.set_xticks(list(xs), [o.user_id for o in rows], rotation=60, fontsize=7)
+    ax.set_xticks(list(xs), [user for user, _, _ in rows], rotation=60, fontsize=7)
     ax.set_ylabel("held-out accuracy")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
