@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,12 +38,21 @@ class ModelSpec:
 def torch_outputs(model: torch.nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(logits, features) of the eval-mode torch model for `x`, as float32 numpy arrays."""
     logits, features = [], []
+    features_of = _features(model)
     with torch.no_grad():
         for i in range(0, len(x), CHUNK):
             batch = torch.from_numpy(np.ascontiguousarray(x[i : i + CHUNK], dtype=np.float32))
-            features.append(model.features(batch).float().numpy())
+            features.append(features_of(batch).float().numpy())
             logits.append(model(batch).float().numpy())
     return np.concatenate(logits), np.concatenate(features)
+
+
+def _features(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's `features` method (docs/architecture.md §4); `check_contract` checks it exists."""
+    features = model.features
+    if not callable(features):
+        raise TypeError(f"{type(model).__name__}.features is not callable")
+    return features
 
 
 def check_contract(
@@ -55,7 +65,8 @@ def check_contract(
     """Check the §4 contract (features, Linear classifier, shapes, logits == head(features)) or raise."""
     if not callable(getattr(model, "features", None)):
         raise ExportError(source, "model has no features(x) method (docs/architecture.md §4)")
-    if not isinstance(getattr(model, "classifier", None), torch.nn.Linear):
+    classifier = getattr(model, "classifier", None)
+    if not isinstance(classifier, torch.nn.Linear):
         raise ExportError(source, "model.classifier is not an nn.Linear (docs/architecture.md §4)")
     dataset = result.get("dataset") or {}
     input_shape = tuple(int(d) for d in dataset.get("input_shape", x.shape[1:]))
@@ -65,7 +76,6 @@ def check_contract(
             f"data has shape {list(x.shape[1:])}, result.json says input_shape {list(input_shape)}",
         )
     logits, features = torch_outputs(model, x[:4])
-    classifier = model.classifier
     num_classes = int(dataset.get("num_classes", classifier.out_features))
     if logits.shape[1:] != (num_classes,) or features.shape[1:] != (classifier.in_features,):
         got = f"logits {list(logits.shape)} and features {list(features.shape)}"

@@ -12,6 +12,7 @@ import itertools
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 _FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -32,18 +33,22 @@ def _fold_sequential(seq: nn.Sequential) -> int:
     count = 0
     for first, second in itertools.pairwise(names):
         layer, norm = seq._modules[first], seq._modules[second]
-        if isinstance(layer, _FOLDABLE) and _matches(layer, norm):
-            fuse = fuse_linear_bn_eval if isinstance(layer, nn.Linear) else fuse_conv_bn_eval
+        if isinstance(layer, _FOLDABLE) and isinstance(norm, _BatchNorm) and _matches(layer, norm):
+            fused: nn.Module
             with torch.no_grad():
-                seq._modules[first] = fuse(layer, norm)
+                if isinstance(layer, nn.Linear):
+                    fused = fuse_linear_bn_eval(layer, norm)
+                else:
+                    fused = fuse_conv_bn_eval(layer, norm)
+            seq._modules[first] = fused
             seq._modules[second] = nn.Identity()
             count += 1
     return count
 
 
-def _matches(layer: nn.Module, norm: nn.Module | None) -> bool:
+def _matches(layer: nn.Module, norm: _BatchNorm) -> bool:
     """A batch norm in eval mode with running statistics over the layer's output channels."""
-    if not isinstance(norm, nn.modules.batchnorm._BatchNorm) or norm.running_mean is None:
+    if norm.running_mean is None:
         return False
     channels = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
     return norm.num_features == channels

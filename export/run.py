@@ -56,9 +56,10 @@ def read_result(run: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ExportError(path, "missing (is this a finished search run?)")
     try:
-        return json.loads(path.read_text())
+        result: dict[str, Any] = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ExportError(path, f"not valid JSON ({err})") from err
+    return result
 
 
 def calibration_sample(
