@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import multiprocessing as mp
@@ -179,8 +180,8 @@ class ModelRegistry:
                     return
 
     def export(
-        self, jobs: JobManager, job_ids: list[str], formats: list[str]
-    ) -> list[ExportOutcome]:
+        self, jobs: JobManager, job_ids: builtins.list[str], formats: builtins.list[str]
+    ) -> builtins.list[ExportOutcome]:
         """Export each finished job's model in the given formats (empty = the exporter's default)."""
         if not job_ids:
             raise InvalidArgument("job_ids", "at least one job id is required")
@@ -214,7 +215,7 @@ class ModelRegistry:
         return outcomes
 
     def _export_one(
-        self, job_id: str, task_id: str, run_dir: Path, formats: list[str]
+        self, job_id: str, task_id: str, run_dir: Path, formats: builtins.list[str]
     ) -> ExportOutcome:
         model_id = new_id("model")
         tmp = self._staging / model_id

@@ -54,7 +54,7 @@ _STATE_TO_PROTO = {
     JobState.FAILED: pb.JOB_STATE_FAILED,
     JobState.CANCELLED: pb.JOB_STATE_CANCELLED,
 }
-_STATE_FROM_PROTO = {v: k for k, v in _STATE_TO_PROTO.items()}
+_STATE_FROM_PROTO: dict[int, JobState] = {v: k for k, v in _STATE_TO_PROTO.items()}
 
 
 def timestamp_to_proto(t: float | None) -> Timestamp | None:
@@ -70,7 +70,7 @@ def timestamp_from_proto(msg: object, field: str) -> float | None:
     """A message's Timestamp field in seconds since the epoch, None when unset."""
     if not msg.HasField(field):  # type: ignore[attr-defined]
         return None
-    ts = getattr(msg, field)
+    ts: Timestamp = getattr(msg, field)
     return ts.seconds + ts.nanos / 1e9
 
 
@@ -218,7 +218,7 @@ def spec_from_proto(msg: pb.JobSpec) -> JobSpec:
     )
 
 
-def state_to_proto(state: JobState) -> int:
+def state_to_proto(state: JobState) -> pb.JobState:
     """A JobState as its enum value."""
     return _STATE_TO_PROTO[state]
 

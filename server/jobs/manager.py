@@ -8,6 +8,7 @@ Revoking consent removes the user's rows from job snapshots (`revoke`; policy in
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import importlib
 import logging
@@ -335,7 +336,7 @@ class JobManager:
         self._store.put_audit(take_snapshot(self._store, task, job.job_id, path))
         return path
 
-    def _snapshots_of(self, app_id: str, user_id: str, purpose: str) -> list[str]:
+    def _snapshots_of(self, app_id: str, user_id: str, purpose: str) -> builtins.list[str]:
         """Jobs whose snapshot holds examples of this user in a task of this purpose; holds the lock."""
         jobs = []
         for task in self._store.list_tasks():
