@@ -101,7 +101,7 @@ class Searcher:
         self.encoding_batch_size = self.comm.share(config.encoding_batch_size, minimum=8)
         self.flat = FlatWeights(net)
         device = self.flat.params[0].device
-        self.opt_state = hp.init_state(space.hparam("optimizer").candidates, self.flat.get())
+        self.opt_state = hp.init_state(space.hparam("optimizer").labels, self.flat.get())
         self.logits = {
             c.name: torch.zeros(len(c), device=device, requires_grad=True) for c in space.choices
         }
@@ -183,7 +183,11 @@ class Searcher:
         """One Adam step of the encodings on `objective`, gradients averaged over workers; the grad norm."""
         self.encoding_opt.zero_grad()
         objective.backward()
-        grads = [g.grad for g in self.logits.values()]
+        grads = []
+        for name, logit in self.logits.items():
+            if logit.grad is None:
+                raise RuntimeError(f"the search objective does not depend on the {name!r} encoding")
+            grads.append(logit.grad)
         if self.comm.active:
             self._mean_in_place(grads)
         grad_norm = math.sqrt(sum(float((g**2).sum()) for g in grads))

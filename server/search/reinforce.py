@@ -44,7 +44,9 @@ def controller_objective(
         rewards
     )
     entropy = sum(-(p * torch.log(p + 1e-12)).sum() for p in probs.values())
-    return -advantage - ENTROPY_WEIGHT * entropy
+    objective = -advantage - ENTROPY_WEIGHT * entropy
+    assert isinstance(objective, torch.Tensor), "a controller has choices and draws picks"
+    return objective
 
 
 class ReinforceSearcher(Searcher):

@@ -5,24 +5,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from autohas_edge.common.fs import atomic_write_json
 from autohas_edge.server.search.config import SearchConfig
-from autohas_edge.server.search.engine import Searcher
 from autohas_edge.server.search.models import ModelArgs, build_model
 from autohas_edge.server.search.plot import plot_search
 from autohas_edge.server.search.space import SearchSpace
+
+if TYPE_CHECKING:
+    from autohas_edge.server.search.strategies import Strategy
 
 CHECKPOINT, MODEL, RESULT, PLOT = "search.pt", "model.pt", "result.json", "search.png"
 
 
 def save_checkpoint(
     out: Path,
-    searcher: Searcher,
+    searcher: Strategy,
     config: SearchConfig,
     seconds: float,
     done: bool,
@@ -53,7 +55,7 @@ def read_checkpoint(out: Path, config: SearchConfig) -> dict[str, Any] | None:
     path = out / CHECKPOINT
     if not path.exists():
         return None
-    state = torch.load(
+    state: dict[str, Any] = torch.load(
         path, map_location="cpu", weights_only=True
     )  # generator states must stay on CPU
     if state["config"] != config.to_json():
@@ -69,7 +71,7 @@ def write_run(
     result: dict[str, Any],
     model: nn.Module,
     args: ModelArgs,
-    searcher: Searcher,
+    searcher: Strategy,
     space: SearchSpace,
 ) -> None:
     """Write model.pt (rebuildable: model_args + state_dict + config), result.json and search.png."""
