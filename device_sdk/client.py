@@ -105,7 +105,8 @@ class ServerClient:
     @property
     def device_id(self) -> str | None:
         """This device's id once registered (kept across restarts)."""
-        return self.outbox.get("device_id")
+        device_id: str | None = self.outbox.get("device_id")
+        return device_id
 
     def register(self, *, force: bool = False, enrollment_ticket: str = "") -> str:
         """Register this device (once; kept across restarts unless `force`); returns the device id.
@@ -124,7 +125,8 @@ class ServerClient:
         reply = self._call("RegisterDevice", request, auth=False)
         self.outbox.set("device_id", reply.device_id)
         self.outbox.set("device_token", reply.device_token)
-        return reply.device_id
+        device_id: str = reply.device_id
+        return device_id
 
     def grant_consent(self, purpose: str = DEFAULT_PURPOSE, text_version: str = "1") -> ConsentInfo:
         """Record the user's consent to upload examples for `purpose`."""
@@ -232,7 +234,8 @@ class ServerClient:
         return UploadReport(tuple(stored), tuple(dupes), tuple(rejected), self.pending_uploads())
 
     def _next_stream(self) -> list[QueuedBatch]:
-        batches, size = [], 0
+        batches: list[QueuedBatch] = []
+        size = 0
         for batch in self.outbox.pending(limit=256):
             if not self.has_consent(batch.purpose):
                 raise ConsentRequiredError(
@@ -247,7 +250,10 @@ class ServerClient:
 
     def _send(self, batches: list[QueuedBatch], rejected: list[str]) -> pb.UploadSummary:
         try:
-            return self._call("UploadExamples", iter([_to_proto(b) for b in batches]))
+            summary: pb.UploadSummary = self._call(
+                "UploadExamples", iter([_to_proto(b) for b in batches])
+            )
+            return summary
         except ConsentRequiredError:
             for purpose in {b.purpose for b in batches}:
                 self.outbox.set(f"consent/{purpose}", False)

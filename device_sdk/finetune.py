@@ -69,7 +69,8 @@ class Head:
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """Class scores for `[n, D]` features."""
-        return features @ self.weight.T + self.bias
+        logits: np.ndarray = features @ self.weight.T + self.bias
+        return logits
 
     def accuracy(self, features: np.ndarray, labels: np.ndarray) -> float:
         """Share of rows whose top class is the label."""
@@ -88,7 +89,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax, stable for large logits."""
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    probs: np.ndarray = e / e.sum(axis=-1, keepdims=True)
+    return probs
 
 
 def loss_and_grads(
@@ -128,7 +130,8 @@ class _Optimizer:
             return self.m[i]
         if name == "rmsprop":
             self.v[i] = RMSPROP_ALPHA * self.v[i] + (1 - RMSPROP_ALPHA) * g * g
-            return g / (np.sqrt(self.v[i]) + EPS)
+            step: np.ndarray = g / (np.sqrt(self.v[i]) + EPS)
+            return step
         b1, b2 = ADAM_BETAS
         self.m[i] = b1 * self.m[i] + (1 - b1) * g
         self.v[i] = b2 * self.v[i] + (1 - b2) * g * g

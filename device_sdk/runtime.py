@@ -110,14 +110,16 @@ def _quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
         return x
     scale, zero = detail["quantization"]
     info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
+    quantized: np.ndarray = np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
+    return quantized
 
 
 def _dequantize(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     if np.dtype(detail["dtype"]) == np.float32:
         return np.array(y, dtype=np.float32)
     scale, zero = detail["quantization"]
-    return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
+    dequantized: np.ndarray = ((y.astype(np.float32) - zero) * scale).astype(np.float32)
+    return dequantized
 
 
 def _import(module: str, package: str) -> Any:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -89,6 +89,10 @@ class _Context:
     folded: int = 0
 
 
+class _WithFeatures(Protocol):
+    def features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
 class _FeatureExtractor(torch.nn.Module):
     """`model.features` as a module of its own, for the features.* artifacts."""
 
@@ -97,7 +101,8 @@ class _FeatureExtractor(torch.nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.features(x)
+        # check_contract made sure the model has features(x); nn.Module types attributes as Tensor | Module
+        return cast(_WithFeatures, self.model).features(x)
 
 
 def export_model(
@@ -191,8 +196,10 @@ def _prepare(
     """Write head.npz and reference.npz; measure the torch model's test accuracy."""
     logits, features = torch_outputs(model, x_ref)
     np.savez(staging / REFERENCE_FILE, x=x_ref, logits=logits, features=features)
-    weight = model.classifier.weight.detach().cpu().numpy().astype(np.float32)
-    bias = model.classifier.bias.detach().cpu().numpy().astype(np.float32)
+    classifier = model.classifier
+    assert isinstance(classifier, torch.nn.Linear)  # check_contract made sure
+    weight = classifier.weight.detach().cpu().numpy().astype(np.float32)
+    bias = classifier.bias.detach().cpu().numpy().astype(np.float32)
     np.savez(staging / HEAD_FILE, weight=weight, bias=bias)
     test_logits, _ = torch_outputs(model, test_x)
     return _Context(

@@ -60,6 +60,8 @@ def read_manifest(bundle: str | Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ExportError(path, f"not valid JSON ({err})") from err
+    if not isinstance(manifest, dict):  # a list or a string would fail below with a TypeError
+        raise ExportError(path, f"not a JSON object (a {type(manifest).__name__})")
     missing = [k for k in ("schema_version", "artifacts", "files") if k not in manifest]
     if missing:
         raise ExportError(path, f"missing key {missing[0]!r}")

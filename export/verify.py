@@ -41,7 +41,8 @@ class Head:
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """Apply the head to features `[n, D]`."""
-        return features @ self.weight.T + self.bias
+        logits: np.ndarray = features @ self.weight.T + self.bias
+        return logits
 
 
 @dataclass
