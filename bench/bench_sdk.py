@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from autohas_edge.device_sdk import Hub, Model
+from autohas_edge.server.demo.population import SHIFTS, User, global_test_split, make_user
 from bench.results import markdown_table, write_section
-from bench.users import SHIFTS, User, global_test_split, make_user
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out" / "sdk"

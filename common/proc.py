@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 
@@ -35,3 +37,16 @@ def process_identity(pid: int) -> str | None:
         return "alive" if is_alive(pid) else None
     # field 22 (starttime); the command name before it is in parentheses and may hold spaces
     return stat.rsplit(")", 1)[1].split()[19]
+
+
+def exit_when_gone(pid: int, period: float = 0.5) -> None:
+    """Exit (code 3) once process `pid` is gone: a killed server leaves no search worker running, and a
+    gone job worker leaves no torchrun rank running."""
+    alive = process_identity(pid)
+
+    def watch() -> None:
+        while process_identity(pid) == alive is not None:
+            time.sleep(period)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()

@@ -41,7 +41,7 @@ def _usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to a subcommand; returns the process exit code."""
-    from autohas_edge.server.search.threads import prepare_environment
+    from autohas_edge.server.search import prepare_environment
 
     prepare_environment()  # before any subcommand imports torch
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -107,8 +107,12 @@ def run_job(
 
     `workers` > 1 runs it in that many processes under torchrun (`run_search_workers`).
     """
-    from autohas_edge.server.search import SearchCancelled, run_search, run_search_workers
-    from autohas_edge.server.search.threads import apply_threads
+    from autohas_edge.server.search import (
+        SearchCancelled,
+        apply_threads,
+        run_search,
+        run_search_workers,
+    )
 
     config = search_config(spec, dataset, device)
     if workers <= 1:

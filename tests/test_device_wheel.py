@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.users import global_test_split, make_user
+from autohas_edge.server.demo.population import global_test_split, make_user
 from tools.build_device_wheel import (
     DeviceWheelError,
     build_wheel,

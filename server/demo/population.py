@@ -17,8 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autohas_edge.server.search import load_dataset
-from autohas_edge.server.search.data import mnist1d_arrays  # not yet a package export
+from autohas_edge.server.search import load_dataset, mnist1d_arrays
 
 NUM_CLASSES = 10
 SIGNAL_LENGTH = 40

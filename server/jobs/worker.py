@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
-import threading
-import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autohas_edge.common.proc import process_identity
+from autohas_edge.common.proc import exit_when_gone
 from autohas_edge.server.errors import Cancelled
 
 log = logging.getLogger(__name__)
@@ -32,23 +29,10 @@ class WorkerArgs:
     workers: int = 1  # search worker processes (torchrun ranks)
 
 
-def exit_when_gone(pid: int, period: float = 0.5) -> None:
-    """Exit (code 3) once process `pid` is gone: a killed server leaves no search worker running, and a
-    gone job worker leaves no torchrun rank running."""
-    alive = process_identity(pid)
-
-    def watch() -> None:
-        while process_identity(pid) == alive is not None:
-            time.sleep(period)
-        os._exit(3)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
 def run_job(args: WorkerArgs, messages: Any, stop: Any) -> None:
     """Run one job; send ("progress", dict) while it runs, then ("done", result) / ("cancelled", None) /
     ("failed", message) on the `messages` queue. `stop` is an Event the server sets to cancel."""
-    from autohas_edge.server.search.threads import prepare_environment
+    from autohas_edge.server.search import prepare_environment
 
     prepare_environment()  # before the engine imports torch
     exit_when_gone(args.parent_pid)

@@ -30,6 +30,7 @@ _EXPORTS = {
     "load_model": "rundir",
     "Dataset": "data",
     "load_dataset": "data",
+    "mnist1d_arrays": "data",
     # the space and the child models, for baselines and tools
     "default_space": "defaults",
     "Layout": "models",
@@ -47,6 +48,7 @@ _EXPORTS = {
     # threads
     "apply_threads": "threads",
     "default_threads": "threads",
+    "prepare_environment": "threads",
     # strategies
     "Strategy": "strategies",
     "register_strategy": "strategies",
@@ -81,7 +83,9 @@ __all__ = [
     "feasible",
     "load_dataset",
     "load_model",
+    "mnist1d_arrays",
     "model_args_for",
+    "prepare_environment",
     "register_strategy",
     "retrain",
     "run_search",
@@ -90,7 +94,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from autohas_edge.server.search.config import DEVICES, MODES, STRATEGIES, SearchConfig
-    from autohas_edge.server.search.data import Dataset, load_dataset
+    from autohas_edge.server.search.data import Dataset, load_dataset, mnist1d_arrays
     from autohas_edge.server.search.defaults import default_space
     from autohas_edge.server.search.derive import feasible
     from autohas_edge.server.search.launcher import WorkersFailed, run_search_workers
@@ -109,7 +113,11 @@ if TYPE_CHECKING:
     from autohas_edge.server.search.space import CATEGORICAL, CONTINUOUS, Choice, SearchSpace
     from autohas_edge.server.search.strategies import Strategy, register_strategy
     from autohas_edge.server.search.supernet import SubModel, SuperNet
-    from autohas_edge.server.search.threads import apply_threads, default_threads
+    from autohas_edge.server.search.threads import (
+        apply_threads,
+        default_threads,
+        prepare_environment,
+    )
     from autohas_edge.server.search.weights import autocast
 
 

@@ -188,10 +188,15 @@ def _summary(result: dict[str, Any], out: str) -> str:
         f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
         for k, v in result["hyperparameters"].items()
     )
+    dropped = "".join(
+        f"\ndropped {name} candidates {', '.join(labels)}: same output as a smaller kernel on "
+        "this feature map (identically zero gradient)"
+        for name, labels in result.get("dropped_candidates", {}).items()
+    )
     return (
         f"test accuracy {result['test_accuracy']:.4f} with {result['params']} parameters "
         f"(search {result['search_seconds']:.0f}s, retrain {result['retrain_seconds']:.0f}s)\n"
-        f"architecture: {arch}\nhyper-parameters: {hps}\nwritten to {out}/result.json"
+        f"architecture: {arch}\nhyper-parameters: {hps}{dropped}\nwritten to {out}/result.json"
     )
 
 

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from autohas_edge.server.jobs.files import write_json_atomic
-from autohas_edge.server.jobs.worker import exit_when_gone
+from autohas_edge.common.fs import atomic_write_json
+from autohas_edge.common.proc import exit_when_gone
 from autohas_edge.server.search.config import SearchConfig
 from autohas_edge.server.search.progress import ProgressEvent, SearchCancelled
 from autohas_edge.server.search.threads import resolve_threads
@@ -163,7 +163,7 @@ def rank_main(argv: list[str] | None = None) -> int:
         traceback.print_exc()  # into workers.log
         outcome = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
     if is_main:
-        write_json_atomic(out / OUTCOME, outcome)
+        atomic_write_json(out / OUTCOME, outcome, indent=1)
     if progress is not None:
         progress.close()
     return 1 if outcome["status"] == "failed" else 0

@@ -31,6 +31,7 @@ from autohas_edge.server.search.progress import (
     SearchCancelled,
     StopCheck,
 )
+from autohas_edge.server.search.pruning import prune_dead_candidates
 from autohas_edge.server.search.retrain import accuracy, retrain
 from autohas_edge.server.search.rundir import read_checkpoint, save_checkpoint, write_run
 from autohas_edge.server.search.space import SearchSpace
@@ -70,7 +71,8 @@ def run_search(
         emit(ProgressEvent("load"))
         data = load_dataset(config.dataset, seed=config.seed)
         stop = (should_stop or (lambda: False)) if comm.is_main else (lambda: False)
-        run = _Run(config, data, _space(config, data), device, Path(out_dir), emit, stop, comm)
+        space, dropped = _space(config, data)
+        run = _Run(config, data, space, device, Path(out_dir), emit, stop, comm, dropped)
         if comm.is_main:
             run.out.mkdir(parents=True, exist_ok=True)
         searched = run.search()
@@ -80,11 +82,13 @@ def run_search(
         distributed.teardown(created)
 
 
-def _space(config: SearchConfig, data: Dataset) -> SearchSpace:
-    """The configured (or default) space, validated for the data, with a budget that some model meets."""
+def _space(config: SearchConfig, data: Dataset) -> tuple[SearchSpace, dict[str, list[str]]]:
+    """The configured (or default) space, validated for the data, without dead candidates (returned
+    too: choice -> dropped labels), with a budget that some model meets."""
     layout = LAYOUTS[data.family]
     space = config.space or default_space(layout, data.modality, config.mode)
     validate_hparams(space.hparams, data.modality)
+    space, dropped = prune_dead_candidates(space, layout, data.input_shape)
     smallest = derive.smallest_params(
         space, layout, data.input_shape, data.num_classes, config.max_skips
     )
@@ -93,7 +97,7 @@ def _space(config: SearchConfig, data: Dataset) -> SearchSpace:
             f"max_params={config.max_params} is below the smallest model in the search space "
             f"({smallest} parameters)"
         )
-    return space
+    return space, dropped
 
 
 def _tensors(
@@ -127,6 +131,7 @@ class _Run:
     emit: Progress
     should_stop: StopCheck
     comm: Comm = field(default_factory=Comm)
+    dropped: dict[str, list[str]] = field(default_factory=dict)  # dead candidates left out
 
     def searcher(self) -> Searcher:
         """A fresh searcher: SuperModel, encodings and data on the device, all seeded."""
@@ -261,6 +266,7 @@ class _Run:
             "lr_trajectory": [round(v, 6) for v in searcher.history.lr],
             "model_args": args,
             "space": self.space.to_json(),
+            "dropped_candidates": self.dropped,
             "mode": config.mode,
             "strategy": config.strategy,
             "device": str(self.device),

@@ -1,0 +1,79 @@
+"""Dead candidates: architecture candidates that compute exactly what another candidate computes.
+
+A depthwise kernel of size k (padding k // 2) on a feature map of n positions per side reaches at most
+n - 1 positions away from the centre, so every tap beyond that multiplies padding zeros: on a 2x2 map,
+kernels 3, 5 and 7 give the same output, their logits get an identically zero gradient, and the
+encoding stays uniform whatever the data say. Such candidates are dropped from the space before the
+search (the smallest of each equivalent group stays: same function, fewest parameters), and reported.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from autohas_edge.server.search.models import Layout
+from autohas_edge.server.search.space import Choice, SearchSpace
+
+log = logging.getLogger(__name__)
+
+
+def block_input_sizes(layout: Layout, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Spatial size of the feature map entering each block (conv families; [] for mlp)."""
+    if layout.family == "mlp":
+        return []
+    size = tuple(input_shape[1:])
+    size = tuple(_conv_out(n, layout.stem_kernel, layout.stem_stride) for n in size)
+    sizes = []
+    for spec in layout.blocks:
+        sizes.append(size)
+        size = tuple(_conv_out(n, 3, spec.stride) for n in size)  # odd kernels: same size for all
+    return sizes
+
+
+def _conv_out(n: int, kernel: int, stride: int) -> int:
+    return (n + 2 * (kernel // 2) - kernel) // stride + 1
+
+
+def effective_kernel(kernel: int, size: tuple[int, ...]) -> tuple[int, ...]:
+    """The taps of a `kernel` that can touch data on a map of `size`, per spatial dimension."""
+    return tuple(min(kernel, 2 * n - 1) for n in size)
+
+
+def prune_dead_candidates(
+    space: SearchSpace, layout: Layout, input_shape: tuple[int, ...]
+) -> tuple[SearchSpace, dict[str, list[str]]]:
+    """The space without dead kernel candidates, and choice name -> the dropped candidate labels."""
+    sizes = block_input_sizes(layout, input_shape)
+    dropped: dict[str, list[str]] = {}
+    arch = []
+    for choice in space.arch:
+        kept = _live_kernels(choice, sizes)
+        if kept is not None and len(kept) < len(choice):
+            dropped[choice.name] = [str(c) for c in choice.candidates if c not in kept]
+            choice = replace(choice, candidates=kept)
+        arch.append(choice)
+    for name, labels in dropped.items():
+        log.warning(
+            "dropped kernel candidates %s of %s: identical to a smaller kernel on this "
+            "feature map (their gradient is identically zero)",
+            labels,
+            name,
+        )
+    return SearchSpace(tuple(arch), space.hparams), dropped
+
+
+def _live_kernels(choice: Choice, sizes: list[tuple[int, ...]]) -> tuple[int, ...] | None:
+    """The candidates of a `b<j>.kernel` choice that differ from every smaller one (None: not one)."""
+    block, _, kind = choice.name.partition(".")
+    if kind != "kernel" or not block[1:].isdigit() or int(block[1:]) >= len(sizes):
+        return None
+    size = sizes[int(block[1:])]
+    seen, kept = set(), []
+    for kernel in sorted(int(c) for c in choice.candidates):
+        taps = effective_kernel(kernel, size)
+        if taps not in seen:
+            seen.add(taps)
+            kept.append(kernel)
+    order = [int(c) for c in choice.candidates]
+    return tuple(sorted(kept, key=order.index))
