@@ -16,7 +16,7 @@ from autohas_edge.server.search.config import SearchConfig
 from autohas_edge.server.search.data import Dataset, load_dataset
 from autohas_edge.server.search.defaults import default_space
 from autohas_edge.server.search.distributed import Comm
-from autohas_edge.server.search.engine import Batches, Searcher
+from autohas_edge.server.search.engine import Batches
 from autohas_edge.server.search.hparams import LR_SCALE, validate_hparams
 from autohas_edge.server.search.models import (
     LAYOUTS,
@@ -35,7 +35,7 @@ from autohas_edge.server.search.pruning import prune_dead_candidates
 from autohas_edge.server.search.retrain import accuracy, retrain
 from autohas_edge.server.search.rundir import read_checkpoint, save_checkpoint, write_run
 from autohas_edge.server.search.space import SearchSpace
-from autohas_edge.server.search.strategies import make_searcher
+from autohas_edge.server.search.strategies import Strategy, make_searcher
 from autohas_edge.server.search.supernet import SuperNet
 
 #: a resumed rank without a saved generator reseeds with its rank seed + this times the step
@@ -133,7 +133,7 @@ class _Run:
     comm: Comm = field(default_factory=Comm)
     dropped: dict[str, list[str]] = field(default_factory=dict)  # dead candidates left out
 
-    def searcher(self) -> Searcher:
+    def searcher(self) -> Strategy:
         """A fresh searcher: SuperModel, encodings and data on the device, all seeded."""
         torch.manual_seed(self.config.seed)
         data = self.data
@@ -150,7 +150,7 @@ class _Run:
             self.config.strategy, net.to(self.device), self.space, batches, self.config, self.comm
         )
 
-    def search(self) -> tuple[Searcher, float]:
+    def search(self) -> tuple[Strategy, float]:
         """Run (or resume) the alternating loop; returns the searcher and its wall-clock seconds."""
         searcher, config = self.searcher(), self.config
         previous, done = self.resume(searcher)
@@ -185,7 +185,7 @@ class _Run:
             self.checkpoint(searcher, seconds(), done=True)
         return searcher, seconds() if not done else previous
 
-    def resume(self, searcher: Searcher) -> tuple[float, bool]:
+    def resume(self, searcher: Strategy) -> tuple[float, bool]:
         """Restore rank 0's search.pt on every rank (only rank 0 reads files, so nodes need not share a
         file system); returns (seconds searched so far, done). A rank the checkpoint has no generator
         for (more workers than wrote it) gets a fresh stream of its own."""
@@ -203,13 +203,13 @@ class _Run:
             searcher.batches.gen.manual_seed(seed)
         return float(state["search_seconds"]), bool(state["done"])
 
-    def checkpoint(self, searcher: Searcher, seconds: float, done: bool) -> None:
+    def checkpoint(self, searcher: Strategy, seconds: float, done: bool) -> None:
         """Rank 0 writes search.pt, with every rank's data-sampling generator (all ranks must call)."""
         rank_gens = self.comm.gather(searcher.batches.gen.get_state().cpu())
         if self.comm.is_main:
             save_checkpoint(self.out, searcher, self.config, seconds, done, rank_gens)
 
-    def agreement(self, searcher: Searcher) -> dict[str, Any] | None:
+    def agreement(self, searcher: Strategy) -> dict[str, Any] | None:
         """With several workers: how far apart the ranks' final encodings are (all ranks must call)."""
         if not self.comm.active:
             return None
@@ -225,7 +225,7 @@ class _Run:
         }
 
     def finish(
-        self, searched: tuple[Searcher, float], workers: dict[str, Any] | None = None
+        self, searched: tuple[Strategy, float], workers: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         """Derive the output model, retrain it with the derived HPs, evaluate, write the run directory."""
         searcher, search_seconds = searched
