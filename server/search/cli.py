@@ -189,8 +189,8 @@ def _summary(result: dict[str, Any], out: str) -> str:
         for k, v in result["hyperparameters"].items()
     )
     dropped = "".join(
-        f"\ndropped {name} candidates {', '.join(labels)}: same output as a smaller kernel on "
-        "this feature map (identically zero gradient)"
+        f"\ndropped {name} candidates {', '.join(labels)}: same output as a smaller candidate "
+        "here (identically zero gradient)"
         for name, labels in result.get("dropped_candidates", {}).items()
     )
     return (

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TypedDict
 
 from autohas_edge.server.search.augment import POLICIES
-from autohas_edge.server.search.models import Layout
+from autohas_edge.server.search.models import Layout, channels_at, width_name
 from autohas_edge.server.search.space import CONTINUOUS, Choice, SearchSpace, Value
 
 
@@ -23,6 +23,8 @@ class FixedArch(TypedDict):
 
 
 KERNELS = (3, 5, 7)
+#: a stage's channels as fractions of the layout's widest: what makes small models reachable
+WIDTHS = (0.5, 0.75, 1.0)
 EXPANSIONS = {"conv1d": (1, 3, 6), "conv2d": (1, 3, 6), "mlp": (1, 2, 4)}
 #: the architecture that `hpo` mode keeps fixed
 FIXED_ARCH: FixedArch = {
@@ -47,7 +49,8 @@ FIXED_AUGMENT = {"signal": "shift_noise", "image": "shift_noise", "tabular": "no
 
 
 def arch_choices(layout: Layout, fixed: bool) -> tuple[Choice, ...]:
-    """Per block: kernel size (conv families), expansion ratio, and skip when the block is residual."""
+    """Per stage: its width; per block: kernel size (conv families), expansion ratio, and skip when
+    the block is residual."""
     choices = []
     for j, spec in enumerate(layout.blocks):
         if layout.family != "mlp":
@@ -59,7 +62,20 @@ def arch_choices(layout: Layout, fixed: bool) -> tuple[Choice, ...]:
         choices.append(Choice(f"b{j}.expansion", expansions))
         if spec.residual and not fixed:
             choices.append(Choice(f"b{j}.depth", ("keep", "skip")))
+    if not fixed:
+        for s, widest in enumerate(layout.stage_channels):
+            fractions = distinct_widths(widest, WIDTHS)
+            if len(fractions) > 1:  # a stage too narrow to thin has no width choice
+                choices.append(Choice(width_name(s), fractions))
     return tuple(choices)
+
+
+def distinct_widths(widest: int, fractions: tuple[float, ...]) -> tuple[float, ...]:
+    """The fractions that give distinct channel counts (the smallest fraction of each count)."""
+    seen: dict[int, float] = {}
+    for fraction in sorted(fractions):
+        seen.setdefault(channels_at(widest, fraction), fraction)
+    return tuple(sorted(seen.values()))
 
 
 def hparam_choices(modality: str, fixed: bool) -> tuple[Choice, ...]:

@@ -40,6 +40,45 @@ class Layout:
     stem_stride: int
     blocks: tuple[BlockSpec, ...]
 
+    @property
+    def block_stages(self) -> tuple[tuple[int, int], ...]:
+        """(input stage, output stage) of every block. A stage is a run of positions joined by
+        identity shortcuts (the stem starts stage 0; a block that changes shape starts the next), so
+        all its positions share one width."""
+        stages, current = [], 0
+        for spec in self.blocks:
+            start = current
+            current = current if spec.residual else current + 1
+            stages.append((start, current))
+        return tuple(stages)
+
+    @property
+    def stage_channels(self) -> tuple[int, ...]:
+        """The widest channel count of every stage (the stem's, then each new stage's)."""
+        channels = [self.stem_ch]
+        for spec, (start, end) in zip(self.blocks, self.block_stages, strict=True):
+            if end != start:
+                channels.append(spec.out_ch)
+        return tuple(channels)
+
+
+def width_name(stage: int) -> str:
+    """The architecture choice holding stage `stage`'s width (a fraction of its widest)."""
+    return f"s{stage}.width"
+
+
+def channels_at(widest: int, fraction: float) -> int:
+    """Channels of a stage at `fraction` of its widest (at least 4)."""
+    return max(4, round(widest * float(fraction)))
+
+
+def stage_widths(layout: Layout, arch: dict[str, Any]) -> list[int]:
+    """Channels of every stage under `arch` (a stage without a width choice keeps its widest)."""
+    return [
+        channels_at(widest, arch.get(width_name(s), 1.0))
+        for s, widest in enumerate(layout.stage_channels)
+    ]
+
 
 _CONV1D = Layout(
     "conv1d",
@@ -190,19 +229,20 @@ def model_args_for(
 ) -> ModelArgs:
     """Arguments of the discrete model that `arch` (choice name -> value) selects from `layout`."""
     blocks = []
-    for j, spec in enumerate(layout.blocks):
+    widths = stage_widths(layout, arch)
+    for j, (spec, (start, end)) in enumerate(zip(layout.blocks, layout.block_stages, strict=True)):
         if arch.get(f"b{j}.depth", "keep") == "skip":
             continue
         block = {
-            "in": spec.in_ch,
-            "out": spec.out_ch,
+            "in": widths[start],
+            "out": widths[end],
             "stride": spec.stride,
             "expansion": int(arch[f"b{j}.expansion"]),
         }
         if layout.family != "mlp":
             block["kernel"] = int(arch[f"b{j}.kernel"])
         blocks.append(block)
-    stem = {"channels": layout.stem_ch, "kernel": layout.stem_kernel, "stride": layout.stem_stride}
+    stem = {"channels": widths[0], "kernel": layout.stem_kernel, "stride": layout.stem_stride}
     return {
         "family": layout.family,
         "input_shape": list(input_shape),

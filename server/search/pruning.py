@@ -1,5 +1,8 @@
 """Dead candidates: architecture candidates that compute exactly what another candidate computes.
 
+Two kinds: width fractions that round to the same channel count as a smaller fraction, and kernels
+that reach beyond the feature map (below).
+
 A depthwise kernel of size k (padding k // 2) on a feature map of n positions per side reaches at most
 n - 1 positions away from the centre, so every tap beyond that multiplies padding zeros: on a 2x2 map,
 kernels 3, 5 and 7 give the same output, their logits get an identically zero gradient, and the
@@ -12,7 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from autohas_edge.server.search.models import Layout
+from autohas_edge.server.search.models import Layout, channels_at
 from autohas_edge.server.search.space import Choice, SearchSpace
 
 log = logging.getLogger(__name__)
@@ -49,14 +52,16 @@ def prune_dead_candidates(
     arch = []
     for choice in space.arch:
         kept = _live_kernels(choice, sizes)
+        if kept is None:
+            kept = _live_widths(choice, layout)
         if kept is not None and len(kept) < len(choice):
             dropped[choice.name] = [str(c) for c in choice.candidates if c not in kept]
             choice = replace(choice, candidates=kept)
         arch.append(choice)
     for name, labels in dropped.items():
         log.warning(
-            "dropped kernel candidates %s of %s: identical to a smaller kernel on this "
-            "feature map (their gradient is identically zero)",
+            "dropped candidates %s of %s: identical to a smaller candidate here "
+            "(their gradient is identically zero)",
             labels,
             name,
         )
@@ -76,4 +81,19 @@ def _live_kernels(choice: Choice, sizes: list[tuple[int, ...]]) -> tuple[int, ..
             seen.add(taps)
             kept.append(kernel)
     order = [int(c) for c in choice.candidates]
+    return tuple(sorted(kept, key=order.index))
+
+
+def _live_widths(choice: Choice, layout: Layout) -> tuple[float, ...] | None:
+    """The fractions of an `s<i>.width` choice with distinct channel counts (None: not one)."""
+    stage, _, kind = choice.name.partition(".")
+    if kind != "width" or not stage[1:].isdigit() or int(stage[1:]) >= len(layout.stage_channels):
+        return None
+    widest = layout.stage_channels[int(stage[1:])]
+    seen, kept = set(), []
+    for fraction in sorted(float(c) for c in choice.candidates):
+        if channels_at(widest, fraction) not in seen:
+            seen.add(channels_at(widest, fraction))
+            kept.append(fraction)
+    order = [float(c) for c in choice.candidates]
     return tuple(sorted(kept, key=order.index))

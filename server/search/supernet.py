@@ -7,8 +7,11 @@ exact and cheap (the single-path / channel-masking idea of Single-Path NAS and F
 - expansion ratio: candidate e uses the first ``in * e`` hidden channels; up to the projection every
   hidden channel is computed independently, and the projection is linear, so the mixture of candidate
   outputs equals projecting the hidden activations times the mask ``sum_e P_e * 1[c < in * e]``;
-- depth: ``P_keep * (x + block(x)) + P_skip * x = x + P_keep * block(x)``.
-So the mixed block costs about as much as the largest candidate, not the sum of all nine.
+- depth: ``P_keep * (x + block(x)) + P_skip * x = x + P_keep * block(x)``;
+- width (channels of a stage, FBNetV2's channel masking): candidate w keeps the first ``C * w``
+  output channels of every position of the stage; the mixture multiplies those outputs by
+  ``sum_w P_w * 1[c < C * w]`` (zeros beyond a one-hot width, so the next layer sees the child's input).
+So the mixed block costs about as much as the largest candidate, not the sum of all of them.
 
 A *sampled* sub-model (`SubModel`, what the controller strategy draws) runs on the slices alone: the
 chosen kernel taps and hidden channels, skipped blocks not at all. It computes exactly what the one-hot
@@ -31,7 +34,9 @@ from autohas_edge.server.search.models import (
     ModelArgs,
     block_params,
     bn_cls,
+    channels_at,
     conv_bn,
+    width_name,
 )
 from autohas_edge.server.search.space import Choice
 
@@ -61,6 +66,35 @@ def _values(arch: dict[str, Choice], name: str, default: tuple) -> tuple:
     return tuple(arch[name].candidates) if name in arch else default
 
 
+@dataclass(frozen=True)
+class StageWidth:
+    """The width choice of one stage: its name, widest channel count and candidate channel counts."""
+
+    name: str
+    widest: int
+    channels: tuple[int, ...]
+
+    @classmethod
+    def of(cls, stage: int, widest: int, arch: dict[str, Choice]) -> StageWidth:
+        """Stage `stage`'s width from the space (its widest only, when the space has no such choice)."""
+        name = width_name(stage)
+        fractions = _values(arch, name, (1.0,))
+        return cls(name, widest, tuple(channels_at(widest, f) for f in fractions))
+
+    def masks(self) -> torch.Tensor:
+        """[candidates, widest]: 1 for the channels each candidate keeps."""
+        channel = torch.arange(self.widest)
+        return torch.stack([(channel < c).to(torch.get_default_dtype()) for c in self.channels])
+
+    def probs(self, probs: Probs, device: torch.device) -> torch.Tensor:
+        """This stage's width probabilities (a constant 1 without a width choice)."""
+        return probs.get(self.name, torch.ones(1, device=device))
+
+    def pick(self, sub: SubModel) -> int:
+        """The channel count a sampled sub-model uses."""
+        return self.channels[sub.get(self.name)]
+
+
 class MixedBlock(nn.Module):
     """A searchable block holding the largest candidate's weights; candidates are slices of it."""
 
@@ -73,9 +107,17 @@ class MixedBlock(nn.Module):
     kernel_masks: torch.Tensor  # buffers, registered in __init__ (kernel_masks: conv families only)
     channel_masks: torch.Tensor
 
-    def __init__(self, family: str, index: int, spec: BlockSpec, arch: dict[str, Choice]) -> None:
+    def __init__(
+        self,
+        family: str,
+        index: int,
+        spec: BlockSpec,
+        arch: dict[str, Choice],
+        widths: tuple[StageWidth, StageWidth],
+    ) -> None:
         super().__init__()
         self.family, self.spec, self.prefix = family, spec, f"b{index}."
+        self.width_in, self.width_out = widths
         self.dims = 2 if family == "conv2d" else 1
         self.kernels = tuple(int(k) for k in _values(arch, self.prefix + "kernel", (0,)))
         self.expansions = tuple(int(e) for e in _values(arch, self.prefix + "expansion", (1,)))
@@ -95,10 +137,17 @@ class MixedBlock(nn.Module):
             self.project, self.bn3 = conv_bn(self.dims, hidden, spec.out_ch, 1)
             self.register_buffer("kernel_masks", self._kernel_masks(kmax), persistent=False)
         channel = torch.arange(hidden)
+        # [input widths, expansions, hidden]: the hidden channels of every (input width, expansion)
         masks = torch.stack(
-            [(channel < spec.in_ch * e).to(torch.get_default_dtype()) for e in self.expansions]
+            [
+                torch.stack(
+                    [(channel < cin * e).to(torch.get_default_dtype()) for e in self.expansions]
+                )
+                for cin in self.width_in.channels
+            ]
         )
         self.register_buffer("channel_masks", masks, persistent=False)
+        self.register_buffer("out_masks", self.width_out.masks(), persistent=False)
 
     def _kernel_masks(self, kmax: int) -> torch.Tensor:
         pos = torch.arange(kmax)
@@ -114,10 +163,12 @@ class MixedBlock(nn.Module):
         if isinstance(probs, SubModel):
             return self._forward_sub(x, probs)
         p_exp = probs.get(self.prefix + "expansion", torch.ones(1, device=x.device))
-        hidden = torch.tensordot(p_exp, self.channel_masks, 1)
+        p_in = self.width_in.probs(probs, x.device)
+        hidden = torch.einsum("w,e,weh->h", p_in, p_exp, self.channel_masks)
+        out_mask = torch.tensordot(self.width_out.probs(probs, x.device), self.out_masks, 1)
         if self.family == "mlp":
             h = F.relu(self.bn1(self.expand(x))) * hidden
-            y: torch.Tensor = self.bn3(self.project(h))
+            y: torch.Tensor = self.bn3(self.project(h)) * out_mask
         else:
             p_kernel = probs.get(self.prefix + "kernel", torch.ones(1, device=x.device))
             kernel = self.dw.weight * torch.tensordot(p_kernel, self.kernel_masks, 1)
@@ -125,7 +176,7 @@ class MixedBlock(nn.Module):
             h = F.relu6(self.bn1(self.expand(x)))
             h = conv(h, kernel, None, self.spec.stride, self.dw.padding, 1, self.dw.groups)
             h = F.relu6(self.bn2(h)) * hidden.view(1, -1, *([1] * self.dims))
-            y = self.bn3(self.project(h))
+            y = self.bn3(self.project(h)) * out_mask.view(1, -1, *([1] * self.dims))
         if not self.spec.residual:
             return y
         p_depth = probs.get(self.prefix + "depth")
@@ -135,10 +186,11 @@ class MixedBlock(nn.Module):
         """The sampled candidate alone, on slices of the shared weights."""
         if self.spec.residual and sub.get(self.prefix + "depth") != 0:  # candidate 0 is keep
             return x
-        hid = self.spec.in_ch * self.expansions[sub.get(self.prefix + "expansion")]
+        cin, cout = self.width_in.pick(sub), self.width_out.pick(sub)
+        hid = cin * self.expansions[sub.get(self.prefix + "expansion")]
         if self.family == "mlp":
-            h = F.relu(_bn(F.linear(x, self.expand.weight[:hid]), self.bn1, hid))
-            y = _bn(F.linear(h, self.project.weight[:, :hid]), self.bn3)
+            h = F.relu(_bn(F.linear(x, self.expand.weight[:hid, :cin]), self.bn1, hid))
+            y = _bn(F.linear(h, self.project.weight[:cout, :hid]), self.bn3, cout)
         else:
             k = self.kernels[sub.get(self.prefix + "kernel")]
             lo = (max(self.kernels) - k) // 2
@@ -146,20 +198,17 @@ class MixedBlock(nn.Module):
             taps = self.dw.weight[:hid, :, lo : lo + k]
             if self.dims == 2:
                 taps = taps[..., lo : lo + k]
-            h = F.relu6(_bn(conv(x, self.expand.weight[:hid]), self.bn1, hid))
+            h = F.relu6(_bn(conv(x, self.expand.weight[:hid, :cin]), self.bn1, hid))
             h = conv(h, taps, None, self.spec.stride, k // 2, 1, hid)
             h = F.relu6(_bn(h, self.bn2, hid))
-            y = _bn(conv(h, self.project.weight[:, :hid]), self.bn3)
+            y = _bn(conv(h, self.project.weight[:cout, :hid]), self.bn3, cout)
         return x + y if self.spec.residual else y
 
     def expected_params(self, probs: Probs) -> torch.Tensor:
         """Expected parameter count of this block under the architecture encoding."""
         device = self.channel_masks.device
         p_exp = probs.get(self.prefix + "expansion", torch.ones(1, device=device))
-        hidden = (
-            self.spec.in_ch
-            * (p_exp * torch.tensor(self.expansions, dtype=p_exp.dtype, device=device)).sum()
-        )
+        expansion = (p_exp * torch.tensor(self.expansions, dtype=p_exp.dtype, device=device)).sum()
         taps = torch.zeros((), device=device)
         if self.family != "mlp":
             p_kernel = probs.get(self.prefix + "kernel", torch.ones(1, device=device))
@@ -167,11 +216,26 @@ class MixedBlock(nn.Module):
                 [k**self.dims for k in self.kernels], dtype=p_kernel.dtype, device=device
             )
             taps = (p_kernel * areas).sum()
-        cost: torch.Tensor = block_params(
-            self.family, self.spec.in_ch, self.spec.out_ch, taps, hidden
-        )
+        cost = torch.zeros((), device=device)
+        for p, cin, cout in self._width_pairs(probs, device):
+            cost = cost + p * block_params(self.family, cin, cout, taps, cin * expansion)
         p_depth = probs.get(self.prefix + "depth")
         return cost if p_depth is None else p_depth[0] * cost
+
+    def _width_pairs(
+        self, probs: Probs, device: torch.device
+    ) -> list[tuple[torch.Tensor, int, int]]:
+        """(probability, input channels, output channels) of every width combination of the block:
+        one width for both ends inside a stage, independent widths across a stage boundary."""
+        p_in = self.width_in.probs(probs, device)
+        if self.width_in.name == self.width_out.name:
+            return [(p_in[i], c, c) for i, c in enumerate(self.width_in.channels)]
+        p_out = self.width_out.probs(probs, device)
+        return [
+            (p_in[i] * p_out[o], cin, cout)
+            for i, cin in enumerate(self.width_in.channels)
+            for o, cout in enumerate(self.width_out.channels)
+        ]
 
 
 def _bn(
@@ -227,23 +291,47 @@ class SuperNet(nn.Module):
                 *conv_bn(dims, c_in, layout.stem_ch, layout.stem_kernel, layout.stem_stride),
                 nn.ReLU6(),
             )
+        self.widths = [
+            StageWidth.of(s, widest, by_name) for s, widest in enumerate(layout.stage_channels)
+        ]
+        self.register_buffer("stem_masks", self.widths[0].masks(), persistent=False)
         self.blocks = nn.ModuleList(
-            MixedBlock(family, j, s, by_name) for j, s in enumerate(layout.blocks)
+            MixedBlock(family, j, s, by_name, (self.widths[a], self.widths[b]))
+            for j, (s, (a, b)) in enumerate(zip(layout.blocks, layout.block_stages, strict=True))
         )
         width = layout.blocks[-1].out_ch if layout.blocks else layout.stem_ch
         self.pool_dims = tuple(range(2, len(input_shape) + 1)) if family != "mlp" else ()
         self.classifier = nn.Linear(width, num_classes)
-        self._fixed = sum(
-            p.numel() for p in (*self.stem.parameters(), *self.classifier.parameters())
-        )
+        self.num_classes, self.c_in = num_classes, c_in
+        self.stem_taps = 1 if family == "mlp" else layout.stem_kernel ** (len(input_shape) - 1)
 
     def forward(self, x: torch.Tensor, probs: Arch) -> torch.Tensor:
         """Logits of the combined model mixed by the architecture encoding `probs` (or of a `SubModel`)."""
-        h = self.stem((x - self.norm_mean) / self.norm_std)
+        h = self._stem((x - self.norm_mean) / self.norm_std, probs)
         for block in self.blocks:
             h = block(h, probs)
-        logits: torch.Tensor = self.classifier(h.mean(dim=self.pool_dims) if self.pool_dims else h)
+        pooled = h.mean(dim=self.pool_dims) if self.pool_dims else h
+        if isinstance(probs, SubModel):  # the sub-model's own classifier columns
+            return F.linear(
+                pooled, self.classifier.weight[:, : pooled.shape[1]], self.classifier.bias
+            )
+        logits: torch.Tensor = self.classifier(pooled)
         return logits
+
+    def _stem(self, x: torch.Tensor, probs: Arch) -> torch.Tensor:
+        """The stem, its output channels masked by the first stage's width (or sliced to it)."""
+        conv, bn = self.stem[0], self.stem[1]
+        if isinstance(probs, SubModel):
+            c0 = self.widths[0].pick(probs)
+            if self.layout.family == "mlp":
+                return F.relu(_bn(F.linear(x, conv.weight[:c0]), bn, c0))
+            dims = x.dim() - 2
+            conv_fn = F.conv1d if dims == 1 else F.conv2d
+            h = conv_fn(x, conv.weight[:c0], None, conv.stride, conv.padding)
+            return F.relu6(_bn(h, bn, c0))
+        h = self.stem(x)
+        mask = torch.tensordot(self.widths[0].probs(probs, x.device), self.stem_masks, 1)
+        return h * mask.view(1, -1, *([1] * (h.dim() - 2)))
 
     def _mixed_blocks(self) -> Iterator[MixedBlock]:
         """The blocks, typed (`nn.ModuleList` yields plain modules)."""
@@ -255,7 +343,12 @@ class SuperNet(nn.Module):
         """Expected parameter count of the derived model under the encoding (the cost penalty)."""
         blocks = sum(block.expected_params(probs) for block in self._mixed_blocks())
         assert isinstance(blocks, torch.Tensor), "every layout has blocks"
-        return self._fixed + blocks
+        device = blocks.device
+        first, last = self.widths[0], self.widths[-1]
+        c0 = (first.probs(probs, device) * torch.tensor(first.channels, device=device)).sum()
+        c_last = (last.probs(probs, device) * torch.tensor(last.channels, device=device)).sum()
+        stem = c0 * (self.c_in * self.stem_taps + 2)
+        return blocks + stem + c_last * self.num_classes + self.num_classes
 
 
 def child_state_dict(
@@ -265,12 +358,16 @@ def child_state_dict(
 
     This is what makes every candidate architecture a sub-model of the SuperModel (weight sharing).
     """
-    state = {
-        k: v for k, v in net.state_dict().items() if k.startswith(("norm_", "stem.", "classifier."))
-    }
+    c0 = model_args["stem"]["channels"]
+    c_last = model_args["blocks"][-1]["out"] if model_args["blocks"] else c0
+    state = {k: v.clone() for k, v in net.state_dict().items() if k.startswith("norm_")}
+    for key, value in net.stem.state_dict().items():
+        state[f"stem.{key}"] = value.clone() if value.dim() == 0 else value[:c0].clone()
+    state["classifier.weight"] = net.classifier.weight.detach()[:, :c_last].clone()
+    state["classifier.bias"] = net.classifier.bias.detach().clone()
     kept = [j for j in range(len(net.blocks)) if arch.get(f"b{j}.depth", "keep") != "skip"]
     for i, (j, args) in enumerate(zip(kept, model_args["blocks"], strict=True)):
-        block, hidden = net.blocks[j], args["in"] * args["expansion"]
+        block = net.blocks[j]
         pairs = [
             ("expand", 0),
             ("bn1", 1),
@@ -281,17 +378,22 @@ def child_state_dict(
             pairs += [("dw", 3), ("bn2", 4)]
         for name, index in pairs:
             for key, value in getattr(block, name).state_dict().items():
-                state[f"blocks.{i}.body.{index}.{key}"] = _slice(
-                    name, value, hidden, args.get("kernel", 0)
-                )
+                state[f"blocks.{i}.body.{index}.{key}"] = _slice(name, value, args)
     return state
 
 
-def _slice(name: str, value: torch.Tensor, hidden: int, kernel: int) -> torch.Tensor:
-    if value.dim() == 0 or name == "bn3":
+def _slice(name: str, value: torch.Tensor, args: dict[str, Any]) -> torch.Tensor:
+    """The part of one shared tensor of a block that the child block `args` uses."""
+    cin, cout, kernel = args["in"], args["out"], args.get("kernel", 0)
+    hidden = cin * args["expansion"]
+    if value.dim() == 0:
         return value.clone()
+    if name == "bn3":
+        return value[:cout].clone()
     if name == "project":
-        return value[:, :hidden].clone()
+        return value[:cout, :hidden].clone()
+    if name == "expand":
+        return value[:hidden, :cin].clone()
     value = value[:hidden]
     if name == "dw":
         lo = (value.shape[-1] - kernel) // 2

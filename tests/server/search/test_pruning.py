@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autohas_edge.server.search import LAYOUTS, SuperNet, default_space
+from autohas_edge.server.search import LAYOUTS, Choice, Layout, SearchSpace, SuperNet, default_space
+from autohas_edge.server.search.models import BlockSpec
 from autohas_edge.server.search.pruning import block_input_sizes, prune_dead_candidates
 
 
@@ -65,3 +66,14 @@ def test_the_search_reports_what_it_dropped(tmp_path: Path) -> None:
     assert result["dropped_candidates"] == {"b4.kernel": ["5", "7"]}
     assert result["architecture"]["b4.kernel"] == 3
     assert "dropped b4.kernel candidates 5, 7" in done.stdout
+
+
+def test_widths_that_round_to_the_same_channels_are_dropped() -> None:
+    layout = Layout("conv1d", 4, 3, 1, (BlockSpec(4, 4), BlockSpec(4, 10, 2)))
+    space = SearchSpace((Choice("s0.width", (0.5, 0.75, 1.0)), Choice("s1.width", (0.5, 1.0))), ())
+    pruned, dropped = prune_dead_candidates(space, layout, (1, 12))
+    assert dropped == {"s0.width": ["0.75", "1.0"]}  # 4 channels whatever the fraction
+    assert [c.candidates for c in pruned.arch] == [(0.5,), (0.5, 1.0)]
+    # the default space leaves such a stage without a width choice
+    names = [c.name for c in default_space(layout, "signal", "joint").arch]
+    assert "s0.width" not in names and "s1.width" in names
