@@ -16,7 +16,7 @@ import logging
 from dataclasses import replace
 
 from autohas_edge.server.search.models import Layout, channels_at
-from autohas_edge.server.search.space import Choice, SearchSpace
+from autohas_edge.server.search.space import Choice, SearchSpace, Value
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def prune_dead_candidates(
     dropped: dict[str, list[str]] = {}
     arch = []
     for choice in space.arch:
-        kept = _live_kernels(choice, sizes)
+        kept: tuple[Value, ...] | None = _live_kernels(choice, sizes)
         if kept is None:
             kept = _live_widths(choice, layout)
         if kept is not None and len(kept) < len(choice):

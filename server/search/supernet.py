@@ -266,6 +266,7 @@ class SuperNet(nn.Module):
 
     norm_mean: torch.Tensor  # buffers, registered in __init__
     norm_std: torch.Tensor
+    stem_masks: torch.Tensor
 
     def __init__(
         self,
@@ -322,16 +323,20 @@ class SuperNet(nn.Module):
         """The stem, its output channels masked by the first stage's width (or sliced to it)."""
         conv, bn = self.stem[0], self.stem[1]
         if isinstance(probs, SubModel):
+            assert isinstance(bn, nn.modules.batchnorm._BatchNorm)  # the stem is (layer, bn, act)
             c0 = self.widths[0].pick(probs)
             if self.layout.family == "mlp":
+                assert isinstance(conv, nn.Linear)
                 return F.relu(_bn(F.linear(x, conv.weight[:c0]), bn, c0))
+            assert isinstance(conv, nn.Conv1d | nn.Conv2d)
             dims = x.dim() - 2
             conv_fn = F.conv1d if dims == 1 else F.conv2d
             h = conv_fn(x, conv.weight[:c0], None, conv.stride, conv.padding)
             return F.relu6(_bn(h, bn, c0))
-        h = self.stem(x)
+        stem: torch.Tensor = self.stem(x)
         mask = torch.tensordot(self.widths[0].probs(probs, x.device), self.stem_masks, 1)
-        return h * mask.view(1, -1, *([1] * (h.dim() - 2)))
+        masked: torch.Tensor = stem * mask.view(1, -1, *([1] * (stem.dim() - 2)))
+        return masked
 
     def _mixed_blocks(self) -> Iterator[MixedBlock]:
         """The blocks, typed (`nn.ModuleList` yields plain modules)."""
