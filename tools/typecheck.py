@@ -33,7 +33,9 @@ def main() -> int:
     from mypy import api
 
     namespace = link_tree()
-    stdout, stderr, status = api.run([str(namespace), "--config-file", str(ROOT / "pyproject.toml")])
+    stdout, stderr, status = api.run(
+        [str(namespace), "--config-file", str(ROOT / "pyproject.toml")]
+    )
     sys.stdout.write(stdout.replace(str(namespace) + "/", ""))
     sys.stderr.write(stderr)
     return status
