@@ -1,0 +1,157 @@
+"""AutoHAS through `run_search`: joint (differentiable, REINFORCE), NAS-only, HPO-only, NAS-then-HPO.
+
+Each runs the engine with its defaults except the step budget (sized from measured step costs so
+that the search fits the method's search budget), `retrain_steps=0` (the suite retrains the
+derived model like every other incumbent) and the CPU device; the derived architecture and
+hyper-parameters from result.json are the incumbent. The whole `run_search` call is counted.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.suite.api import Choice, SearchConfig, SearchSpace, run_search
+from bench.suite.meter import cpu_seconds
+from bench.suite.methods.base import Context, Outcome, StepCosts
+from bench.suite.space import Config, JointSpace
+
+Progress = Callable[[Any], None]
+#: variants whose step costs are measured per task: "mode/strategy"
+VARIANTS = ("joint/differentiable", "joint/reinforce", "nas/differentiable", "hpo/differentiable")
+
+
+def search_config(
+    npz: Path, mode: str, strategy: str, steps: int, seed: int, space: SearchSpace | None = None
+) -> SearchConfig:
+    """The engine's default config for `mode`/`strategy`, with the suite's step budget."""
+    return SearchConfig(
+        dataset=str(npz),
+        mode=mode,
+        strategy=strategy,
+        steps=steps,
+        retrain_steps=0,
+        seed=seed,
+        device="cpu",
+        space=space,
+    )
+
+
+def search(config: SearchConfig, on_progress: Progress | None = None) -> dict[str, Any]:
+    """One `run_search` into a temporary run directory; result.json's content."""
+    with tempfile.TemporaryDirectory(prefix="suite-") as out:
+        return run_search(config, out, on_progress)
+
+
+def probe_costs(npz: Path, variant: str, steps: int = 8) -> tuple[StepCosts, dict[str, Any]]:
+    """Measure one variant's step costs with a short search (seed 0) on the task; also the space
+    the engine searched (result.json's `space`: its default space without dead candidates).
+
+    Step k's cost is the CPU time between the progress events of steps k-1 and k; the first warm-up
+    and the first alternating step are left out (they pay one-off initialisation), and everything
+    else the call costs (loading, building, writing the run directory) is the fixed overhead.
+    """
+    mode, strategy = variant.split("/")
+    marks: list[float] = []
+
+    def on_progress(event: Any) -> None:
+        if event.stage == "search":
+            marks.append(cpu_seconds())
+
+    start = cpu_seconds()
+    try:
+        result = search(search_config(npz, mode, strategy, steps, 0), on_progress)
+    except ValueError as exc:  # the engine refuses this variant on this task
+        return StepCosts(0.0, 0.0, 0.0, error=str(exc)), {}
+    total, warm = cpu_seconds() - start, int(steps * SearchConfig().warmup_fraction)
+    diffs = np.diff(marks)  # diffs[i]: the cost of step i + 2
+    alternate = float(np.median(diffs[warm:])) if len(diffs) > warm else float(np.max(diffs))
+    warmup = float(np.median(diffs[: warm - 1])) if warm >= 2 else alternate
+    overhead = total - warm * warmup - (len(marks) - warm) * alternate
+    return StepCosts(warmup, alternate, max(0.0, overhead)), result["space"]
+
+
+def _stage(
+    ctx: Context, variant: str, budget: float, space: SearchSpace | None = None, costs: str = ""
+) -> dict[str, Any]:
+    """One `run_search` sized to `budget` CPU seconds: result.json plus how it was sized.
+
+    The probe's step costs are scaled by `ctx.cost_factor` (how much dearer recent AutoHAS runs were
+    than their estimates: CPU time per step drifts with what else runs on the machine)."""
+    step_costs, warmup = ctx.step_costs[costs or variant], SearchConfig().warmup_fraction
+    steps = step_costs.steps_for(budget / ctx.cost_factor, warmup)
+    mode, strategy = variant.split("/")
+    start = ctx.meter.read().cpu
+    result = search(search_config(ctx.npz, mode, strategy, steps, ctx.seed, space))
+    sizing = {
+        "planned_steps": steps,
+        "estimated_cpu": round(step_costs.estimate(steps, warmup), 3),
+        "actual_cpu": round(ctx.meter.read().cpu - start, 3),
+        "cost_factor": round(ctx.cost_factor, 3),
+    }
+    return {"result": result, "sizing": sizing}
+
+
+def _incumbent(space: JointSpace, result: dict[str, Any]) -> Config:
+    return space.join(result["architecture"], result["hyperparameters"])
+
+
+def _info(stage: dict[str, Any]) -> dict[str, Any]:
+    result = stage["result"]
+    keys = ("search_steps", "stop_reason", "search_seconds", "mode", "strategy")
+    return {**stage["sizing"], **{k: result[k] for k in keys}, "space": result["space"]}
+
+
+def _run(ctx: Context, mode: str, strategy: str) -> Outcome:
+    stage = _stage(ctx, f"{mode}/{strategy}", ctx.search_budget)
+    incumbent = _incumbent(ctx.space, stage["result"])
+    return Outcome(incumbent, ctx.meter.read(), info=_info(stage))
+
+
+def joint(ctx: Context) -> Outcome:
+    """AutoHAS joint search, differentiable strategy (the default)."""
+    return _run(ctx, "joint", "differentiable")
+
+
+def joint_reinforce(ctx: Context) -> Outcome:
+    """AutoHAS joint search, REINFORCE controller strategy."""
+    return _run(ctx, "joint", "reinforce")
+
+
+def nas_only(ctx: Context) -> Outcome:
+    """AutoHAS with the hyper-parameters fixed to the engine's hand-picked defaults (mode nas)."""
+    return _run(ctx, "nas", "differentiable")
+
+
+def hpo_only(ctx: Context) -> Outcome:
+    """AutoHAS with the architecture fixed to the engine's default one (mode hpo)."""
+    return _run(ctx, "hpo", "differentiable")
+
+
+def fixed_arch_space(space: JointSpace, arch: Config) -> SearchSpace:
+    """The joint space's hyper-parameters over one architecture (one candidate per choice).
+
+    A skipped block keeps a one-candidate ("skip",) depth choice: the derived model skips it, but
+    the engine's SuperModel treats a depth choice's first candidate as "keep", so this stage's
+    SuperModel still runs that block (reported upstream; it only affects which HPs look best)."""
+    choices = tuple(Choice(c.name, (arch[c.name],)) for c in space.space.arch if c.name in arch)
+    return SearchSpace(choices, space.space.hparams)
+
+
+def nas_then_hpo(ctx: Context) -> Outcome:
+    """Two stages, half the search budget each: NAS-only, then HPO over the architecture it found."""
+    first = _stage(ctx, "nas/differentiable", ctx.search_budget / 2)
+    arch = _incumbent(ctx.space, first["result"])
+    left = ctx.search_budget - ctx.meter.read().cpu
+    # sized with the default HPO variant's step costs; where the engine refuses that variant (its
+    # fixed architecture too large), with the joint search's, whose SuperModel is the larger
+    costs = "joint/differentiable" if ctx.step_costs["hpo/differentiable"].error else ""
+    space = fixed_arch_space(ctx.space, arch)
+    second = _stage(ctx, "hpo/differentiable", left, space, costs)
+    incumbent = ctx.space.join(ctx.space.split(arch)[0], second["result"]["hyperparameters"])
+    info = {"nas": _info(first), "hpo": _info(second)}
+    return Outcome(incumbent, ctx.meter.read(), info=info)

@@ -1,0 +1,86 @@
+"""The results file: JSON lines, one record per calibrated task and per finished (task, method,
+seed, budget) cell, appended and flushed as each finishes, so a killed run resumes where it stopped.
+
+The first line is a header with the preset's settings; resuming under other settings is refused
+(their figures would not be comparable). A torn last line (a kill mid-write) is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CellKey = tuple[str, str, int, float]  # task, method, seed, budget fraction
+
+
+def cell_key(record: dict[str, Any]) -> CellKey:
+    """The key of a cell record."""
+    return record["task"], record["method"], int(record["seed"]), float(record["fraction"])
+
+
+@dataclass
+class Results:
+    """Everything in a results file."""
+
+    header: dict[str, Any] | None = None
+    calibrations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cells: dict[CellKey, dict[str, Any]] = field(default_factory=dict)
+
+
+def load(path: Path) -> Results:
+    """Read a results file (an absent file is empty)."""
+    results = Results()
+    if not path.exists():
+        return results
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line torn by a kill
+        kind = record.pop("kind", None)
+        if kind == "header":
+            results.header = record
+        elif kind == "calibration":
+            results.calibrations[record["task"]] = record
+        elif kind == "cell":
+            results.cells[cell_key(record)] = record
+    return results
+
+
+def append(path: Path, kind: str, record: dict[str, Any]) -> None:
+    """Append one record and make it durable before going on."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        torn = f.tell() > 0 and _last_byte(path) != b"\n"
+        if torn:
+            f.write("\n")  # end a line torn by a kill, so it stays one unreadable line
+        f.write(json.dumps({"kind": kind, **record}, default=float) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _last_byte(path: Path) -> bytes:
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
+
+
+def open_results(path: Path, settings: dict[str, Any], restart: bool = False) -> Results:
+    """The file's results under `settings` (a header is written to a new file; `restart` empties it)."""
+    if restart and path.exists():
+        path.unlink()
+    results = load(path)
+    if results.header is None:
+        if path.exists() and path.stat().st_size:
+            raise SystemExit(f"{path} has no header line; move it away or pass --restart")
+        append(path, "header", {"settings": settings})
+        return load(path)
+    if results.header["settings"] != settings:
+        raise SystemExit(
+            f"{path} was written with other settings ({results.header['settings']}, now {settings});"
+            " pass --restart to start over or --results to use another file"
+        )
+    return results
