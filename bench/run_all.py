@@ -11,7 +11,7 @@ BENCHMARKS = [
     ["bench.bench_server"],
     ["bench.bench_load"],
     ["bench.bench_sdk"],
-    ["bench.bench_compare"],
+    ["bench.suite", "--full"],
     ["bench.bench_strategies", "--seeds", "0", "1"],
 ]
 
