@@ -223,10 +223,13 @@ class Searcher:
                 mix,
                 cfg.grad_clip,
             )
-            return combine_explicit(*args)[0]
+            return combine_explicit(*args, reduce=self.comm.mean_)[0]
         losses = [str(v) for v in self.space.hparam("loss").candidates]
         with record_function("search.temporary_weights"):
-            grads = basis_gradients(self.net, self.flat, chunks, arch, losses, cfg.grad_clip)
+            # all workers build the same W' from the whole batch's gradients, as one worker would
+            grads = basis_gradients(
+                self.net, self.flat, chunks, arch, losses, cfg.grad_clip, reduce=self.comm.mean_
+            )
             return combine_fast(self.flat.get(), grads, self.opt_state, mix)
 
     def _record(self, stats: StepStats) -> None:

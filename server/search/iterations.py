@@ -126,20 +126,31 @@ def basis_gradients(
     arch: Probs,
     losses: list[str],
     grad_clip: float,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[tuple[str, int], torch.Tensor]:
-    """Fast path: g_{l,a} for every (loss basis, augmentation chunk), from one forward per chunk."""
+    """Fast path: g_{l,a} for every (loss basis, augmentation chunk), from one forward per chunk.
+
+    `reduce` (when given) averages the raw gradients across search workers before clipping, in one
+    call, so every worker builds the temporary weights one worker would build from the whole batch.
+    """
     arch = {k: v.detach() for k, v in arch.items()}
     smoothing = {name: hp.label_smoothing(name) for name in losses}
     need_uniform = any(
         eps > 0 for eps in smoothing.values()
     )  # nas mode: cross-entropy only, one pass
-    grads = {}
-    for a, (x, y) in enumerate(chunks):
+    raw = []
+    for x, y in chunks:
         with autocast(x.device):
             logits = forward_with(net, flat, None, x, arch)
         ce, uniform = hp.per_example_losses(logits, y)
         g_ce = flat.flat_grad(ce.mean(), retain_graph=need_uniform)
         g_u = flat.flat_grad(uniform.mean()) if need_uniform else torch.zeros_like(g_ce)
+        raw.append(torch.stack([g_ce, g_u]))
+    stacked = torch.stack(raw)  # [chunks, 2, params]
+    if reduce is not None:
+        stacked = reduce(stacked)
+    grads = {}
+    for a, (g_ce, g_u) in enumerate(stacked):
         for name, eps in smoothing.items():
             grads[(name, a)] = clip(g_ce * (1 - eps) + g_u * eps, grad_clip)
     return grads
@@ -167,8 +178,10 @@ def combine_explicit(
     space: SearchSpace,
     mix: HPMix,
     grad_clip: float,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Explicit path: one temporary W_b per basis set of the Cartesian product, and their P^H sum."""
+    """Explicit path: one temporary W_b per basis set of the Cartesian product, and their P^H sum
+    (`reduce`: as in `basis_gradients`)."""
     arch = {k: v.detach() for k, v in arch.items()}
     w = flat.get()
     lrs = [float(v) for v in space.hparam("learning_rate").candidates]
@@ -182,7 +195,8 @@ def combine_explicit(
         with autocast(x.device):
             logits = forward_with(net, flat, None, x, arch)
         ce, uniform = hp.per_example_losses(logits, y)
-        grad = clip(flat.flat_grad(hp.basis_loss(ce, uniform, loss).mean()), grad_clip)
+        grad = flat.flat_grad(hp.basis_loss(ce, uniform, loss).mean())
+        grad = clip(reduce(grad) if reduce is not None else grad, grad_clip)
         d, _ = hp.direction(opt, grad, state)
         w_b = w - lr * d - lr * wd * w
         p_b = (
