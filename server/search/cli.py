@@ -34,6 +34,11 @@ _FLAGS: dict[str, tuple[type, str]] = {
         "reinforce: (architecture, hyper-parameter) pairs sampled per step, all workers",
     ),
     "seed": (int, "random seed"),
+    "retrain_schedule": (
+        str,
+        "retraining rate: 'cosine' around the derived rate or the 'searched' trajectory "
+        "(a finished search can be retrained under another schedule or length)",
+    ),
 }
 
 

@@ -14,6 +14,11 @@ MODES = ("joint", "nas", "hpo")
 STRATEGIES = tuple(REGISTRY)  # the built-in strategies
 WEIGHT_PATHS = ("fast", "explicit")
 DEVICES = ("auto", "cpu", "cuda")
+#: how retraining moves the learning rate: warm-up + cosine around the derived rate, or the
+#: trajectory of E[lr] the search recorded (claim: a searched schedule), stretched to the retraining
+SCHEDULES = ("cosine", "searched")
+#: settings that change only the retraining, so a finished search may be retrained under new ones
+RETRAIN_ONLY = ("retrain_steps", "retrain_schedule")
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,7 @@ class SearchConfig:
     cost_weight: float = 1.0  # lambda of the penalty on expected parameters above max_params
     encoding_lr: float = 0.05
     retrain_steps: int = 1500
+    retrain_schedule: str = "cosine"
     max_skips: int = 2  # a cap on skipped blocks in the derived model (guards against collapse)
     encoding_tol: float = (
         1e-3  # stop when no probability moved more than this over `check_every` steps
@@ -54,6 +60,7 @@ class SearchConfig:
         _one_of("strategy", self.strategy, tuple(REGISTRY))  # registered ones too
         _one_of("device", self.device, DEVICES)
         _one_of("weights_path", self.weights_path, WEIGHT_PATHS)
+        _one_of("retrain_schedule", self.retrain_schedule, SCHEDULES)
         if not self.dataset:
             raise ValueError("dataset must be 'mnist1d', 'digits' or a path to an .npz file")
         for name in ("steps", "max_params", "check_every", "checkpoint_every", "samples"):
@@ -80,6 +87,10 @@ class SearchConfig:
     def warmup_steps(self) -> int:
         """Steps of the first iteration alone before the alternation starts."""
         return int(self.steps * self.warmup_fraction)
+
+    def search_part(self) -> dict[str, Any]:
+        """`to_json()` without the retraining-only settings: what a search checkpoint must match."""
+        return {k: v for k, v in self.to_json().items() if k not in RETRAIN_ONLY}
 
     def replace(self, **changes: Any) -> SearchConfig:
         """A copy with some fields changed (validated again)."""

@@ -32,8 +32,13 @@ def retrain(
     gen: torch.Generator,
     grad_clip: float,
     on_step: StepCallback | None = None,
+    schedule: list[float] | None = None,
 ) -> None:
-    """Train `model` in place for `steps` steps; `on_step(step, loss, lr)` after each."""
+    """Train `model` in place for `steps` steps; `on_step(step, loss, lr)` after each.
+
+    The rate follows warm-up + cosine around `hparams["learning_rate"]`, or, given `schedule` (a
+    searched trajectory of rates), that trajectory stretched to `steps` under the same envelope.
+    """
     flat = FlatWeights(model)
     optimizer, policy, loss_name = (
         str(hparams["optimizer"]),
@@ -55,11 +60,22 @@ def retrain(
             grad = clip(flat.flat_grad(loss), grad_clip)
             d, new_state = hp.direction(optimizer, grad, state)
             hp.commit(state, [new_state])
-            lr = peak * hp.cosine_factor(t, steps, warmup)
+            base = peak if schedule is None else stretched(schedule, t, steps)
+            lr = base * hp.cosine_factor(t, steps, warmup)
             w = flat.get()
             flat.set(w - lr * d - lr * wd * w)
         if on_step is not None:
             on_step(t, float(loss.detach()), lr)
+
+
+def stretched(trajectory: list[float], step: int, steps: int) -> float:
+    """The value of `trajectory` at the same fraction of its length as `step` of `steps` (linear)."""
+    if not trajectory:
+        raise ValueError("an empty learning-rate trajectory")
+    position = step / max(1, steps - 1) * (len(trajectory) - 1)
+    lo = int(position)
+    hi = min(lo + 1, len(trajectory) - 1)
+    return trajectory[lo] + (trajectory[hi] - trajectory[lo]) * (position - lo)
 
 
 @torch.no_grad()

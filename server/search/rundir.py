@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from autohas_edge.common.fs import atomic_write_json
-from autohas_edge.server.search.config import SearchConfig
+from autohas_edge.server.search.config import RETRAIN_ONLY, SearchConfig
 from autohas_edge.server.search.models import ModelArgs, build_model
 from autohas_edge.server.search.plot import plot_search
 from autohas_edge.server.search.space import SearchSpace
@@ -58,9 +58,11 @@ def read_checkpoint(out: Path, config: SearchConfig) -> dict[str, Any] | None:
     state: dict[str, Any] = torch.load(
         path, map_location="cpu", weights_only=True
     )  # generator states must stay on CPU
-    if state["config"] != config.to_json():
+    saved = {k: v for k, v in state["config"].items() if k not in RETRAIN_ONLY}
+    if saved != config.search_part():
         raise ValueError(
-            f"{path} holds a search with a different config; use a new output directory"
+            f"{path} holds a search with a different config; use a new output directory "
+            f"(only {', '.join(RETRAIN_ONLY)} may change)"
         )
     state.setdefault("rank_gens", [])
     return state

@@ -132,6 +132,7 @@ class _Run:
     should_stop: StopCheck
     comm: Comm = field(default_factory=Comm)
     dropped: dict[str, list[str]] = field(default_factory=dict)  # dead candidates left out
+    schedule: list[float] = field(default_factory=list)  # the searched E[lr] trajectory
 
     def searcher(self) -> Strategy:
         """A fresh searcher: SuperModel, encodings and data on the device, all seeded."""
@@ -244,6 +245,7 @@ class _Run:
         args = model_args_for(layout, data.input_shape, data.num_classes, arch)
         model = build_model(args).to(self.device)
         _set_norm(model, data)
+        self.schedule = list(searcher.history.lr)
         retrain_seconds = self.retrain(model, hparams)
         self.emit(ProgressEvent("evaluate", config.retrain_steps, config.retrain_steps))
         result = {
@@ -308,5 +310,6 @@ class _Run:
             gen,
             config.grad_clip,
             on_step,
+            schedule=self.schedule if config.retrain_schedule == "searched" else None,
         )
         return time.perf_counter() - start

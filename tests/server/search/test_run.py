@@ -259,3 +259,32 @@ def test_device_cuda_follows_availability(tmp_path: Path, toy_signal_npz: Path) 
     else:
         with pytest.raises(ValueError, match="CUDA is not available"):
             run_search(config, tmp_path)
+
+
+def test_a_finished_search_retrains_under_a_new_schedule_without_searching_again(
+    tmp_path: Path, toy_signal_npz: Path
+) -> None:
+    first = run_search(_toy(toy_signal_npz, steps=4, retrain_steps=4), tmp_path)
+    lrs: list[float] = []
+    again = run_search(
+        _toy(toy_signal_npz, steps=4, retrain_steps=12, retrain_schedule="searched"),
+        tmp_path,
+        on_progress=lambda e: lrs.append(e.learning_rate) if e.stage == "retrain" else None,
+    )
+    assert again["encodings"] == first["encodings"]  # the search was not run again
+    assert again["retrain_steps"] == 12 and again["config"]["retrain_schedule"] == "searched"
+    trajectory = again["lr_trajectory"]
+    assert len(lrs) == 12 and max(lrs) <= max(trajectory) + 1e-6  # rounded in result.json
+    with pytest.raises(ValueError, match="retrain_schedule must be one of"):
+        _toy(toy_signal_npz, retrain_schedule="linear")
+
+
+def test_a_searched_schedule_is_stretched_to_the_retraining() -> None:
+    from autohas_edge.server.search.retrain import stretched
+
+    trajectory = [0.4, 0.2, 0.1]
+    assert [stretched(trajectory, t, 5) for t in range(5)] == pytest.approx(
+        [0.4, 0.3, 0.2, 0.15, 0.1]
+    )
+    with pytest.raises(ValueError, match="empty"):
+        stretched([], 0, 3)
