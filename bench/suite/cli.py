@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
-import time
 from pathlib import Path
 
 from bench.results import RESULTS, write_section
@@ -60,7 +58,6 @@ def chosen(args: argparse.Namespace) -> Preset:
 def report(
     preset: Preset,
     path: Path,
-    run: dict[str, object],
     write: bool,
     command: str,
     plot_dir: Path = BENCH,
@@ -76,7 +73,7 @@ def report(
         plot_curves(table, tasks, methods, plots["curves"])
         plot_pareto(table, tasks, methods, plots["pareto"])
     notes = NOTES / f"{preset.name}.md"
-    text = body(preset, results, table, tasks, methods, run, plots, notes)
+    text = body(preset, results, table, tasks, methods, plots, notes)
     if write:
         write_section(f"suite-{preset.name}", command, text, section)
     return text
@@ -87,10 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     preset = chosen(args)
     path = args.results or BENCH / f"suite-{preset.name}.jsonl"
-    start, load_start = time.perf_counter(), os.getloadavg()[0]
     if not args.report:
         execute(preset, path, args.threads, args.restart)
-    run = {"minutes": (time.perf_counter() - start) / 60, "load": (load_start, os.getloadavg()[0])}
-    command = "python -m bench.suite " + " ".join(sys.argv[1:] if argv is None else argv)
-    print(report(preset, path, run, not args.no_write, command.strip()))
+    # the section names the command that runs (or resumes) the plan, not a mere re-report
+    given = sys.argv[1:] if argv is None else argv
+    command = " ".join(["python -m bench.suite", *(a for a in given if a != "--report")])
+    print(report(preset, path, not args.no_write, command))
     return 0

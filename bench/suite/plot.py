@@ -23,6 +23,15 @@ COLOURS = {
 }
 
 
+def _plain_log_axis(ax: Any) -> None:
+    """A log x axis labelled with plain numbers (narrow ranges get unreadable exponents)."""
+    from matplotlib import ticker
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+
+
 def _pyplot() -> Any:
     import matplotlib
 
@@ -59,7 +68,7 @@ def _curve_panel(ax: Any, table: Table, task: str, methods: list[str]) -> None:
         ax.errorbar(
             x.mean(0), y.mean(0), yerr=yerr, fmt="o-", color=colour, capsize=3, label=method
         )
-    ax.set_xscale("log")
+    _plain_log_axis(ax)
     ax.set_title(f"{task}: best-so-far test accuracy", fontsize=9)
     ax.set_xlabel("device-seconds (CPU s, search + final retraining)", fontsize=8)
     ax.grid(alpha=0.3)
@@ -101,7 +110,7 @@ def _pareto_panel(ax: Any, table: Table, task: str, methods: list[str], key: str
     if xs:
         fx, fy = _pareto_front(np.array(xs, float), np.array(ys, float))
         ax.step(fx, fy, where="post", color="black", lw=0.8, ls="--")
-    ax.set_xscale("log")
+    _plain_log_axis(ax)
     ax.grid(alpha=0.3)
 
 

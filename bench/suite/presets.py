@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from bench.suite.api import SearchConfig
 from bench.suite.methods import METHODS
 from bench.suite.recipe import Recipe
 from bench.suite.tasks import TASKS
@@ -55,6 +56,7 @@ class Preset:
             "ladder": list(self.ladder),
             "recipe": asdict(self.recipe),
             "threads": threads,
+            "engine": SearchConfig().to_json(),  # the engine defaults AutoHAS runs with
         }
 
 

@@ -22,6 +22,7 @@ from bench.suite import store
 from bench.suite.api import load_dataset
 from bench.suite.calibrate import Calibration, calibrate
 from bench.suite.latency import latency_ms
+from bench.suite.meter import Meter
 from bench.suite.methods import METHODS
 from bench.suite.methods.base import Context, Outcome, Unavailable
 from bench.suite.presets import Preset
@@ -77,14 +78,18 @@ def run_cell(
     except Unavailable as exc:
         return {**_key(cell), "error": str(exc), "budget_cpu": round(ctx.budget, 3)}
     model = final_model(space, data, outcome.config, recipe, FINAL_SEED + cell.seed)
-    total = ctx.meter.read()
-    args = space.model_args(outcome.config)
-    measured = {
+    total = ctx.meter.read()  # search + final retraining; what follows is the judge's
+    return _record(cell, ctx, outcome, total, _measure(ctx, model, outcome.config))
+
+
+def _measure(ctx: Context, model: torch.nn.Module, config: dict[str, Any]) -> dict[str, Any]:
+    """The final model's test accuracy, size and measured latency."""
+    args, data = ctx.space.model_args(config), ctx.data
+    return {
         "test_accuracy": evaluate(model, data.x_test, data.y_test),
-        "params": space.params(outcome.config),
+        "params": ctx.space.params(config),
         "latency_ms": latency_ms(model, args, data.input_shape),
     }
-    return _record(cell, ctx, outcome, total, measured)
 
 
 def _key(cell: Cell) -> dict[str, Any]:
@@ -156,9 +161,10 @@ def execute(
 
 
 def _calibrate(preset: Preset, task: str, path: Path, results: store.Results) -> None:
-    npz = task_path(task)
+    npz, meter = task_path(task), Meter()
     data = load_dataset(str(npz), seed=0)
     record = calibrate(task, npz, data, preset.recipe, preset.spread_configs).to_json()
+    record["cost"], record["load"] = meter.read().to_json(), os.getloadavg()[0]
     store.append(path, "calibration", record)
     results.calibrations[task] = record
 

@@ -193,12 +193,20 @@ def test_tpe_is_a_real_optuna_study(suite: dict[str, Any]) -> None:
 
 def test_the_report_and_plots_render(suite: dict[str, Any]) -> None:
     preset, out = suite["preset"], suite["out"]
-    run = {"minutes": 0.1, "load": (0.5, 0.5)}
-    text = cli.report(preset, out / "toy.jsonl", run, False, "test", plot_dir=out)
+    text = cli.report(preset, out / "toy.jsonl", False, "test", plot_dir=out)
     assert "### toy" in text and "nan" not in text and "too few for a verdict" in text
-    cli.report(preset, out / "toy.jsonl", run, True, "test", plot_dir=out, section=out / "R.md")
+    cli.report(preset, out / "toy.jsonl", True, "test", plot_dir=out, section=out / "R.md")
     assert (out / "suite-toy-curves.png").stat().st_size > 0
     assert "<!-- BEGIN suite-toy -->" in (out / "R.md").read_text()
+
+
+def test_the_command_line_reports_a_results_file(
+    suite: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = suite["out"] / "toy.jsonl"
+    argv = ["--quick", "--tasks", "toy", "--report", "--no-write", "--results", str(path)]
+    assert cli.main(argv) == 0
+    assert "### toy" in capsys.readouterr().out
 
 
 def test_bootstrap_interval_on_a_known_distribution() -> None:

@@ -67,12 +67,17 @@ def probe_costs(npz: Path, variant: str, steps: int = 8) -> tuple[StepCosts, dic
         result = search(search_config(npz, mode, strategy, steps, 0), on_progress)
     except ValueError as exc:  # the engine refuses this variant on this task
         return StepCosts(0.0, 0.0, 0.0, error=str(exc)), {}
-    total, warm = cpu_seconds() - start, int(steps * SearchConfig().warmup_fraction)
+    return step_costs(marks, cpu_seconds() - start), result["space"]
+
+
+def step_costs(marks: list[float], total: float) -> StepCosts:
+    """Costs from the CPU clock at every step's progress event and the whole call's CPU seconds."""
+    warm = int(len(marks) * SearchConfig().warmup_fraction)
     diffs = np.diff(marks)  # diffs[i]: the cost of step i + 2
     alternate = float(np.median(diffs[warm:])) if len(diffs) > warm else float(np.max(diffs))
     warmup = float(np.median(diffs[: warm - 1])) if warm >= 2 else alternate
     overhead = total - warm * warmup - (len(marks) - warm) * alternate
-    return StepCosts(warmup, alternate, max(0.0, overhead)), result["space"]
+    return StepCosts(warmup, alternate, max(0.0, overhead))
 
 
 def _stage(
@@ -102,8 +107,9 @@ def _incumbent(space: JointSpace, result: dict[str, Any]) -> Config:
 
 def _info(stage: dict[str, Any]) -> dict[str, Any]:
     result = stage["result"]
-    keys = ("search_steps", "stop_reason", "search_seconds", "mode", "strategy")
-    return {**stage["sizing"], **{k: result[k] for k in keys}, "space": result["space"]}
+    keys = ("search_steps", "stop_reason", "search_seconds", "mode", "strategy", "torch_threads")
+    found = {k: result[k] for k in keys if k in result}
+    return {**stage["sizing"], **found, "space": result["space"]}
 
 
 def _run(ctx: Context, mode: str, strategy: str) -> Outcome:

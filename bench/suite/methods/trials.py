@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import optuna
 import torch
 
 from bench.suite.methods.base import Context, Outcome, Point
-from bench.suite.recipe import evaluate, fit, new_child
+from bench.suite.recipe import StepHook, evaluate, fit, new_child
 from bench.suite.space import Config, JointSpace, uniform_draw, value_range
 
 #: consecutive infeasible proposals after which a method gives up (default spaces are ~80% feasible)
@@ -44,66 +44,77 @@ Proposer = Callable[[], Proposal]
 
 
 @dataclass
-class _Best:
-    """The incumbent so far."""
+class _Search:
+    """A trial-based search in progress: the incumbent, its curve and the counts."""
 
-    val: float
-    test: float
-    config: Config
+    ctx: Context
+    curve: list[Point] = field(default_factory=list)
+    starts: list[float] = field(default_factory=list)  # CPU seconds at which each trial began
+    best: tuple[float, float, Config] | None = None  # (validation, test accuracy, configuration)
+    rejected: int = 0
+    pruned: int = 0
+
+    def record(self, val: float, model: torch.nn.Module, config: Config) -> None:
+        """A completed trial: a new incumbent if strictly better on validation; a curve point."""
+        ctx = self.ctx
+        if self.best is None or val > self.best[0]:
+            with ctx.meter.paused():  # the judge's look at the test set
+                self.best = (val, evaluate(model, ctx.data.x_test, ctx.data.y_test), config)
+        self.curve.append(Point(ctx.meter.read(), self.best[0], self.best[1]))
+
+    def outcome(self) -> Outcome:
+        """The incumbent and the search's cost and curve."""
+        if self.best is None:
+            raise RuntimeError(f"no trial completed within {self.ctx.search_budget:.1f} CPU s")
+        info = {"rejected": self.rejected, "pruned": self.pruned, "starts": self.starts}
+        return Outcome(self.best[2], self.ctx.meter.read(), len(self.starts), self.curve, info)
 
 
 def run_trials(ctx: Context, propose: Proposer, rungs: tuple[int, ...] = ()) -> Outcome:
     """Train proposals until the search budget is spent; `rungs`: steps that report to a pruner."""
-    curve: list[Point] = []
-    best: _Best | None = None
-    starts: list[float] = []  # CPU seconds at which each trial began
-    rejected = streak = pruned = 0
+    search, streak = _Search(ctx), 0
     while ctx.meter.read().cpu < ctx.search_budget and streak < MAX_REJECTIONS:
         proposal = propose()
         if proposal.config is None:
-            rejected, streak = rejected + 1, streak + 1
+            search.rejected, streak = search.rejected + 1, streak + 1
             proposal.finish(None)
             continue
         streak = 0
-        starts.append(round(ctx.meter.read().cpu, 3))
-        done = _trial(ctx, proposal, len(starts) - 1, rungs)
+        search.starts.append(round(ctx.meter.read().cpu, 3))
+        done = _trial(ctx, proposal, proposal.config, len(search.starts) - 1, rungs)
         if done is None:
-            pruned += 1
-            continue
-        val, model = done
-        if best is None or val > best.val:
-            with ctx.meter.paused():
-                best = _Best(
-                    val, evaluate(model, ctx.data.x_test, ctx.data.y_test), proposal.config
-                )
-        curve.append(Point(ctx.meter.read(), best.val, best.test))
-    if best is None:
-        raise RuntimeError(f"no trial completed within {ctx.search_budget:.1f} CPU s")
-    info = {"rejected": rejected, "pruned": pruned, "starts": starts}
-    return Outcome(best.config, ctx.meter.read(), len(starts), curve, info)
+            search.pruned += 1
+        else:
+            search.record(*done, proposal.config)
+    return search.outcome()
 
 
-def _trial(
-    ctx: Context, proposal: Proposal, index: int, rungs: tuple[int, ...]
-) -> tuple[float, torch.nn.Module] | None:
-    """Train one proposal on the training split: (validation accuracy, model), or None if pruned."""
-    data, config = ctx.data, proposal.config
-    assert config is not None
-    seed = ctx.trial_seed(index)
-    model = new_child(ctx.space, config, data.x_train, data.family, seed)
+def _reporter(
+    ctx: Context, model: torch.nn.Module, proposal: Proposal, rungs: tuple[int, ...]
+) -> StepHook | None:
+    """The training hook that reports validation accuracy at the rungs (None without rungs)."""
+    if not rungs:
+        return None
 
     def on_step(step: int, loss: float, lr: float) -> None:
         if step + 1 in rungs:
-            val = evaluate(model, data.x_val, data.y_val)
+            val = evaluate(model, ctx.data.x_val, ctx.data.y_val)
             model.train()  # `evaluate` left it in eval mode; training goes on
             if proposal.report(step + 1, val):
                 raise Pruned
 
-    hparams = ctx.space.split(config)[1]
+    return on_step
+
+
+def _trial(
+    ctx: Context, proposal: Proposal, config: Config, index: int, rungs: tuple[int, ...]
+) -> tuple[float, torch.nn.Module] | None:
+    """Train one proposal on the training split: (validation accuracy, model), or None if pruned."""
+    data, seed = ctx.data, ctx.trial_seed(index)
+    model = new_child(ctx.space, config, data.x_train, data.family, seed)
+    hook = _reporter(ctx, model, proposal, rungs)
     try:
-        fit(
-            model, hparams, data.x_train, data.y_train, ctx.recipe, seed, on_step if rungs else None
-        )
+        fit(model, ctx.space.split(config)[1], data.x_train, data.y_train, ctx.recipe, seed, hook)
     except Pruned:
         proposal.finish(None)
         return None
