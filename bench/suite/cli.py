@@ -1,7 +1,8 @@
 """`python -m bench.suite [--quick | --full]`: run the plan (resuming), then write the section.
 
-    .venv/bin/python -m bench.suite --quick            # about 8 minutes on 2 cores, one seed
-    .venv/bin/python -m bench.suite --full             # five seeds, >= 30 trials per baseline
+    .venv/bin/python -m bench.suite --quick            # about 7 minutes on 2 cores, one seed
+    .venv/bin/python -m bench.suite --full             # five seeds, >= 30 trials: about 2.3 hours
+    .venv/bin/python -m bench.suite --full --seeds 0 1 2   # the first three seeds (resumable)
     .venv/bin/python -m bench.suite --full --report    # report what the results file has so far
 
 Results go to bench/suite-<preset>.jsonl (appended cell by cell; a rerun runs only missing cells),

@@ -65,8 +65,8 @@ def fit(
     """Train `model` in place on (x, y) by the recipe with `hparams`; batches drawn from `seed`."""
     gen = torch.Generator().manual_seed(seed)
     xt, yt = torch.as_tensor(x), torch.as_tensor(y)
-    args = (recipe.steps, recipe.batch_size, float(x.std()), gen, recipe.grad_clip, on_step)
-    retrain(model, xt, yt, hparams, *args)
+    args = (recipe.steps, recipe.batch_size, float(x.std()), gen, recipe.grad_clip)
+    retrain(model, xt, yt, hparams, *args, on_step=on_step)
 
 
 def train_child(

@@ -62,6 +62,17 @@ def append(path: Path, kind: str, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+def compatible(saved: dict[str, Any], now: dict[str, Any]) -> bool:
+    """The same settings; of the engine's defaults, those both sides know must agree (a field the
+    engine added since, with a default, changes nothing already measured)."""
+    engine_saved, engine_now = saved.get("engine", {}), now.get("engine", {})
+    shared = set(engine_saved) & set(engine_now)
+    if any(engine_saved[k] != engine_now[k] for k in shared):
+        return False
+    strip = lambda d: {k: v for k, v in d.items() if k != "engine"}  # noqa: E731
+    return strip(saved) == strip(now)
+
+
 def _last_byte(path: Path) -> bytes:
     with path.open("rb") as f:
         f.seek(-1, os.SEEK_END)
@@ -78,7 +89,7 @@ def open_results(path: Path, settings: dict[str, Any], restart: bool = False) ->
             raise SystemExit(f"{path} has no header line; move it away or pass --restart")
         append(path, "header", {"settings": settings})
         return load(path)
-    if results.header["settings"] != settings:
+    if not compatible(results.header["settings"], settings):
         raise SystemExit(
             f"{path} was written with other settings ({results.header['settings']}, now {settings});"
             " pass --restart to start over or --results to use another file"

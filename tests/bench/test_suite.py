@@ -266,3 +266,8 @@ def test_resuming_under_other_settings_is_refused(toy_task: None, tmp_path: Path
     with pytest.raises(SystemExit, match="other settings"):
         store.open_results(path, other.settings(1))
     assert json.loads(path.read_text().splitlines()[0])["kind"] == "header"
+    settings = Preset("toy", **TOY).settings(1)  # type: ignore[arg-type]
+    newer = {**settings, "engine": {**settings["engine"], "a_new_field": 1}}
+    assert store.compatible(settings, newer)  # a field the engine added since is no change
+    changed = {**settings, "engine": {**settings["engine"], "steps": 1}}
+    assert not store.compatible(settings, changed)
