@@ -61,7 +61,8 @@ def _retrain_function() -> Callable[..., None]:
     engine bug, reported). Then take the function the export names from that module.
     """
     value: Any = _engine.retrain
-    return value.retrain if isinstance(value, types.ModuleType) else value
+    function: Callable[..., None] = value.retrain if isinstance(value, types.ModuleType) else value
+    return function
 
 
 retrain = _retrain_function()

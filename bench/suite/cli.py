@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
 from bench.results import RESULTS, write_section
 from bench.suite.describe import body
@@ -50,7 +51,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def chosen(args: argparse.Namespace) -> Preset:
     """The preset with the command line's subsets."""
     preset = PRESETS[args.preset] if args.preset else QUICK
-    changes = {
+    changes: dict[str, Any] = {
         k: tuple(getattr(args, k)) for k in ("tasks", "methods", "seeds") if getattr(args, k)
     }
     return dataclasses.replace(preset, **changes)

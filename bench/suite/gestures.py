@@ -34,12 +34,16 @@ def _swipe_back(t: np.ndarray) -> np.ndarray:
 
 def _circle(t: np.ndarray) -> np.ndarray:
     window = _bump(t, 0.5, 0.22)
-    return np.stack([np.sin(2 * np.pi * t), np.cos(2 * np.pi * t), 0.1 * t]) * window
+    signal: np.ndarray = np.stack([np.sin(2 * np.pi * t), np.cos(2 * np.pi * t), 0.1 * t])
+    out: np.ndarray = signal * window
+    return out
 
 
 def _shake(t: np.ndarray) -> np.ndarray:
     window = _bump(t, 0.5, 0.2)
-    return np.stack([np.sin(8 * np.pi * t), 0.3 * np.sin(8 * np.pi * t + 1.0), 0 * t]) * window
+    signal: np.ndarray = np.stack([np.sin(8 * np.pi * t), 0.3 * np.sin(8 * np.pi * t + 1.0), 0 * t])
+    out: np.ndarray = signal * window
+    return out
 
 
 def _lift(t: np.ndarray) -> np.ndarray:
@@ -90,8 +94,9 @@ def _example(label: int, style: Style, rng: np.random.Generator) -> np.ndarray:
     signal = list(GESTURES.values())[label](t) * rng.uniform(0.7, 1.3)
     drift = np.cumsum(rng.normal(0, 0.04, (3, LENGTH)), axis=1)  # correlated sensor noise
     signal = signal + drift + rng.normal(0, 0.08, (3, LENGTH)) + style.gravity[:, None]
-    signal = np.roll(signal, style.shift, axis=1)
-    return signal * style.scale[:, None] + style.offset[:, None]
+    rolled: np.ndarray = np.roll(signal, style.shift, axis=1)
+    out: np.ndarray = rolled * style.scale[:, None] + style.offset[:, None]
+    return out
 
 
 def make_gestures(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

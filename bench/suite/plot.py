@@ -47,7 +47,8 @@ def _step_mean(curves: list[list[tuple[float, float]]], grid: np.ndarray) -> np.
     for i, curve in enumerate(curves):
         for cost, acc in curve:
             values[i, grid >= cost] = acc
-    return values.mean(axis=0)
+    mean: np.ndarray = values.mean(axis=0)
+    return mean
 
 
 def _curve_panel(ax: Any, table: Table, task: str, methods: list[str]) -> None:
@@ -99,7 +100,8 @@ def _pareto_front(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def _pareto_panel(ax: Any, table: Table, task: str, methods: list[str], key: str) -> None:
-    xs, ys = [], []
+    xs: list[float] = []
+    ys: list[float] = []
     for method in methods:
         cells = list(table.cells(task, method).values())
         if not cells:

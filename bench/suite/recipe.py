@@ -38,9 +38,9 @@ def norm_stats(x: np.ndarray, family: str) -> tuple[np.ndarray, np.ndarray]:
 
 def set_norm(model: torch.nn.Module, x: np.ndarray, family: str) -> None:
     """Copy the training inputs' statistics into the model's normalisation buffers."""
-    mean, std = norm_stats(x, family)
-    model.norm_mean.copy_(torch.as_tensor(mean.reshape(model.norm_mean.shape)))
-    model.norm_std.copy_(torch.as_tensor(std.reshape(model.norm_std.shape)))
+    for name, value in zip(("norm_mean", "norm_std"), norm_stats(x, family), strict=True):
+        buffer = model.get_buffer(name)
+        buffer.copy_(torch.as_tensor(value.reshape(buffer.shape)))
 
 
 def new_child(

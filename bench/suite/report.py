@@ -85,7 +85,7 @@ def method_table(table: Table, task: str, methods: list[str]) -> str:
             _mid(cells, lambda r: r["total"]["cpu"], 1), _mid(cells, lambda r: r["total"]["wall"], 1),
             _mid(cells, lambda r: r["budget_cpu"], 1), _trials(cells),
             _mid(cells, lambda r: r["params"], 0), _mid(cells, lambda r: r["latency_ms"], 3),
-            len(cells),
+            str(len(cells)),
         ])  # fmt: skip
     headers = [
         "method", "test acc % [95% CI]", "minus AutoHAS, points [95% CI]", "CPU s", "wall s",

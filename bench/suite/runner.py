@@ -132,7 +132,7 @@ def cost_factor(records: list[dict[str, Any]]) -> float:
     recent = ratios[-RECENT_RUNS:]
     if not recent:
         return 1.0
-    return min(max(statistics.median(recent), FACTOR_BOUNDS[0]), FACTOR_BOUNDS[1])
+    return min(max(float(statistics.median(recent)), FACTOR_BOUNDS[0]), FACTOR_BOUNDS[1])
 
 
 def execute(

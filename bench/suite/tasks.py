@@ -128,6 +128,6 @@ def task_path(name: str, root: Path = TASK_DIR) -> Path:
     arrays = TASKS[name].make()
     root.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stub types the keywords as bool
     tmp.replace(path)
     return path
