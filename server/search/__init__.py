@@ -40,8 +40,8 @@ _EXPORTS = {
     "count_params": "models",
     "model_args_for": "models",
     "feasible": "derive",
-    "retrain": "retrain",
-    "accuracy": "retrain",
+    "retrain": "retraining",
+    "accuracy": "retraining",
     "SuperNet": "supernet",
     "SubModel": "supernet",
     "autocast": "weights",
@@ -107,7 +107,7 @@ if TYPE_CHECKING:
         model_args_for,
     )
     from autohas_edge.server.search.progress import ProgressEvent, SearchCancelled
-    from autohas_edge.server.search.retrain import accuracy, retrain
+    from autohas_edge.server.search.retraining import accuracy, retrain
     from autohas_edge.server.search.rundir import load_model
     from autohas_edge.server.search.runner import run_search
     from autohas_edge.server.search.space import CATEGORICAL, CONTINUOUS, Choice, SearchSpace

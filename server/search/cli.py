@@ -34,6 +34,10 @@ _FLAGS: dict[str, tuple[type, str]] = {
         "reinforce: (architecture, hyper-parameter) pairs sampled per step, all workers",
     ),
     "seed": (int, "random seed"),
+    "max_search_seconds": (
+        float,
+        "stop the search after this many seconds and derive from where it is (0: no limit)",
+    ),
     "retrain_schedule": (
         str,
         "retraining rate: 'cosine' around the derived rate or the 'searched' trajectory "

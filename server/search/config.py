@@ -18,7 +18,7 @@ DEVICES = ("auto", "cpu", "cuda")
 #: trajectory of E[lr] the search recorded (claim: a searched schedule), stretched to the retraining
 SCHEDULES = ("cosine", "searched")
 #: settings that change only the retraining, so a finished search may be retrained under new ones
-RETRAIN_ONLY = ("retrain_steps", "retrain_schedule")
+RETRAIN_ONLY = ("retrain_steps", "retrain_schedule", "plot")
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,10 @@ class SearchConfig:
     encoding_lr: float = 0.05
     retrain_steps: int = 1500
     retrain_schedule: str = "cosine"
+    max_search_seconds: float = (
+        0.0  # stop the search (then derive as usual) after this long; 0: no limit
+    )
+    plot: bool = True  # draw search.png (about a CPU second)
     max_skips: int = 2  # a cap on skipped blocks in the derived model (guards against collapse)
     encoding_tol: float = (
         1e-3  # stop when no probability moved more than this over `check_every` steps
@@ -76,7 +80,7 @@ class SearchConfig:
                 )
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
-        for name in ("cost_weight", "encoding_tol", "grad_tol", "grad_clip"):
+        for name in ("cost_weight", "encoding_tol", "grad_tol", "grad_clip", "max_search_seconds"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")

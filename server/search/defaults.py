@@ -29,7 +29,8 @@ EXPANSIONS = {"conv1d": (1, 3, 6), "conv2d": (1, 3, 6), "mlp": (1, 2, 4)}
 #: the architecture that `hpo` mode keeps fixed
 FIXED_ARCH: FixedArch = {
     "kernel": 5,
-    "expansion": {"conv1d": 3, "conv2d": 3, "mlp": 2},
+    # mlp 1: inside the default 50k-parameter budget whatever the number of features up to ~200
+    "expansion": {"conv1d": 3, "conv2d": 3, "mlp": 1},
     "depth": "keep",
 }
 #: SGD-equivalent rates (see hparams.LR_SCALE). A one-step look-ahead is biased towards small rates

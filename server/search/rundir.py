@@ -81,7 +81,8 @@ def write_run(
     torch.save({"model_args": args, "state_dict": state, "config": result["config"]}, out / MODEL)
     # atomic: a reader (the server, export, a resumed run) never sees half a result.json
     atomic_write_json(out / RESULT, result, mode=0o644)
-    plot_search(searcher.history.__dict__, space, out / PLOT)
+    if result["config"].get("plot", True):
+        plot_search(searcher.history.__dict__, space, out / PLOT)
 
 
 def load_model(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:

@@ -32,7 +32,7 @@ from autohas_edge.server.search.progress import (
     StopCheck,
 )
 from autohas_edge.server.search.pruning import prune_dead_candidates
-from autohas_edge.server.search.retrain import accuracy, retrain
+from autohas_edge.server.search.retraining import accuracy, retrain
 from autohas_edge.server.search.rundir import read_checkpoint, save_checkpoint, write_run
 from autohas_edge.server.search.space import SearchSpace
 from autohas_edge.server.search.strategies import Strategy, make_searcher
@@ -158,6 +158,8 @@ class _Run:
         start = time.perf_counter()
         seconds = lambda: previous + time.perf_counter() - start  # noqa: E731
         while not done and searcher.step_index < config.steps:
+            if config.max_search_seconds and seconds() >= config.max_search_seconds:
+                searcher.stop_reason = f"time budget of {config.max_search_seconds:g} s"
             # every rank takes rank 0's decisions, so all leave the loop at the same step
             cancel, settled = self.comm.flags(self.should_stop(), bool(searcher.stop_reason))
             searcher.stop_reason = str(self.comm.from_main(searcher.stop_reason)) if settled else ""

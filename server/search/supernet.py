@@ -121,6 +121,7 @@ class MixedBlock(nn.Module):
         self.dims = 2 if family == "conv2d" else 1
         self.kernels = tuple(int(k) for k in _values(arch, self.prefix + "kernel", (0,)))
         self.expansions = tuple(int(e) for e in _values(arch, self.prefix + "expansion", (1,)))
+        self.depths = tuple(str(d) for d in _values(arch, self.prefix + "depth", ("keep",)))
         hidden, kmax = spec.in_ch * max(self.expansions), max(self.kernels)
         if family == "mlp":
             self.expand, self.bn1 = (
@@ -179,12 +180,13 @@ class MixedBlock(nn.Module):
             y = self.bn3(self.project(h)) * out_mask.view(1, -1, *([1] * self.dims))
         if not self.spec.residual:
             return y
-        p_depth = probs.get(self.prefix + "depth")
-        return x + (y if p_depth is None else p_depth[0] * y)
+        p_keep = self._p_keep(probs)
+        return x + (y if p_keep is None else p_keep * y)
 
     def _forward_sub(self, x: torch.Tensor, sub: SubModel) -> torch.Tensor:
         """The sampled candidate alone, on slices of the shared weights."""
-        if self.spec.residual and sub.get(self.prefix + "depth") != 0:  # candidate 0 is keep
+        depth = self.prefix + "depth"
+        if self.spec.residual and depth in sub.picks and self.depths[sub.get(depth)] == "skip":
             return x
         cin, cout = self.width_in.pick(sub), self.width_out.pick(sub)
         hid = cin * self.expansions[sub.get(self.prefix + "expansion")]
@@ -219,8 +221,16 @@ class MixedBlock(nn.Module):
         cost = torch.zeros((), device=device)
         for p, cin, cout in self._width_pairs(probs, device):
             cost = cost + p * block_params(self.family, cin, cout, taps, cin * expansion)
+        p_keep = self._p_keep(probs)
+        return cost if p_keep is None else p_keep * cost
+
+    def _p_keep(self, probs: Probs) -> torch.Tensor | None:
+        """The probability that this block runs (None: no depth choice, it always runs)."""
         p_depth = probs.get(self.prefix + "depth")
-        return cost if p_depth is None else p_depth[0] * cost
+        if p_depth is None:
+            return None
+        keep = [i for i, d in enumerate(self.depths) if d == "keep"]
+        return p_depth[keep].sum() if keep else p_depth.sum() * 0.0  # a ("skip",) choice never runs
 
     def _width_pairs(
         self, probs: Probs, device: torch.device

@@ -10,6 +10,7 @@ from torch import nn
 
 from autohas_edge.server.search.defaults import default_space
 from autohas_edge.server.search.models import LAYOUTS, build_model, count_params, model_args_for
+from autohas_edge.server.search.space import Choice
 from autohas_edge.server.search.supernet import SubModel, SuperNet, child_state_dict
 
 SHAPES = {"conv1d": (1, 40), "conv2d": (1, 8, 8), "mlp": (6,)}
@@ -150,3 +151,25 @@ def test_derived_model_exports_without_data_dependent_control_flow() -> None:
     x = torch.randn(3, 1, 40)
     exported = torch.export.export(model, (x,), dynamic_shapes=({0: batch},), strict=False)
     torch.testing.assert_close(exported.module()(x), model(x))
+
+
+def test_a_fixed_skip_is_skipped_in_the_mixture_the_sub_model_and_the_cost() -> None:
+    """A one-candidate ("skip",) depth choice (a fixed architecture with skipped blocks)."""
+    layout = LAYOUTS["conv1d"]
+    arch = []
+    for j, spec in enumerate(layout.blocks):
+        arch += [Choice(f"b{j}.kernel", (5,)), Choice(f"b{j}.expansion", (3,))]
+        if spec.residual:
+            arch.append(Choice(f"b{j}.depth", ("skip",)))
+    torch.manual_seed(0)
+    net = SuperNet(layout, tuple(arch), (1, 40), 10).eval()
+    values = {c.name: c.candidates[0] for c in arch}
+    args = model_args_for(layout, (1, 40), 10, values)
+    assert len(args["blocks"]) == 2  # the three residual blocks are skipped
+    child = build_model(args).eval()
+    child.load_state_dict(child_state_dict(net, values, args))
+    x = torch.randn(4, 1, 40)
+    ones = {c.name: torch.ones(1) for c in arch}
+    torch.testing.assert_close(net(x, ones), child(x), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(net(x, SubModel({c.name: 0 for c in arch})), child(x))
+    assert float(net.expected_params(ones)) == count_params(args)

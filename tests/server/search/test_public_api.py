@@ -58,3 +58,10 @@ def test_clients_use_only_the_package_exports() -> None:
             if bad := _engine_imports(path):
                 offenders[str(path.relative_to(ROOT))] = bad
     assert offenders == {}
+
+
+def test_an_export_is_never_shadowed_by_a_submodule_of_the_same_name() -> None:
+    import importlib.util
+
+    for name in search.__all__:
+        assert importlib.util.find_spec(f"autohas_edge.server.search.{name}") is None, name

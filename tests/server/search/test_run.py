@@ -18,7 +18,7 @@ from autohas_edge.server.search import (
 )
 from autohas_edge.server.search.defaults import FIXED_ARCH, FIXED_HPARAMS, arch_choices
 from autohas_edge.server.search.models import LAYOUTS
-from autohas_edge.server.search.retrain import accuracy
+from autohas_edge.server.search.retraining import accuracy
 from autohas_edge.server.search.space import CONTINUOUS, Choice, SearchSpace
 
 RESULT_KEYS = {
@@ -280,7 +280,7 @@ def test_a_finished_search_retrains_under_a_new_schedule_without_searching_again
 
 
 def test_a_searched_schedule_is_stretched_to_the_retraining() -> None:
-    from autohas_edge.server.search.retrain import stretched
+    from autohas_edge.server.search.retraining import stretched
 
     trajectory = [0.4, 0.2, 0.1]
     assert [stretched(trajectory, t, 5) for t in range(5)] == pytest.approx(
@@ -288,3 +288,14 @@ def test_a_searched_schedule_is_stretched_to_the_retraining() -> None:
     )
     with pytest.raises(ValueError, match="empty"):
         stretched([], 0, 3)
+
+
+def test_a_time_budget_stops_the_search_and_still_derives(
+    tmp_path: Path, toy_signal_npz: Path
+) -> None:
+    config = _toy(toy_signal_npz, steps=500, retrain_steps=2, max_search_seconds=1e-6, plot=False)
+    result = run_search(config, tmp_path)
+    assert result["stop_reason"] == "time budget of 1e-06 s" and result["search_steps"] < 500
+    assert (tmp_path / "model.pt").exists() and not (tmp_path / "search.png").exists()
+    with pytest.raises(ValueError, match="max_search_seconds must be a finite number >= 0"):
+        _toy(toy_signal_npz, max_search_seconds=-1.0)

@@ -87,5 +87,7 @@ def test_two_workers_build_the_single_workers_temporary_weights(
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     torch.testing.assert_close(ranks[0], ranks[1], rtol=0, atol=0)  # the same on every worker
     torch.testing.assert_close(ranks[0], one, rtol=1e-5, atol=1e-6)  # and what one worker builds
-    alone = _w_prime(0, 2, explicit, joined=False)  # rank 0's half without the all-reduce: not the same step
+    alone = _w_prime(
+        0, 2, explicit, joined=False
+    )  # rank 0's half without the all-reduce: not the same step
     assert not torch.allclose(alone, one, rtol=1e-5, atol=1e-6)
