@@ -26,9 +26,16 @@ VARIANTS = ("joint/differentiable", "joint/reinforce", "nas/differentiable", "hp
 
 
 def search_config(
-    npz: Path, mode: str, strategy: str, steps: int, seed: int, space: SearchSpace | None = None
+    npz: Path,
+    mode: str,
+    strategy: str,
+    steps: int,
+    seed: int,
+    space: SearchSpace | None = None,
+    max_seconds: float = 0.0,
 ) -> SearchConfig:
-    """The engine's default config for `mode`/`strategy`, with the suite's step budget."""
+    """The engine's default config for `mode`/`strategy`, with the suite's step budget and, as a
+    hard cap, a time budget (`max_seconds`, 0: none); no plot (it would be counted)."""
     return SearchConfig(
         dataset=str(npz),
         mode=mode,
@@ -38,6 +45,8 @@ def search_config(
         seed=seed,
         device="cpu",
         space=space,
+        max_search_seconds=max_seconds,
+        plot=False,
     )
 
 
@@ -90,8 +99,11 @@ def _stage(
     step_costs, warmup = ctx.step_costs[costs or variant], SearchConfig().warmup_fraction
     steps = step_costs.steps_for(budget / ctx.cost_factor, warmup)
     mode, strategy = variant.split("/")
+    # the engine's own time budget caps the loop: wall seconds >= CPU seconds at one thread, so a
+    # search that runs dearer than estimated still stops inside its CPU budget
+    cap = max(1e-3, budget - step_costs.overhead)
     start = ctx.meter.read().cpu
-    result = search(search_config(ctx.npz, mode, strategy, steps, ctx.seed, space))
+    result = search(search_config(ctx.npz, mode, strategy, steps, ctx.seed, space, cap))
     sizing = {
         "planned_steps": steps,
         "estimated_cpu": round(step_costs.estimate(steps, warmup), 3),
