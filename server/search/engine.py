@@ -127,7 +127,7 @@ class Searcher:
     def _arch(self, probs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {c.name: probs[c.name] for c in self.space.arch}
 
-    def _chunks(self, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def chunks(self, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """A training batch split into one augmented chunk per augmentation basis."""
         with record_function("search.data_and_augmentation"):
             x, y = self.batches.train(size)
@@ -135,27 +135,14 @@ class Searcher:
             return augmented_chunks(x, y, policies, self.batches.scale, self.batches.gen)
 
     def step(self) -> StepStats:
-        """One first iteration, then (after warm-up) one second iteration."""
-        cfg = self.config
+        """One first iteration, then (after warm-up) one second iteration, worker sync, the record.
+
+        A strategy changes the two iterations only: `train_weights` and `second_iteration` are the
+        extension points (the controller strategy overrides both); the rest is shared.
+        """
         with torch.no_grad():
             probs = self.probabilities()
-        mix = HPMix.from_probs(self.space, probs)
-        chunks = self._chunks(self.batch_size)
-        with record_function("search.first_iteration"):
-            train_loss = first_iteration(
-                self.net,
-                self.flat,
-                self.opt_state,
-                chunks,
-                self._arch(probs),
-                mix,
-                cfg.grad_clip,
-                reduce=self.comm.mean_,
-            )
-        return self._finish_step(train_loss, float(mix.lr))
-
-    def _finish_step(self, train_loss: float, lr: float) -> StepStats:
-        """The second iteration (after warm-up), worker sync, and the step's record."""
+        train_loss, lr = self.train_weights(probs)
         val_loss = grad_norm = math.nan
         if self.step_index >= self.config.warmup_steps:
             val_loss, grad_norm = self.second_iteration()
@@ -164,6 +151,24 @@ class Searcher:
         self._record(stats)
         self.step_index += 1
         return stats
+
+    def train_weights(self, probs: dict[str, torch.Tensor]) -> tuple[float, float]:
+        """The first iteration: update W on the mixed model with encoding-combined HPs; returns the
+        training loss and the learning rate used."""
+        mix = HPMix.from_probs(self.space, probs)
+        chunks = self.chunks(self.batch_size)
+        with record_function("search.first_iteration"):
+            train_loss = first_iteration(
+                self.net,
+                self.flat,
+                self.opt_state,
+                chunks,
+                self._arch(probs),
+                mix,
+                self.config.grad_clip,
+                reduce=self.comm.mean_,
+            )
+        return train_loss, float(mix.lr)
 
     def _sync_buffers(self) -> None:
         """Average batch-norm running statistics across workers (each saw its own batches)."""
@@ -179,7 +184,7 @@ class Searcher:
             for t, part in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
                 t.copy_(part.view_as(t))
 
-    def _update_encodings(self, objective: torch.Tensor) -> float:
+    def apply_encoding_gradient(self, objective: torch.Tensor) -> float:
         """One Adam step of the encodings on `objective`, gradients averaged over workers; the grad norm."""
         self.encoding_opt.zero_grad()
         objective.backward()
@@ -205,13 +210,13 @@ class Searcher:
             val_loss = validation_objective(self.net, self.flat, w_prime, x_val, y_val, arch)
             penalty = cfg.cost_weight * cost_penalty(self.net.expected_params(arch), cfg.max_params)
         with record_function("search.encoding_update"):
-            grad_norm = self._update_encodings(val_loss + penalty)
+            grad_norm = self.apply_encoding_gradient(val_loss + penalty)
         return self.comm.mean(float(val_loss.detach())), grad_norm
 
     def _combined_weights(self, arch: dict[str, torch.Tensor], mix: HPMix) -> torch.Tensor:
         """W' = sum_b P_b W_b over one-step temporary weights, by the configured path."""
         cfg = self.config
-        chunks = self._chunks(self.encoding_batch_size)
+        chunks = self.chunks(self.encoding_batch_size)
         if cfg.weights_path == "explicit":
             args = (
                 self.net,

@@ -21,7 +21,7 @@ from autohas_edge.server.search import hparams as hp
 from autohas_edge.server.search.augment import augment
 from autohas_edge.server.search.config import SearchConfig
 from autohas_edge.server.search.distributed import Comm
-from autohas_edge.server.search.engine import Batches, Searcher, StepStats
+from autohas_edge.server.search.engine import Batches, Searcher
 from autohas_edge.server.search.iterations import HPMix, first_iteration
 from autohas_edge.server.search.space import SearchSpace
 from autohas_edge.server.search.supernet import SubModel, SuperNet
@@ -50,7 +50,9 @@ def controller_objective(
 
 
 class ReinforceSearcher(Searcher):
-    """REINFORCE over the same search space, supernet and checkpoint format as `Searcher`."""
+    """REINFORCE over the same search space, supernet and checkpoint format as `Searcher`: it
+    overrides its two iterations (`train_weights`, `second_iteration`) and adds the reward baseline
+    to its state."""
 
     def __init__(
         self,
@@ -78,13 +80,11 @@ class ReinforceSearcher(Searcher):
         )
         return torch.Generator().manual_seed(seed)
 
-    def step(self) -> StepStats:
-        """Train W on a sampled sub-model, then (after warm-up) one REINFORCE update of the logits."""
-        with torch.no_grad():
-            probs = self.probabilities()
+    def train_weights(self, probs: dict[str, torch.Tensor]) -> tuple[float, float]:
+        """Train W on a sampled sub-model with the encoding-combined HPs."""
         mix = HPMix.from_probs(self.space, probs)
         arch = self._sub_model(self._sample(probs))
-        chunks = self._chunks(self.batch_size)
+        chunks = self.chunks(self.batch_size)
         with record_function("search.first_iteration"):
             train_loss = first_iteration(
                 self.net,
@@ -96,7 +96,7 @@ class ReinforceSearcher(Searcher):
                 self.config.grad_clip,
                 reduce=self.comm.mean_,
             )
-        return self._finish_step(train_loss, float(mix.lr))
+        return train_loss, float(mix.lr)
 
     def second_iteration(self) -> tuple[float, float]:
         """Sample pairs, score their one-step temporary weights, and update the logits by REINFORCE.
@@ -114,7 +114,7 @@ class ReinforceSearcher(Searcher):
         baseline = mean_reward if math.isnan(self.baseline) else self.baseline
         with record_function("search.encoding_update"):
             objective = controller_objective(probs, picks, rewards, baseline)
-            grad_norm = self._update_encodings(objective)
+            grad_norm = self.apply_encoding_gradient(objective)
         self.baseline = BASELINE_DECAY * baseline + (1 - BASELINE_DECAY) * mean_reward
         return 1.0 - mean_reward, grad_norm  # reported as the validation error
 
