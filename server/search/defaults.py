@@ -7,10 +7,12 @@ same code: a one-candidate choice has a constant encoding of 1.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TypedDict
 
 from autohas_edge.server.search.augment import POLICIES
 from autohas_edge.server.search.models import Layout, channels_at, width_name
+from autohas_edge.server.search.pruning import smallest_of_each
 from autohas_edge.server.search.space import CONTINUOUS, Choice, SearchSpace, Value
 
 
@@ -65,18 +67,10 @@ def arch_choices(layout: Layout, fixed: bool) -> tuple[Choice, ...]:
             choices.append(Choice(f"b{j}.depth", ("keep", "skip")))
     if not fixed:
         for s, widest in enumerate(layout.stage_channels):
-            fractions = distinct_widths(widest, WIDTHS)
+            fractions = smallest_of_each(WIDTHS, partial(channels_at, widest))
             if len(fractions) > 1:  # a stage too narrow to thin has no width choice
                 choices.append(Choice(width_name(s), fractions))
     return tuple(choices)
-
-
-def distinct_widths(widest: int, fractions: tuple[float, ...]) -> tuple[float, ...]:
-    """The fractions that give distinct channel counts (the smallest fraction of each count)."""
-    seen: dict[int, float] = {}
-    for fraction in sorted(fractions):
-        seen.setdefault(channels_at(widest, fraction), fraction)
-    return tuple(sorted(seen.values()))
 
 
 def hparam_choices(modality: str, fixed: bool) -> tuple[Choice, ...]:

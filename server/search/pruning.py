@@ -13,12 +13,15 @@ search (the smallest of each equivalent group stays: same function, fewest param
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import replace
+from typing import TypeVar
 
 from autohas_edge.server.search.models import Layout, channels_at
 from autohas_edge.server.search.space import Choice, SearchSpace, Value
 
 log = logging.getLogger(__name__)
+T = TypeVar("T", int, float)
 
 
 def block_input_sizes(layout: Layout, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -68,32 +71,38 @@ def prune_dead_candidates(
     return SearchSpace(tuple(arch), space.hparams), dropped
 
 
+def smallest_of_each(candidates: Sequence[T], key: Callable[[T], Hashable]) -> tuple[T, ...]:
+    """The smallest candidate of every group with the same `key` (what it computes), in the
+    candidates' own order."""
+    first: dict[Hashable, T] = {}
+    for value in sorted(candidates, key=float):
+        first.setdefault(key(value), value)
+    kept = set(first.values())
+    return tuple(c for c in candidates if c in kept)
+
+
+def _index(choice: Choice, kind: str, count: int) -> int | None:
+    """j of a `<letter><j>.<kind>` choice with j < count (None: not such a choice)."""
+    prefix, _, suffix = choice.name.partition(".")
+    if suffix != kind or not prefix[1:].isdigit() or int(prefix[1:]) >= count:
+        return None
+    return int(prefix[1:])
+
+
 def _live_kernels(choice: Choice, sizes: list[tuple[int, ...]]) -> tuple[int, ...] | None:
     """The candidates of a `b<j>.kernel` choice that differ from every smaller one (None: not one)."""
-    block, _, kind = choice.name.partition(".")
-    if kind != "kernel" or not block[1:].isdigit() or int(block[1:]) >= len(sizes):
+    block = _index(choice, "kernel", len(sizes))
+    if block is None:
         return None
-    size = sizes[int(block[1:])]
-    seen, kept = set(), []
-    for kernel in sorted(int(c) for c in choice.candidates):
-        taps = effective_kernel(kernel, size)
-        if taps not in seen:
-            seen.add(taps)
-            kept.append(kernel)
-    order = [int(c) for c in choice.candidates]
-    return tuple(sorted(kept, key=order.index))
+    kernels = [int(c) for c in choice.candidates]
+    return smallest_of_each(kernels, lambda k: effective_kernel(k, sizes[block]))
 
 
 def _live_widths(choice: Choice, layout: Layout) -> tuple[float, ...] | None:
     """The fractions of an `s<i>.width` choice with distinct channel counts (None: not one)."""
-    stage, _, kind = choice.name.partition(".")
-    if kind != "width" or not stage[1:].isdigit() or int(stage[1:]) >= len(layout.stage_channels):
+    stage = _index(choice, "width", len(layout.stage_channels))
+    if stage is None:
         return None
-    widest = layout.stage_channels[int(stage[1:])]
-    seen, kept = set(), []
-    for fraction in sorted(float(c) for c in choice.candidates):
-        if channels_at(widest, fraction) not in seen:
-            seen.add(channels_at(widest, fraction))
-            kept.append(fraction)
-    order = [float(c) for c in choice.candidates]
-    return tuple(sorted(kept, key=order.index))
+    widest = layout.stage_channels[stage]
+    fractions = [float(c) for c in choice.candidates]
+    return smallest_of_each(fractions, lambda f: channels_at(widest, f))

@@ -132,7 +132,6 @@ class _Run:
     should_stop: StopCheck
     comm: Comm = field(default_factory=Comm)
     dropped: dict[str, list[str]] = field(default_factory=dict)  # dead candidates left out
-    schedule: list[float] = field(default_factory=list)  # the searched E[lr] trajectory
 
     def searcher(self) -> Strategy:
         """A fresh searcher: SuperModel, encodings and data on the device, all seeded."""
@@ -247,8 +246,7 @@ class _Run:
         args = model_args_for(layout, data.input_shape, data.num_classes, arch)
         model = build_model(args).to(self.device)
         _set_norm(model, data)
-        self.schedule = list(searcher.history.lr)
-        retrain_seconds = self.retrain(model, hparams)
+        retrain_seconds = self.retrain(model, hparams, searcher.history.lr)
         self.emit(ProgressEvent("evaluate", config.retrain_steps, config.retrain_steps))
         result = {
             "architecture": arch,
@@ -283,8 +281,9 @@ class _Run:
         )
         return result
 
-    def retrain(self, model: nn.Module, hparams: dict[str, Any]) -> float:
-        """Retrain on training + validation data; returns wall-clock seconds."""
+    def retrain(self, model: nn.Module, hparams: dict[str, Any], searched: list[float]) -> float:
+        """Retrain on training + validation data (`searched`: the search's learning-rate trajectory,
+        followed with `retrain_schedule="searched"`); returns wall-clock seconds."""
         config, data = self.config, self.data
         x, y = (
             np.concatenate([data.x_train, data.x_val]),
@@ -312,6 +311,6 @@ class _Run:
             gen,
             config.grad_clip,
             on_step,
-            schedule=self.schedule if config.retrain_schedule == "searched" else None,
+            schedule=searched if config.retrain_schedule == "searched" else None,
         )
         return time.perf_counter() - start
