@@ -61,6 +61,14 @@ class Calibration:
         return cls(data["task"], *fields)
 
 
+def reprobe(record: dict[str, Any], npz: Path) -> dict[str, Any]:
+    """A calibration record with every AutoHAS variant's step costs measured again (after a change
+    to the engine: the spread and the trial cost, the budget unit, stay as they were)."""
+    warm_up(npz)
+    steps = {variant: vars(probe_costs(npz, variant)[0]) for variant in VARIANTS}
+    return {**record, "steps": steps}
+
+
 def spread(data: Dataset, space: JointSpace, recipe: Recipe, n: int) -> list[dict[str, Any]]:
     """`n` random feasible configurations trained on train+val and tested, with their CPU cost."""
     rng, rows = random.Random(SPREAD_SEED), []

@@ -43,6 +43,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--results", type=Path, help="default: bench/suite-<preset>.jsonl")
     parser.add_argument("--restart", action="store_true", help="empty the results file first")
+    parser.add_argument(
+        "--rerun",
+        nargs="+",
+        default=(),
+        metavar="METHOD",
+        help="drop these methods' cells and run them again (after changing them); the others stay",
+    )
     parser.add_argument("--report", action="store_true", help="run nothing; report the file")
     parser.add_argument("--no-write", action="store_true", help="print the report only")
     return parser.parse_args(argv)
@@ -87,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     preset = chosen(args)
     path = args.results or BENCH / f"suite-{preset.name}.jsonl"
     if not args.report:
-        execute(preset, path, args.threads, args.restart)
+        execute(preset, path, args.threads, args.restart, rerun=tuple(args.rerun))
     # the section names the command that runs (or resumes) the plan, not a mere re-report
     given = sys.argv[1:] if argv is None else argv
     command = " ".join(["python -m bench.suite", *(a for a in given if a != "--report")])

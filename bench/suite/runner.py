@@ -20,10 +20,10 @@ from tqdm import tqdm
 
 from bench.suite import store
 from bench.suite.api import load_dataset
-from bench.suite.calibrate import Calibration, calibrate
+from bench.suite.calibrate import Calibration, calibrate, reprobe
 from bench.suite.latency import latency_ms
 from bench.suite.meter import Meter
-from bench.suite.methods import METHODS
+from bench.suite.methods import METHODS, TRIAL_METHODS
 from bench.suite.methods.base import Context, Outcome, Unavailable
 from bench.suite.presets import Preset
 from bench.suite.recipe import evaluate, final_model
@@ -136,10 +136,21 @@ def cost_factor(records: list[dict[str, Any]]) -> float:
 
 
 def execute(
-    preset: Preset, path: Path, threads: int, restart: bool = False, runner: Runner = run_cell
+    preset: Preset,
+    path: Path,
+    threads: int,
+    restart: bool = False,
+    runner: Runner = run_cell,
+    rerun: tuple[str, ...] = (),
 ) -> store.Results:
-    """Calibrate the missing tasks and run the missing cells, with one progress bar over the plan."""
+    """Calibrate the missing tasks and run the missing cells, with one progress bar over the plan.
+
+    `rerun`: methods whose cells are dropped and run again (after a change to them), under the
+    current settings; with an AutoHAS method among them, the step costs are probed again.
+    """
     torch.set_num_threads(threads)
+    if rerun:
+        _retract(path, preset.settings(threads), set(rerun))
     results = store.open_results(path, preset.settings(threads), restart)
     cells = plan(preset)
     missing = [c for c in cells if c.key not in results.cells]
@@ -158,6 +169,19 @@ def execute(
             results.cells[cell.key] = record
             bar.update()
     return results
+
+
+def _retract(path: Path, settings: dict[str, Any], methods: set[str]) -> None:
+    """Drop the cells of `methods` (and re-probe AutoHAS's step costs when one of them is not a
+    trial method: it runs the engine)."""
+    unknown = sorted(methods - set(METHODS))
+    if unknown:
+        raise SystemExit(f"--rerun: unknown methods {unknown}; known: {sorted(METHODS)}")
+    results = store.retract(store.load(path), methods, settings)
+    if methods - set(TRIAL_METHODS):
+        for task, record in list(results.calibrations.items()):
+            results.calibrations[task] = reprobe(record, task_path(task))
+    store.rewrite(path, results)
 
 
 def _calibrate(preset: Preset, task: str, path: Path, results: store.Results) -> None:

@@ -95,3 +95,22 @@ def open_results(path: Path, settings: dict[str, Any], restart: bool = False) ->
             " pass --restart to start over or --results to use another file"
         )
     return results
+
+
+def rewrite(path: Path, results: Results) -> None:
+    """Replace the file by `results` (header, calibrations, cells), atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    append(tmp, "header", results.header or {})
+    for record in results.calibrations.values():
+        append(tmp, "calibration", record)
+    for record in results.cells.values():
+        append(tmp, "cell", record)
+    os.replace(tmp, path)
+
+
+def retract(results: Results, methods: set[str], settings: dict[str, Any]) -> Results:
+    """`results` without the cells of `methods` and under the header `settings` (their method
+    changed; every other cell stays valid)."""
+    cells = {k: r for k, r in results.cells.items() if r["method"] not in methods}
+    return Results({"settings": settings}, dict(results.calibrations), cells)

@@ -27,7 +27,8 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "max_skips": (int, "cap on skipped blocks in the derived model"),
     "encoding_tol": (
         float,
-        "stop once no encoding probability moves more than this in 25 steps (0: never)",
+        "stop once no encoding probability moves more than this in 25 steps (rounded up to "
+        "whole windows; 0: never)",
     ),
     "samples": (
         int,
@@ -37,6 +38,17 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "max_search_seconds": (
         float,
         "stop the search after this many seconds and derive from where it is (0: no limit)",
+    ),
+    "hp_signal": (
+        str,
+        "hyper-parameter signal: 'window' (temporary weights --horizon steps long, the default) "
+        "or 'one-step' (one temporary step every step: the patent's form)",
+    ),
+    "horizon": (int, "window length in steps: the encodings move once per window"),
+    "lr_derivation": (
+        str,
+        "derived learning rate: the searched schedule's 'peak' (default) or the final "
+        "'encoding' (weighted sum of the bases)",
     ),
     "retrain_schedule": (
         str,

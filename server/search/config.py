@@ -13,12 +13,18 @@ from autohas_edge.server.search.strategies import REGISTRY
 MODES = ("joint", "nas", "hpo")
 STRATEGIES = tuple(REGISTRY)  # the built-in strategies
 WEIGHT_PATHS = ("fast", "explicit")
+#: the differentiable search's hyper-parameter signal: temporary weights `horizon` steps long, taken
+#: along W's own trajectory (`window`), or one temporary step from W every step (`one-step`, the
+#: patent's literal form, kept as the ablation)
+HP_SIGNALS = ("window", "one-step")
 DEVICES = ("auto", "cpu", "cuda")
 #: how retraining moves the learning rate: warm-up + cosine around the derived rate, or the
 #: trajectory of E[lr] the search recorded (claim: a searched schedule), stretched to the retraining
 SCHEDULES = ("cosine", "searched")
+#: which learning rate the derived model trains with (see `derive.derive_learning_rate`)
+LR_DERIVATIONS = ("peak", "encoding")
 #: settings that change only the retraining, so a finished search may be retrained under new ones
-RETRAIN_ONLY = ("retrain_steps", "retrain_schedule", "plot")
+RETRAIN_ONLY = ("retrain_steps", "retrain_schedule", "lr_derivation", "plot")
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,8 @@ class SearchConfig:
         "fast"  # second combined model: closed form ("fast") or every basis ("explicit")
     )
     steps: int = 300  # search steps, warm-up included
+    hp_signal: str = "window"
+    horizon: int = 8  # window length in steps (see `window_steps`): one encoding update per window
     warmup_fraction: float = 0.25  # first iterations only (W), before encodings move
     batch_size: int = 128  # first iterations and retraining
     encoding_batch_size: int = 64  # second iterations: temporary-weight step and validation loss
@@ -40,6 +48,7 @@ class SearchConfig:
     encoding_lr: float = 0.05
     retrain_steps: int = 1500
     retrain_schedule: str = "cosine"
+    lr_derivation: str = "peak"
     max_search_seconds: float = (
         0.0  # stop the search (then derive as usual) after this long; 0: no limit
     )
@@ -64,10 +73,19 @@ class SearchConfig:
         _one_of("strategy", self.strategy, tuple(REGISTRY))  # registered ones too
         _one_of("device", self.device, DEVICES)
         _one_of("weights_path", self.weights_path, WEIGHT_PATHS)
+        _one_of("hp_signal", self.hp_signal, HP_SIGNALS)
+        _one_of("lr_derivation", self.lr_derivation, LR_DERIVATIONS)
         _one_of("retrain_schedule", self.retrain_schedule, SCHEDULES)
         if not self.dataset:
             raise ValueError("dataset must be 'mnist1d', 'digits' or a path to an .npz file")
-        for name in ("steps", "max_params", "check_every", "checkpoint_every", "samples"):
+        for name in (
+            "steps",
+            "horizon",
+            "max_params",
+            "check_every",
+            "checkpoint_every",
+            "samples",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("retrain_steps", "max_skips"):
@@ -91,6 +109,14 @@ class SearchConfig:
     def warmup_steps(self) -> int:
         """Steps of the first iteration alone before the alternation starts."""
         return int(self.steps * self.warmup_fraction)
+
+    @property
+    def window_steps(self) -> int:
+        """The window length a search uses: `horizon`, but at most a quarter of the alternating
+        steps, so that a short search still moves its encodings (0: the one-step form)."""
+        if self.hp_signal != "window":
+            return 0
+        return max(1, min(self.horizon, (self.steps - self.warmup_steps) // 4))
 
     def search_part(self) -> dict[str, Any]:
         """`to_json()` without the retraining-only settings: what a search checkpoint must match."""

@@ -21,6 +21,24 @@ def derive_hparams(space: SearchSpace, encodings: Encodings) -> dict[str, Any]:
     return {c.name: c.derive(list(encodings[c.name].values())) for c in space.hparams}
 
 
+def derive_learning_rate(encoded: float, trajectory: list[float], warmup: int, how: str) -> float:
+    """The learning rate a fresh training of the derived model starts its schedule from.
+
+    `encoding`: the final encoding's weighted sum of the bases (the patent's rule). `peak`: the highest
+    rate E[lr] the searched schedule used after warm-up. A look-ahead signal answers "which rate for
+    the next steps of *this* training", so E[lr] anneals as the shared weights train (every greedy
+    schedule does); its last value is the rate for the end of a training, and a retraining that
+    warmed up to it would train at its end rate throughout. Its peak is the rate the search chose for
+    the young shared weights: where a fresh training's warm-up + cosine schedule starts.
+    """
+    peak = max(trajectory[warmup:], default=encoded)
+    # the trajectory is recorded in the search's precision: a schedule that never rose above the
+    # final value (a fixed rate, say) keeps the exact encoded value
+    if how == "encoding" or peak <= encoded * (1 + 1e-6):
+        return encoded
+    return peak
+
+
 def derive_arch(
     space: SearchSpace,
     encodings: Encodings,

@@ -25,6 +25,13 @@ from autohas_edge.server.search.iterations import (
 from autohas_edge.server.search.space import SearchSpace
 from autohas_edge.server.search.supernet import SuperNet
 from autohas_edge.server.search.weights import FlatWeights
+from autohas_edge.server.search.window import (
+    Window,
+    bases,
+    window_step,
+    window_weights,
+    window_weights_explicit,
+)
 
 
 @dataclass
@@ -44,7 +51,9 @@ class Batches:
         return self.x_train[idx], self.y_train[idx]
 
     def val(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A random validation batch."""
+        """A random validation batch (the whole validation split when `n` covers it)."""
+        if n >= len(self.x_val):
+            return self.x_val, self.y_val
         idx = torch.randint(len(self.x_val), (n,), generator=self.gen, device=self.x_val.device)
         return self.x_val[idx], self.y_val[idx]
 
@@ -111,6 +120,9 @@ class Searcher:
         self.step_index = 0
         self.history = History()
         self.stop_reason = ""
+        #: the second iteration's look-ahead in steps (0: the one-step form); see `window`
+        self.horizon = config.window_steps
+        self.window: Window | None = None
 
     def probabilities(self) -> dict[str, torch.Tensor]:
         """Softmax of every choice's logits (differentiable)."""
@@ -144,7 +156,7 @@ class Searcher:
             probs = self.probabilities()
         train_loss, lr = self.train_weights(probs)
         val_loss = grad_norm = math.nan
-        if self.step_index >= self.config.warmup_steps:
+        if self.step_index >= self.config.warmup_steps and self.encodings_due():
             val_loss, grad_norm = self.second_iteration()
         self._sync_buffers()
         stats = StepStats(self.step_index, self.comm.mean(train_loss), val_loss, lr, grad_norm)
@@ -157,6 +169,22 @@ class Searcher:
         training loss and the learning rate used."""
         mix = HPMix.from_probs(self.space, probs)
         chunks = self.chunks(self.batch_size)
+        if self.horizon and self.step_index >= self.config.warmup_steps:
+            if self.window is None:
+                self.window = Window.open(self.flat.get(), bases(self.space))
+            with record_function("search.first_iteration"):
+                train_loss = window_step(
+                    self.net,
+                    self.flat,
+                    self.opt_state,
+                    chunks,
+                    self._arch(probs),
+                    mix,
+                    self.config.grad_clip,
+                    self.window,
+                    reduce=self.comm.mean_,
+                )
+            return train_loss, float(mix.lr)
         with record_function("search.first_iteration"):
             train_loss = first_iteration(
                 self.net,
@@ -199,23 +227,37 @@ class Searcher:
         self.encoding_opt.step()
         return grad_norm
 
+    def encodings_due(self) -> bool:
+        """Whether this step (after warm-up) ends with a second iteration: every step in the one-step
+        form, once a window is `horizon` steps long in the windowed form."""
+        return not self.horizon or (self.window is not None and self.window.steps >= self.horizon)
+
     def second_iteration(self) -> tuple[float, float]:
-        """Temporary weights per HP basis, combined by P^H; validation loss; update both encodings."""
+        """Temporary weights per HP basis, combined by P^H; validation loss; update both encodings.
+
+        In the windowed form the temporary weights are the window's K-step ones, the validation batch
+        is K times as large (at most the whole split), and the next window opens afterwards.
+        """
         cfg = self.config
         probs = self.probabilities()
         mix, arch = HPMix.from_probs(self.space, probs), self._arch(probs)
         w_prime = self._combined_weights(arch, mix)
         with record_function("search.validation_forward"):
-            x_val, y_val = self.batches.val(self.encoding_batch_size)
+            x_val, y_val = self.batches.val(self.encoding_batch_size * max(1, self.horizon))
             val_loss = validation_objective(self.net, self.flat, w_prime, x_val, y_val, arch)
             penalty = cfg.cost_weight * cost_penalty(self.net.expected_params(arch), cfg.max_params)
         with record_function("search.encoding_update"):
             grad_norm = self.apply_encoding_gradient(val_loss + penalty)
+        self.window = None
         return self.comm.mean(float(val_loss.detach())), grad_norm
 
     def _combined_weights(self, arch: dict[str, torch.Tensor], mix: HPMix) -> torch.Tensor:
         """W' = sum_b P_b W_b over one-step temporary weights, by the configured path."""
         cfg = self.config
+        if self.window is not None:
+            if cfg.weights_path == "explicit":
+                return window_weights_explicit(self.window, self.space, mix)[0]
+            return window_weights(self.window, mix)
         chunks = self.chunks(self.encoding_batch_size)
         if cfg.weights_path == "explicit":
             args = (
@@ -253,18 +295,20 @@ class Searcher:
             return
         if cfg.grad_tol > 0 and stats.grad_norm < cfg.grad_tol:
             self.stop_reason = f"encoding gradient norm {stats.grad_norm:.2e} < {cfg.grad_tol}"
-        if (
-            cfg.encoding_tol > 0
-            and t - cfg.warmup_steps > cfg.check_every
-            and t % cfg.check_every == 0
-        ):
-            now, then = self.history.encodings[-1], self.history.encodings[-1 - cfg.check_every]
+        span = self.check_span()
+        if cfg.encoding_tol > 0 and t - cfg.warmup_steps > span and t % span == 0:
+            now, then = self.history.encodings[-1], self.history.encodings[-1 - span]
             change = max(abs(a - b) for k in now for a, b in zip(now[k], then[k], strict=True))
             if change < cfg.encoding_tol:
                 self.stop_reason = (
-                    f"encodings changed by {change:.1e} < {cfg.encoding_tol} "
-                    f"in {cfg.check_every} steps"
+                    f"encodings changed by {change:.1e} < {cfg.encoding_tol} in {span} steps"
                 )
+
+    def check_span(self) -> int:
+        """Steps over which the encodings must have settled: `check_every`, rounded up to whole
+        windows (the encodings move once per window)."""
+        every = self.config.check_every
+        return every if not self.horizon else self.horizon * math.ceil(every / self.horizon)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly where this search is."""
@@ -277,6 +321,7 @@ class Searcher:
             "step": self.step_index,
             "history": self.history.__dict__,
             "stop_reason": self.stop_reason,
+            "window": None if self.window is None else self.window.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -292,3 +337,6 @@ class Searcher:
         self.step_index = int(state["step"])
         self.history = History(**state["history"])
         self.stop_reason = state["stop_reason"]
+        window = state.get("window")
+        device = self.flat.params[0].device
+        self.window = None if window is None else Window.from_state(window, device)

@@ -64,6 +64,7 @@ class ReinforceSearcher(Searcher):
     ) -> None:
         super().__init__(net, space, batches, config, comm)
         self.baseline = math.nan
+        self.horizon = 0  # the controller scores one-step temporary weights every step
 
     def _sample(self, probs: dict[str, torch.Tensor]) -> dict[str, int]:
         return {

@@ -243,6 +243,10 @@ class _Run:
             config.max_skips,
         )
         hparams = derive.derive_hparams(self.space, encodings)
+        encoded_lr = float(hparams["learning_rate"])
+        hparams["learning_rate"] = derive.derive_learning_rate(
+            encoded_lr, searcher.history.lr, config.warmup_steps, config.lr_derivation
+        )
         args = model_args_for(layout, data.input_shape, data.num_classes, arch)
         model = build_model(args).to(self.device)
         _set_norm(model, data)
@@ -266,6 +270,7 @@ class _Run:
             "fine_tuning": derive.fine_tuning(hparams),
             "config": config.to_json(),
             "lr_trajectory": [round(v, 6) for v in searcher.history.lr],
+            "encoded_learning_rate": encoded_lr,
             "model_args": args,
             "space": self.space.to_json(),
             "dropped_candidates": self.dropped,

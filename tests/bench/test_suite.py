@@ -273,3 +273,26 @@ def test_resuming_under_other_settings_is_refused(toy_task: None, tmp_path: Path
     assert store.compatible(settings, newer)  # a field the engine added since is no change
     changed = {**settings, "engine": {**settings["engine"], "steps": 1}}
     assert not store.compatible(settings, changed)
+
+
+def test_rerun_drops_one_methods_cells_and_runs_only_them_again(
+    toy_task: None, tmp_path: Path
+) -> None:
+    preset = Preset("toy", ladder=(), **{**TOY, "methods": ("random", "tpe")})  # type: ignore[arg-type]
+    path = tmp_path / "r.jsonl"
+    store.open_results(path, preset.settings(1))
+    _fake_calibration(path)
+    runner.execute(preset, path, 1, runner=lambda *a: {**runner._key(a[0]), "test_accuracy": 0.5})
+    calls: list[runner.Cell] = []
+
+    def again(cell: runner.Cell, *_: Any) -> dict[str, Any]:
+        calls.append(cell)
+        return {**runner._key(cell), "test_accuracy": 0.9}
+
+    runner.execute(preset, path, 1, runner=again, rerun=("tpe",))
+    assert [c.method for c in calls] == ["tpe"]
+    cells = store.load(path).cells
+    assert {k[1]: r["test_accuracy"] for k, r in cells.items()} == {"random": 0.5, "tpe": 0.9}
+    with pytest.raises(SystemExit, match="unknown methods"):
+        runner.execute(preset, path, 1, runner=again, rerun=("nope",))
+    assert len(store.load(path).cells) == 2  # a refused rerun loses nothing

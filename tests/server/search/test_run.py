@@ -201,6 +201,7 @@ def test_a_clearly_too_large_learning_rate_loses_weight(
         _toy(
             toy_signal_npz,
             steps=16,
+            horizon=2,  # the differentiable search's encodings move once per window
             warmup_fraction=0.0,
             encoding_lr=0.1,
             space=space,
