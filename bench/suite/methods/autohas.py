@@ -56,9 +56,12 @@ def search(config: SearchConfig, on_progress: Progress | None = None) -> dict[st
         return run_search(config, out, on_progress)
 
 
-def probe_costs(npz: Path, variant: str, steps: int = 8) -> tuple[StepCosts, dict[str, Any]]:
+def probe_costs(npz: Path, variant: str, steps: int = 40) -> tuple[StepCosts, dict[str, Any]]:
     """Measure one variant's step costs with a short search (seed 0) on the task; also the space
     the engine searched (result.json's `space`: its default space without dead candidates).
+
+    40 steps: long enough that the differentiable search's windows (7 steps here) are near their
+    default length, so the encoding updates' cost is amortised as in a real search.
 
     Step k's cost is the CPU time between the progress events of steps k-1 and k; the first warm-up
     and the first alternating step are left out (they pay one-off initialisation), and everything
