@@ -19,9 +19,8 @@ import torch
 from tqdm import tqdm
 
 from bench.suite import store
-from bench.suite.api import load_dataset
+from bench.suite.api import load_dataset, measure_latency_ms
 from bench.suite.calibrate import Calibration, calibrate, reprobe
-from bench.suite.latency import latency_ms
 from bench.suite.meter import Meter
 from bench.suite.methods import METHODS, TRIAL_METHODS
 from bench.suite.methods.base import Context, Outcome, Unavailable
@@ -88,7 +87,7 @@ def _measure(ctx: Context, model: torch.nn.Module, config: dict[str, Any]) -> di
     return {
         "test_accuracy": evaluate(model, data.x_test, data.y_test),
         "params": ctx.space.params(config),
-        "latency_ms": latency_ms(model, args, data.input_shape),
+        "latency_ms": measure_latency_ms(args),
     }
 
 

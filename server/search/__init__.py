@@ -38,6 +38,8 @@ _EXPORTS = {
     "ChildNet": "models",
     "build_model": "models",
     "count_params": "models",
+    "count_flops": "costs",
+    "measure_latency_ms": "latency",
     "model_args_for": "models",
     "feasible": "derive",
     "retrain": "retraining",
@@ -77,12 +79,14 @@ __all__ = [
     "apply_threads",
     "autocast",
     "build_model",
+    "count_flops",
     "count_params",
     "default_space",
     "default_threads",
     "feasible",
     "load_dataset",
     "load_model",
+    "measure_latency_ms",
     "mnist1d_arrays",
     "model_args_for",
     "prepare_environment",
@@ -94,9 +98,11 @@ __all__ = [
 
 if TYPE_CHECKING:
     from autohas_edge.server.search.config import DEVICES, MODES, STRATEGIES, SearchConfig
+    from autohas_edge.server.search.costs import count_flops
     from autohas_edge.server.search.data import Dataset, load_dataset, mnist1d_arrays
     from autohas_edge.server.search.defaults import default_space
     from autohas_edge.server.search.derive import feasible
+    from autohas_edge.server.search.latency import measure_latency_ms
     from autohas_edge.server.search.launcher import WorkersFailed, run_search_workers
     from autohas_edge.server.search.models import (
         LAYOUTS,

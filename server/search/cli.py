@@ -19,6 +19,15 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "steps": (int, "search steps, warm-up included"),
     "retrain_steps": (int, "steps to retrain the derived model"),
     "max_params": (int, "parameter budget of the derived model"),
+    "max_flops": (
+        int,
+        "FLOPs budget (multiply-accumulates of one inference) of the derived model (0: none)",
+    ),
+    "max_latency_ms": (
+        float,
+        "latency budget of the derived model, measured on ONNX Runtime (1 thread, batch 1) on "
+        "this machine; a per-candidate table is measured once per space and cached (0: none)",
+    ),
     "batch_size": (int, "batch size of the shared-weight updates and of retraining"),
     "encoding_batch_size": (int, "batch size of the encoding updates"),
     "warmup_fraction": (float, "fraction of steps that train only the shared weights"),

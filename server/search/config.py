@@ -44,6 +44,8 @@ class SearchConfig:
     batch_size: int = 128  # first iterations and retraining
     encoding_batch_size: int = 64  # second iterations: temporary-weight step and validation loss
     max_params: int = 50_000
+    max_flops: int = 0  # multiply-accumulates of one inference of the derived model (0: no budget)
+    max_latency_ms: float = 0.0  # measured on ONNX Runtime, 1 thread, batch 1 (0: no budget)
     cost_weight: float = 1.0  # lambda of the penalty on expected parameters above max_params
     encoding_lr: float = 0.05
     retrain_steps: int = 1500
@@ -88,7 +90,7 @@ class SearchConfig:
         ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("retrain_steps", "max_skips"):
+        for name in ("retrain_steps", "max_skips", "max_flops"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("batch_size", "encoding_batch_size"):
@@ -98,7 +100,14 @@ class SearchConfig:
                 )
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
-        for name in ("cost_weight", "encoding_tol", "grad_tol", "grad_clip", "max_search_seconds"):
+        for name in (
+            "cost_weight",
+            "encoding_tol",
+            "grad_tol",
+            "grad_clip",
+            "max_search_seconds",
+            "max_latency_ms",
+        ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")

@@ -4,6 +4,8 @@ under two constraints: a cap on skipped blocks and the parameter budget."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from autohas_edge.server.search import hparams as hp
@@ -39,6 +41,32 @@ def derive_learning_rate(encoded: float, trajectory: list[float], warmup: int, h
     return peak
 
 
+@dataclass(frozen=True)
+class Limit:
+    """A budget the derived model must meet: `cost(arch)` picks the moves (cheap to evaluate),
+    `actual(arch)` (default: `cost`) decides whether the budget holds (e.g. a measured latency)."""
+
+    name: str
+    limit: float
+    cost: Callable[[dict[str, Any]], float]
+    actual: Callable[[dict[str, Any]], float] | None = None
+
+    def over(self, arch: dict[str, Any]) -> bool:
+        """Whether `arch` breaks this budget."""
+        return (self.actual or self.cost)(arch) > self.limit
+
+
+def param_limit(
+    layout: Layout, input_shape: tuple[int, ...], num_classes: int, max_params: int
+) -> Limit:
+    """The parameter budget as a `Limit`."""
+
+    def cost(arch: dict[str, Any]) -> float:
+        return count_params(model_args_for(layout, input_shape, num_classes, arch))
+
+    return Limit("max_params", max_params, cost)
+
+
 def derive_arch(
     space: SearchSpace,
     encodings: Encodings,
@@ -48,19 +76,30 @@ def derive_arch(
     max_params: int,
     max_skips: int,
 ) -> dict[str, Any]:
-    """name -> value for every architecture choice: argmax, then the skip cap, then the budget."""
+    """name -> value for every architecture choice under the parameter budget (`derive_within`)."""
+    limit = param_limit(layout, input_shape, num_classes, max_params)
+    return derive_within(space, encodings, [limit], max_skips)[0]
+
+
+def derive_within(
+    space: SearchSpace,
+    encodings: Encodings,
+    limits: list[Limit],
+    max_skips: int,
+) -> tuple[dict[str, Any], int]:
+    """name -> value for every architecture choice: argmax, then the skip cap, then the budgets;
+    also how many changes the budgets forced (0: the argmax met them)."""
     arch = {c.name: c.derive(list(encodings[c.name].values())) for c in space.arch}
     _cap_skips(space.arch, encodings, arch, max_skips)
-    params = lambda a: count_params(model_args_for(layout, input_shape, num_classes, a))  # noqa: E731
-    while params(arch) > max_params:
-        move = _cheapest_move(space.arch, encodings, arch, params, max_skips)
+    moves = 0
+    while over := [limit for limit in limits if limit.over(arch)]:
+        move = _cheapest_move(space.arch, encodings, arch, over, max_skips)
         if move is None:
-            raise ValueError(
-                f"no architecture in the search space fits max_params={max_params} "
-                f"(smallest reachable: {params(arch)} parameters)"
-            )
+            names = ", ".join(f"{lim.name}={lim.limit:g}" for lim in over)
+            raise ValueError(f"no architecture in the search space fits {names}")
         arch[move[0]] = move[1]
-    return arch
+        moves += 1
+    return arch, moves
 
 
 def _cap_skips(
@@ -75,18 +114,24 @@ def _cheapest_move(
     choices: tuple[Choice, ...],
     encodings: Encodings,
     arch: dict[str, Any],
-    params: Any,
+    over: list[Limit],
     max_skips: int,
 ) -> tuple[str, Any] | None:
-    """The change that gives up the least log-probability per parameter saved."""
-    current, skips = params(arch), sum(v == "skip" for v in arch.values())
+    """The change that gives up the least log-probability per relative cost saved (summed over the
+    budgets `arch` breaks)."""
+    current = [limit.cost(arch) for limit in over]
+    skips = sum(v == "skip" for v in arch.values())
     best, best_score = None, math.inf
     for choice in choices:
         probs = encodings[choice.name]
         for value, label in zip(choice.candidates, choice.labels, strict=True):
             if value == arch[choice.name] or (value == "skip" and skips >= max_skips):
                 continue
-            saved = current - params({**arch, choice.name: value})
+            changed = {**arch, choice.name: value}
+            saved = sum(
+                (now - limit.cost(changed)) / limit.limit
+                for now, limit in zip(current, over, strict=True)
+            )
             if saved <= 0:
                 continue
             drop = math.log(max(probs[str(arch[choice.name])], 1e-12)) - math.log(
@@ -119,19 +164,59 @@ def smallest_params(
     max_skips: int,
 ) -> int:
     """Parameters of the smallest model the space allows (to reject impossible budgets up front)."""
+    limit = param_limit(layout, input_shape, num_classes, 0)
+    return int(smallest_cost(space, limit.cost, max_skips))
+
+
+def smallest_cost(
+    space: SearchSpace, cost: Callable[[dict[str, Any]], float], max_skips: int
+) -> float:
+    """The least `cost` the space allows: every smallest candidate, and the `max_skips` skips that
+    save the most (exact for costs that grow with every candidate, like parameters and FLOPs)."""
     depth = [c for c in space.arch if c.name.endswith(".depth")]
     arch: dict[str, Any] = {
         c.name: min(c.candidates, key=float) for c in space.arch if c not in depth
     }
     arch.update({c.name: "keep" for c in depth})
-    params = lambda a: count_params(model_args_for(layout, input_shape, num_classes, a))  # noqa: E731
-    full = params(arch)
+    full = cost(arch)
     savings = [
-        (full - params({**arch, c.name: "skip"}), c.name) for c in depth if "skip" in c.candidates
+        (full - cost({**arch, c.name: "skip"}), c.name) for c in depth if "skip" in c.candidates
     ]
     for _, name in sorted(savings, reverse=True)[:max_skips]:
         arch[name] = "skip"  # skip the blocks whose removal saves the most
-    return params(arch)
+    return cost(arch)
+
+
+def limits_for(
+    config: Any,
+    space: SearchSpace,
+    layout: Layout,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    latency: Any = None,
+) -> list[Limit]:
+    """The budgets `config` sets (max_params always; max_flops and max_latency_ms when > 0; the
+    latency one predicted by the `latency` table to pick moves and measured to decide)."""
+    from autohas_edge.server.search.costs import count_flops
+
+    def args(arch: dict[str, Any]) -> dict[str, Any]:
+        return model_args_for(layout, input_shape, num_classes, arch)
+
+    limits = [param_limit(layout, input_shape, num_classes, config.max_params)]
+    if config.max_flops > 0:
+        limits.append(Limit("max_flops", config.max_flops, lambda a: count_flops(args(a))))
+    if config.max_latency_ms > 0:
+        from autohas_edge.server.search.latency import measure_latency_ms
+
+        limits.append(
+            Limit(
+                "max_latency_ms",
+                config.max_latency_ms,
+                lambda a: latency.predict(space, a),
+                lambda a: measure_latency_ms(args(a)),
+            )
+        )
+    return limits
 
 
 def fine_tuning(hparams: dict[str, Any]) -> dict[str, Any]:

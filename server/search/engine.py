@@ -22,6 +22,7 @@ from autohas_edge.server.search.iterations import (
     first_iteration,
     validation_objective,
 )
+from autohas_edge.server.search.latency import LatencyTable, cached_table
 from autohas_edge.server.search.space import SearchSpace
 from autohas_edge.server.search.supernet import SuperNet
 from autohas_edge.server.search.weights import FlatWeights
@@ -79,14 +80,14 @@ class History:
     encodings: list[dict[str, list[float]]] = field(default_factory=list)
 
 
-def cost_penalty(expected_params: torch.Tensor, max_params: int) -> torch.Tensor:
-    """The resource term of the validation objective: relative expected size above the budget.
+def cost_penalty(expected: torch.Tensor, budget: float) -> torch.Tensor:
+    """The resource term of the validation objective: relative expected cost above the budget.
 
     Zero inside the budget on purpose: the encodings are updated with Adam, which normalises gradient
     scale, so any always-on size pressure, however small its weight, eventually outvotes the noisy
     validation signal and collapses every block to its smallest candidate.
     """
-    return torch.relu(expected_params / max_params - 1.0)
+    return torch.relu(expected / budget - 1.0)
 
 
 class Searcher:
@@ -123,6 +124,10 @@ class Searcher:
         #: the second iteration's look-ahead in steps (0: the one-step form); see `window`
         self.horizon = config.window_steps
         self.window: Window | None = None
+        #: the per-candidate latency table when a latency budget is set (measured once, cached)
+        self.latency: LatencyTable | None = None
+        if config.max_latency_ms > 0:
+            self.latency = cached_table(space, net.layout, net.input_shape, net.num_classes)
 
     def probabilities(self) -> dict[str, torch.Tensor]:
         """Softmax of every choice's logits (differentiable)."""
@@ -245,11 +250,21 @@ class Searcher:
         with record_function("search.validation_forward"):
             x_val, y_val = self.batches.val(self.encoding_batch_size * max(1, self.horizon))
             val_loss = validation_objective(self.net, self.flat, w_prime, x_val, y_val, arch)
-            penalty = cfg.cost_weight * cost_penalty(self.net.expected_params(arch), cfg.max_params)
+            penalty = cfg.cost_weight * self.budget_penalty(arch)
         with record_function("search.encoding_update"):
             grad_norm = self.apply_encoding_gradient(val_loss + penalty)
         self.window = None
         return self.comm.mean(float(val_loss.detach())), grad_norm
+
+    def budget_penalty(self, arch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The sum of `cost_penalty` over the budgets set: parameters, FLOPs, latency."""
+        cfg, net = self.config, self.net
+        penalty = cost_penalty(net.expected_params(arch), cfg.max_params)
+        if cfg.max_flops > 0:
+            penalty = penalty + cost_penalty(net.expected_flops(arch), cfg.max_flops)
+        if self.latency is not None:
+            penalty = penalty + cost_penalty(self.latency.expected(arch), cfg.max_latency_ms)
+        return penalty
 
     def _combined_weights(self, arch: dict[str, torch.Tensor], mix: HPMix) -> torch.Tensor:
         """W' = sum_b P_b W_b over one-step temporary weights, by the configured path."""

@@ -13,6 +13,7 @@ from torch import nn
 
 from autohas_edge.server.search import derive, distributed
 from autohas_edge.server.search.config import SearchConfig
+from autohas_edge.server.search.costs import count_flops
 from autohas_edge.server.search.data import Dataset, load_dataset
 from autohas_edge.server.search.defaults import default_space
 from autohas_edge.server.search.distributed import Comm
@@ -97,7 +98,27 @@ def _space(config: SearchConfig, data: Dataset) -> tuple[SearchSpace, dict[str, 
             f"max_params={config.max_params} is below the smallest model in the search space "
             f"({smallest} parameters)"
         )
+    if config.max_flops > 0:
+        fewest = derive.smallest_cost(
+            space,
+            lambda a: count_flops(model_args_for(layout, data.input_shape, data.num_classes, a)),
+            config.max_skips,
+        )
+        if fewest > config.max_flops:
+            raise ValueError(
+                f"max_flops={config.max_flops} is below the smallest model in the search space "
+                f"({int(fewest)} FLOPs)"
+            )
     return space, dropped
+
+
+def _latency(args: dict[str, Any], config: SearchConfig) -> dict[str, float]:
+    """The derived model's measured latency, when a latency budget asked for it."""
+    if config.max_latency_ms <= 0:
+        return {}
+    from autohas_edge.server.search.latency import measure_latency_ms
+
+    return {"latency_ms": round(measure_latency_ms(args), 4)}
 
 
 def _tensors(
@@ -233,15 +254,11 @@ class _Run:
         searcher, search_seconds = searched
         config, data, encodings = self.config, self.data, searcher.encodings()
         layout = LAYOUTS[data.family]
-        arch = derive.derive_arch(
-            self.space,
-            encodings,
-            layout,
-            data.input_shape,
-            data.num_classes,
-            config.max_params,
-            config.max_skips,
+        latency = getattr(searcher, "latency", None)
+        limits = derive.limits_for(
+            config, self.space, layout, data.input_shape, data.num_classes, latency
         )
+        arch, budget_moves = derive.derive_within(self.space, encodings, limits, config.max_skips)
         hparams = derive.derive_hparams(self.space, encodings)
         encoded_lr = float(hparams["learning_rate"])
         hparams["learning_rate"] = derive.derive_learning_rate(
@@ -257,6 +274,9 @@ class _Run:
             "hyperparameters": hparams,
             "encodings": encodings,
             "params": count_params(args),
+            "flops": count_flops(args),
+            "budget_moves": budget_moves,
+            **_latency(args, config),
             "test_accuracy": accuracy(model, *_tensors(data.x_test, data.y_test, self.device)),
             "search_seconds": round(search_seconds, 2),
             "retrain_seconds": round(retrain_seconds, 2),

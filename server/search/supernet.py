@@ -20,14 +20,16 @@ mixture computes, at the sub-model's own cost in time and memory.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autohas_edge.server.search.costs import block_flops, block_positions, stem_positions
 from autohas_edge.server.search.models import (
     BlockSpec,
     Layout,
@@ -208,6 +210,11 @@ class MixedBlock(nn.Module):
 
     def expected_params(self, probs: Probs) -> torch.Tensor:
         """Expected parameter count of this block under the architecture encoding."""
+        return self.expected(probs, partial(block_params, self.family))
+
+    def expected(self, probs: Probs, cost: Callable[[int, int, Any, Any], Any]) -> torch.Tensor:
+        """Expectation under the encoding of `cost(cin, cout, taps, hidden)`, a cost bilinear in
+        (taps, hidden): exact for independent choices."""
         device = self.channel_masks.device
         p_exp = probs.get(self.prefix + "expansion", torch.ones(1, device=device))
         expansion = (p_exp * torch.tensor(self.expansions, dtype=p_exp.dtype, device=device)).sum()
@@ -218,11 +225,11 @@ class MixedBlock(nn.Module):
                 [k**self.dims for k in self.kernels], dtype=p_kernel.dtype, device=device
             )
             taps = (p_kernel * areas).sum()
-        cost = torch.zeros((), device=device)
+        total = torch.zeros((), device=device)
         for p, cin, cout in self._width_pairs(probs, device):
-            cost = cost + p * block_params(self.family, cin, cout, taps, cin * expansion)
+            total = total + p * cost(cin, cout, taps, cin * expansion)
         p_keep = self._p_keep(probs)
-        return cost if p_keep is None else p_keep * cost
+        return total if p_keep is None else p_keep * total
 
     def _p_keep(self, probs: Probs) -> torch.Tensor | None:
         """The probability that this block runs (None: no depth choice, it always runs)."""
@@ -315,6 +322,9 @@ class SuperNet(nn.Module):
         self.classifier = nn.Linear(width, num_classes)
         self.num_classes, self.c_in = num_classes, c_in
         self.stem_taps = 1 if family == "mlp" else layout.stem_kernel ** (len(input_shape) - 1)
+        self.input_shape = tuple(input_shape)
+        self.positions = block_positions(layout, input_shape)
+        self.stem_positions = stem_positions(layout, input_shape)
 
     def forward(self, x: torch.Tensor, probs: Arch) -> torch.Tensor:
         """Logits of the combined model mixed by the architecture encoding `probs` (or of a `SubModel`)."""
@@ -364,6 +374,19 @@ class SuperNet(nn.Module):
         c_last = (last.probs(probs, device) * torch.tensor(last.channels, device=device)).sum()
         stem = c0 * (self.c_in * self.stem_taps + 2)
         return blocks + stem + c_last * self.num_classes + self.num_classes
+
+    def expected_flops(self, probs: Probs) -> torch.Tensor:
+        """Expected FLOPs (multiply-accumulates, `costs.count_flops`) of the derived model."""
+        family, blocks = self.layout.family, []
+        for block, where in zip(self._mixed_blocks(), self.positions, strict=True):
+            blocks.append(block.expected(probs, partial(block_flops, family, positions=where)))
+        total = torch.stack(blocks).sum()
+        device = total.device
+        first, last = self.widths[0], self.widths[-1]
+        c0 = (first.probs(probs, device) * torch.tensor(first.channels, device=device)).sum()
+        c_last = (last.probs(probs, device) * torch.tensor(last.channels, device=device)).sum()
+        stem = c0 * self.c_in * self.stem_taps * self.stem_positions
+        return total + stem + c_last * self.num_classes
 
 
 def child_state_dict(

@@ -187,8 +187,8 @@ def test_resource_penalty_pushes_towards_smaller_candidates_only_above_budget() 
     probs = s.probabilities()
     names = [c.name for c in SPACE.arch]
     expected = s.net.expected_params({n: probs[n] for n in names})
-    assert float(cost_penalty(expected, max_params=10**9).detach()) == 0.0
-    penalty = cost_penalty(expected, max_params=int(expected.detach()) // 2)
+    assert float(cost_penalty(expected, 10**9).detach()) == 0.0
+    penalty = cost_penalty(expected, int(expected.detach()) // 2)
     assert float(penalty.detach()) == pytest.approx(
         float(expected.detach()) / (int(expected.detach()) // 2) - 1
     )
