@@ -5,7 +5,9 @@
 Runs a short search (warm-up included) and the retraining of its result under torch.profiler at the
 default thread count, sums the CPU time of the engine's labelled regions (`search.*`, `retrain.step`),
 and writes a table to the `profile` section of bench/RESULTS.md. The ratio "search step / retraining
-step" compares the two at the same batch size (SearchConfig.batch_size is both).
+step" compares the two at the same batch size (SearchConfig.batch_size is both). The differentiable
+strategy runs twice, side by side in one run: the windowed hyper-parameter signal (the default) and
+the one-step form.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ REGIONS = [
 ]
 
 
-def profile_run(dataset: str, steps: int, strategy: str, retrain_steps: int) -> dict[str, Any]:
+def profile_run(
+    dataset: str, steps: int, strategy: str, retrain_steps: int, hp_signal: str = "window"
+) -> dict[str, Any]:
     """Search + retrain under the profiler; seconds per labelled region and per step."""
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -39,7 +43,12 @@ def profile_run(dataset: str, steps: int, strategy: str, retrain_steps: int) -> 
 
     threads = apply_threads(0)
     config = SearchConfig(
-        dataset=dataset, steps=steps, strategy=strategy, retrain_steps=retrain_steps, device="cpu"
+        dataset=dataset,
+        steps=steps,
+        strategy=strategy,
+        retrain_steps=retrain_steps,
+        device="cpu",
+        hp_signal=hp_signal,
     )
     with tempfile.TemporaryDirectory() as out, profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
@@ -96,7 +105,7 @@ def report(run: dict[str, Any], steps: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Profile one short search and write the `profile` section."""
+    """Profile one short search per form and write the `profile` section."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dataset", default="mnist1d")
     parser.add_argument("--steps", type=int, default=60)
@@ -104,8 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategy", default="differentiable")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
-    run = profile_run(args.dataset, args.steps, args.strategy, args.retrain_steps)
-    body = report(run, args.steps)
+    signals = ("window", "one-step") if args.strategy == "differentiable" else ("window",)
+    parts = []
+    for signal in signals:
+        run = profile_run(args.dataset, args.steps, args.strategy, args.retrain_steps, signal)
+        title = f"### hp_signal={signal}\n\n" if len(signals) > 1 else ""
+        parts.append(title + report(run, args.steps))
+    body = "\n".join(parts)
     print(body)
     if not args.no_write:
         command = f"python -m bench.bench_profile --dataset {args.dataset} --steps {args.steps}"

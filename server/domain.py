@@ -137,6 +137,8 @@ class JobSpec:
     validation_fraction: float = 0.0
     test_fraction: float = 0.0
     retrain_steps: int = 0
+    max_flops: int = 0
+    max_latency_ms: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""

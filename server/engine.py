@@ -27,6 +27,8 @@ _SPEC_TO_CONFIG = {
     "strategy": "strategy",
     "steps": "steps",
     "max_params": "max_params",
+    "max_flops": "max_flops",
+    "max_latency_ms": "max_latency_ms",
     "seed": "seed",
     "retrain_steps": "retrain_steps",
 }

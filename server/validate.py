@@ -16,6 +16,7 @@ MAX_STEPS = 10_000_000
 MAX_CLASSES = 100_000
 MAX_INPUT_ELEMENTS = 2**24
 MAX_SEED = 2**63 - 1  # the search seeds numpy's generator, which refuses negative seeds
+MAX_LATENCY_MS = 1e6
 
 
 def check_id(field: str, value: str) -> str:
@@ -113,10 +114,15 @@ def check_spec(spec: JobSpec) -> JobSpec:
         ("steps", MAX_STEPS),
         ("retrain_steps", MAX_STEPS),
         ("max_params", 2**62),
+        ("max_flops", 2**62),
         ("seed", MAX_SEED),
     ):
         if not 0 <= getattr(spec, name) <= top:
             raise InvalidArgument(f"spec.{name}", f"{getattr(spec, name)} is not in [0, {top}]")
+    if not (math.isfinite(spec.max_latency_ms) and 0.0 <= spec.max_latency_ms <= MAX_LATENCY_MS):
+        raise InvalidArgument(
+            "spec.max_latency_ms", f"{spec.max_latency_ms} is not in [0, {MAX_LATENCY_MS:g}]"
+        )
     for name in ("validation_fraction", "test_fraction"):
         value = getattr(spec, name)
         if not (math.isfinite(value) and 0.0 <= value < 1.0):

@@ -198,6 +198,8 @@ def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
         validation_fraction=spec.validation_fraction,
         test_fraction=spec.test_fraction,
         retrain_steps=spec.retrain_steps,
+        max_flops=spec.max_flops,
+        max_latency_ms=spec.max_latency_ms,
     )
 
 
@@ -215,6 +217,8 @@ def spec_from_proto(msg: pb.JobSpec) -> JobSpec:
         msg.validation_fraction,
         msg.test_fraction,
         msg.retrain_steps,
+        msg.max_flops,
+        msg.max_latency_ms,
     )
 
 

@@ -109,6 +109,16 @@ def test_list_jobs_filters_by_task(seeded_server: SeededServer) -> None:
         ),
         ({"task_id": TASK_ID, "seed": -1}, grpc.StatusCode.INVALID_ARGUMENT, "spec.seed"),
         (
+            {"task_id": TASK_ID, "max_flops": -1},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "spec.max_flops",
+        ),
+        (
+            {"task_id": TASK_ID, "max_latency_ms": float("inf")},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "spec.max_latency_ms",
+        ),
+        (
             {"task_id": TASK_ID, "validation_fraction": 1.5},
             grpc.StatusCode.INVALID_ARGUMENT,
             "spec.validation_fraction",

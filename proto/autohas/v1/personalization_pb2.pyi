@@ -194,7 +194,7 @@ class UploadSummary(_message.Message):
     def __init__(self, stored_batch_ids: _Optional[_Iterable[str]] = ..., duplicate_batch_ids: _Optional[_Iterable[str]] = ..., examples_stored: _Optional[int] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("task_id", "mode", "strategy", "steps", "max_params", "seed", "validation_fraction", "test_fraction", "retrain_steps")
+    __slots__ = ("task_id", "mode", "strategy", "steps", "max_params", "seed", "validation_fraction", "test_fraction", "retrain_steps", "max_flops", "max_latency_ms")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
@@ -204,6 +204,8 @@ class JobSpec(_message.Message):
     VALIDATION_FRACTION_FIELD_NUMBER: _ClassVar[int]
     TEST_FRACTION_FIELD_NUMBER: _ClassVar[int]
     RETRAIN_STEPS_FIELD_NUMBER: _ClassVar[int]
+    MAX_FLOPS_FIELD_NUMBER: _ClassVar[int]
+    MAX_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     mode: SearchMode
     strategy: str
@@ -213,7 +215,9 @@ class JobSpec(_message.Message):
     validation_fraction: float
     test_fraction: float
     retrain_steps: int
-    def __init__(self, task_id: _Optional[str] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., strategy: _Optional[str] = ..., steps: _Optional[int] = ..., max_params: _Optional[int] = ..., seed: _Optional[int] = ..., validation_fraction: _Optional[float] = ..., test_fraction: _Optional[float] = ..., retrain_steps: _Optional[int] = ...) -> None: ...
+    max_flops: int
+    max_latency_ms: float
+    def __init__(self, task_id: _Optional[str] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., strategy: _Optional[str] = ..., steps: _Optional[int] = ..., max_params: _Optional[int] = ..., seed: _Optional[int] = ..., validation_fraction: _Optional[float] = ..., test_fraction: _Optional[float] = ..., retrain_steps: _Optional[int] = ..., max_flops: _Optional[int] = ..., max_latency_ms: _Optional[float] = ...) -> None: ...
 
 class EncodingValue(_message.Message):
     __slots__ = ("name", "candidates", "probabilities")
