@@ -189,8 +189,9 @@ def _add_services(server: grpc.Server, app: App) -> None:
     health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
     for name in ("", *SERVICE_NAMES):
         app.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
-    reflection.enable_server_reflection(names, server)
+    if app.config.reflection:
+        names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server)
 
 
 def make_server(config: ServerConfig) -> ServerHandle:

@@ -39,6 +39,9 @@ class ServerConfig:
     stream_idle_timeout_s: float = (
         60.0  # a stream whose peer sends or reads nothing this long is cancelled
     )
+    # gRPC server reflection (grpcurl, Postman): off unless asked for; it tells anyone who can reach
+    # the port every method and message of the service
+    reflection: bool = False
     search_device: str = "auto"
     # Worker processes per search (torchrun ranks: gloo on CPU, one GPU each with CUDA); each does 1/N of
     # every step and they average gradients. More than one needs that many GPUs with CUDA.

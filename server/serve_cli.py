@@ -59,6 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="search device"
     )
     parser.add_argument(
+        "--reflection",
+        action="store_true",
+        help="serve gRPC server reflection (for grpcurl and the like; off by default)",
+    )
+    parser.add_argument(
         "--enrollment-keys",
         type=Path,
         help="JSON {app_id: secret} (chmod 600): devices register only with a ticket from "
@@ -111,6 +116,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[ServerConfig, str]:
         engine=args.engine,
         rpc_threads=args.rpc_threads,
         max_streams=args.max_streams,
+        reflection=args.reflection,
     )
     return config, source
 

@@ -8,7 +8,9 @@
   checks included). At most `open_streams` streams may wait on their peers at once, which keeps threads
   free for unary calls (a stream that would be one more gets RESOURCE_EXHAUSTED, retryable); and a stream
   whose peer sends nothing (upload) or reads nothing (download, watch) for `idle_timeout` seconds is
-  cancelled.
+  cancelled. Every streaming method is guarded, the library services' too (server reflection,
+  Health.Watch): those hold their slot for their whole life (they wait on their peer or on a rare
+  event) and are cancelled after `idle_timeout` seconds without a message either way.
 """
 
 from __future__ import annotations
@@ -194,12 +196,9 @@ class StreamInterceptor(grpc.ServerInterceptor):
     def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
         method = details.method
-        if (
-            handler is None
-            or method not in self._methods
-            or not (handler.request_streaming or handler.response_streaming)
-        ):
+        if handler is None or not (handler.request_streaming or handler.response_streaming):
             return handler
+        ours = method in self._methods
 
         def around(behavior: Behavior, request: Any, context: grpc.ServicerContext) -> Any:
             entry = self.watchdog.watch(context, method)
@@ -207,13 +206,19 @@ class StreamInterceptor(grpc.ServerInterceptor):
                 lambda: self._end(entry)
             ):  # runs once the RPC ends, however
                 self._end(entry)
+            if not ours:
+                self._hold(entry)  # a library stream: a slot for its whole life
             if handler.request_streaming:
-                request = self._requests(request, entry)
+                request = self._requests(request, entry, ours)
             if handler.response_streaming:
-                return self._responses(behavior(request, context), entry)
+                return self._responses(behavior(request, context), entry, ours)
             return behavior(request, context)
 
         return wrap_handler(handler, around)
+
+    def _hold(self, entry: _Watched) -> None:
+        """Take a slot until the stream ends, idle from now; RESOURCE_EXHAUSTED when none is free."""
+        self._await_peer(entry)
 
     def _end(self, entry: _Watched) -> None:
         self.slots.give(entry)
@@ -223,33 +228,46 @@ class StreamInterceptor(grpc.ServerInterceptor):
         """Take a slot before waiting on the peer; RESOURCE_EXHAUSTED when none is free."""
         if not self.slots.take(entry):
             name = entry.method.rsplit("/", 1)[-1]
-            raise ResourceExhausted(
+            message = (
                 f"{name}: {self.slots.limit} streams are waiting on their peers, the "
                 "server's limit; retry later"
             )
+            if entry.method in self._methods:
+                raise ResourceExhausted(message)
+            entry.context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
         entry.waiting_since = time.monotonic()
+
+    def _progress(self, entry: _Watched, ours: bool) -> None:
+        """A message went by: our streams give their slot back; a library stream restarts its
+        idle clock and keeps its slot."""
+        if ours:
+            self._peer_done(entry)
+        else:
+            entry.waiting_since = time.monotonic()
 
     def _peer_done(self, entry: _Watched) -> None:
         entry.waiting_since = None
         self.slots.give(entry)
 
-    def _requests(self, requests: Iterator[Any], entry: _Watched) -> Iterator[Any]:
+    def _requests(self, requests: Iterator[Any], entry: _Watched, ours: bool) -> Iterator[Any]:
         """The request stream, holding a slot while it waits for the peer's next message."""
         while True:
-            self._await_peer(entry)
+            if ours:
+                self._await_peer(entry)
             try:
                 request = next(requests)
             except StopIteration:
                 return
             finally:
-                self._peer_done(entry)
+                self._progress(entry, ours)
             yield request
 
-    def _responses(self, responses: Iterator[Any], entry: _Watched) -> Iterator[Any]:
+    def _responses(self, responses: Iterator[Any], entry: _Watched, ours: bool) -> Iterator[Any]:
         """The response stream, holding a slot while gRPC sends each message (the peer must read it)."""
         for response in responses:
-            self._await_peer(entry)
+            if ours:
+                self._await_peer(entry)
             try:
                 yield response
             finally:
-                self._peer_done(entry)
+                self._progress(entry, ours)

@@ -92,6 +92,7 @@ def run_demo(config: DemoConfig) -> DemoOutcome:
         operator_token=token,
         port=config.port,
         enrollment_keys=keys_file,
+        reflection=True,  # the demo's server is on loopback: let grpcurl look around
     )
     handle = make_server(server_config)  # OSError when the port is taken
     handle.start()

@@ -37,7 +37,10 @@ from tests.fixtures.server_fixtures import (
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_health_and_reflection_work_without_a_token(running_server: RunningServer) -> None:
+def test_health_and_reflection_work_without_a_token(
+    server_factory: Callable[..., RunningServer],
+) -> None:
+    running_server = server_factory(reflection=True)
     health = health_pb2_grpc.HealthStub(running_server.channel)
     for service in ("", "autohas.v1.DeviceService", "autohas.v1.OperatorService"):
         reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)

@@ -6,9 +6,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
 from autohas_edge.server.models import MIN_CHUNK_BYTES
@@ -138,3 +141,66 @@ def test_a_download_nobody_reads_is_cancelled(
     assert guard is not None
     wait_for(lambda: guard.watchdog.cancelled == 1 and guard.slots.used == 0, timeout=20)
     assert expect_error(grpc.StatusCode.CANCELLED, lambda: list(stream)) is not None
+
+
+def _stalled_reflection(
+    release: threading.Event,
+) -> Iterator[reflection_pb2.ServerReflectionRequest]:
+    """A reflection stream that asks one question and then nothing until released."""
+    yield reflection_pb2.ServerReflectionRequest(list_services="")
+    release.wait()
+
+
+@pytest.mark.parametrize("library", ["reflection", "health watch"])
+def test_library_streams_cannot_freeze_the_server_either(
+    server_factory: Callable[..., RunningServer], library: str
+) -> None:
+    """More stalled library streams (reflection, Health.Watch) than there are RPC threads: the
+    server keeps answering health checks and registrations, the extra streams are refused and the
+    stalled ones are cancelled by the watchdog."""
+    s = server_factory(
+        rpc_threads=8,
+        max_watch_streams=2,
+        max_streams=3,
+        stream_idle_timeout_s=1.5,
+        reflection=True,
+    )
+    release = threading.Event()
+    try:
+        if library == "reflection":
+            stub = reflection_pb2_grpc.ServerReflectionStub(s.channel)
+            calls = [stub.ServerReflectionInfo(_stalled_reflection(release)) for _ in range(12)]
+        else:
+            health = health_pb2_grpc.HealthStub(s.channel)
+            calls = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(12)]
+        codes: list[grpc.StatusCode] = []
+
+        def drain(call: Any) -> None:
+            try:
+                for _ in call:
+                    pass
+            except grpc.RpcError as e:
+                codes.append(e.code())
+
+        threads = [threading.Thread(target=drain, args=(c,), daemon=True) for c in calls]
+        for t in threads:
+            t.start()
+        wait_for(lambda: codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 9)
+        health = health_pb2_grpc.HealthStub(s.channel)
+        for _ in range(3):
+            reply = health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        assert s.register(user_id="later-user").token
+        wait_for(lambda: len(codes) == 12, timeout=20)  # the 3 admitted ones are cancelled
+        assert codes.count(grpc.StatusCode.CANCELLED) == 3
+        assert s.handle.streams is not None and s.handle.streams.slots.used == 0
+    finally:
+        release.set()
+
+
+def test_reflection_is_off_unless_asked_for(running_server: RunningServer) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(running_server.channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    with pytest.raises(grpc.RpcError) as error:
+        list(stub.ServerReflectionInfo(iter([request]), timeout=5))
+    assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
