@@ -17,6 +17,7 @@ from pathlib import Path
 
 from autohas_edge.common.filetable import MANIFEST, files_table
 from autohas_edge.common.fs import fsync_dir
+from autohas_edge.common.proc import exit_when_gone
 from autohas_edge.server.accounts import Principal
 from autohas_edge.server.domain import EXPORT_FORMATS, JobState, ModelFile, ModelInfo, now
 from autohas_edge.server.errors import (
@@ -236,8 +237,12 @@ class ModelRegistry:
         """The export worker process (started on first use; torch never loads into the server process)."""
         with self._lock:
             if self._executor is None:
+                # the worker exits when this process is gone (a killed server leaves none behind)
                 self._executor = ProcessPoolExecutor(
-                    max_workers=1, mp_context=mp.get_context("spawn")
+                    max_workers=1,
+                    mp_context=mp.get_context("spawn"),
+                    initializer=exit_when_gone,
+                    initargs=(os.getpid(),),
                 )
             return self._executor
 
