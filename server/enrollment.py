@@ -84,9 +84,12 @@ def check_ticket(
         raise TicketError("enrollment_ticket: bad signature")
     try:
         claims = json.loads(_unb64(payload))
-        subject, expires = (str(claims["app"]), str(claims["user"])), float(claims["exp"])
+        subject, expires = (str(claims["app"]), str(claims["user"])), claims["exp"]
     except (ValueError, KeyError, TypeError) as e:
         raise TicketError("enrollment_ticket: malformed") from e
+    # an integer number of seconds: NaN (never expired by any comparison), strings and booleans are not
+    if type(expires) is not int:
+        raise TicketError("enrollment_ticket: exp must be an integer Unix time")
     at = time.time() if now is None else now
     if at >= expires:
         raise TicketError("enrollment_ticket: expired")

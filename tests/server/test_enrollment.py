@@ -63,20 +63,30 @@ def test_a_ticket_proves_exactly_its_app_user_and_lifetime() -> None:
         mint_ticket(SECRET, APP_ID, "alice", ttl_s=86_400)
 
 
-def test_a_ticket_valid_for_too_long_is_refused() -> None:
-    """A backend that signs its own long-lived claims (not via mint_ticket) still gets them refused."""
+def _signed(claims: dict[str, object]) -> str:
+    """A ticket a backend signed itself (not via mint_ticket), with any claims."""
     import base64
     import hashlib
     import hmac
 
-    payload = base64.urlsafe_b64encode(
-        json.dumps({"app": APP_ID, "user": "alice", "exp": 10**10}).encode()
-    )
+    payload = base64.urlsafe_b64encode(json.dumps(claims).encode())
     payload_text = payload.rstrip(b"=").decode()
     signature = hmac.new(SECRET.encode(), f"v1.{payload_text}".encode(), hashlib.sha256).digest()
-    ticket = f"v1.{payload_text}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+    return f"v1.{payload_text}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+
+
+def test_a_ticket_valid_for_too_long_is_refused() -> None:
+    """A backend that signs its own long-lived claims (not via mint_ticket) still gets them refused."""
+    ticket = _signed({"app": APP_ID, "user": "alice", "exp": 10**10})
     with pytest.raises(TicketError, match="more than 3600"):
         check_ticket(SECRET, ticket, APP_ID, "alice")
+
+
+@pytest.mark.parametrize("exp", [float("nan"), "nan", "1e12", True, 1e9 + 0.5, None])
+def test_a_ticket_whose_expiry_is_not_an_integer_is_refused(exp: object) -> None:
+    """NaN compares false with everything, so such a ticket would never expire."""
+    with pytest.raises(TicketError, match=r"exp must be an integer|malformed"):
+        check_ticket(SECRET, _signed({"app": APP_ID, "user": "alice", "exp": exp}), APP_ID, "alice")
 
 
 def test_keys_must_be_private_well_formed_and_long(tmp_path: Path) -> None:
