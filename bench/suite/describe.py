@@ -47,7 +47,7 @@ def _budget(preset: Preset, threads: int) -> str:
         f"threads = {threads}, one method at a time; wall seconds are recorded beside them. The "
         "search may use the budget less one trial cost (kept for the retraining): trial-based "
         "methods start trials while it lasts; AutoHAS's step count is the largest whose cost, "
-        "estimated from an 8-step probe per variant and task and scaled by how much dearer the last "
+        "estimated from a 40-step probe per variant and task and scaled by how much dearer the last "
         "AutoHAS runs were than estimated, fits it (its whole `run_search` call is counted, engine "
         "defaults otherwise, `retrain_steps=0`); the weight-sharing control trains the SuperModel on "
         f"random sub-models for {TRAIN_FRACTION:.0%} of it and ranks random architectures for the "
