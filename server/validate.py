@@ -15,6 +15,7 @@ MAX_TEXT = 256
 MAX_STEPS = 10_000_000
 MAX_CLASSES = 100_000
 MAX_INPUT_ELEMENTS = 2**24
+MAX_CHANNELS = 64  # signals [C, L] and images [C, H, W]: e.g. a 3-axis accelerometer, RGB
 MAX_SEED = 2**63 - 1  # the search seeds numpy's generator, which refuses negative seeds
 MAX_LATENCY_MS = 1e6
 
@@ -51,12 +52,14 @@ def check_task(task: Task) -> Task:
     ):
         raise InvalidArgument(
             "task.input_shape",
-            f"{list(shape)} is not [F], [1, L] or [1, H, W] with "
+            f"{list(shape)} is not [F], [C, L] or [C, H, W] with "
             f"positive sizes, at most {MAX_INPUT_ELEMENTS} elements",
         )
-    if len(shape) > 1 and shape[0] != 1:
+    if len(shape) > 1 and shape[0] > MAX_CHANNELS:
         raise InvalidArgument(
-            "task.input_shape", f"{list(shape)}: signals and images have 1 channel first"
+            "task.input_shape",
+            f"{list(shape)}: signals and images have their channels first, at most "
+            f"{MAX_CHANNELS} (channels-last data: move the channel axis to the front)",
         )
     if task.input_dtype not in DTYPES:
         raise InvalidArgument("task.input_dtype", "required (one of " + ", ".join(DTYPES) + ")")

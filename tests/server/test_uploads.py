@@ -11,6 +11,7 @@ import pytest
 from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
 from tests.fixtures.server_fixtures import (
     INPUT_SHAPE,
+    NUM_CLASSES,
     PURPOSE,
     TASK_ID,
     RunningServer,
@@ -234,3 +235,34 @@ def test_uint8_tasks_accept_uint8_images(running_server: RunningServer) -> None:
         batch_id="img", task_id="images", features=tensor(x, pb.DTYPE_UINT8), labels=[9, 0, 1, 2]
     )
     assert device.stub.UploadExamples(iter([batch]), metadata=device.md).examples_stored == 4
+
+
+def test_multi_channel_signal_tasks_take_channels_first_examples(
+    running_server: RunningServer,
+) -> None:
+    s = running_server
+    s.create_task("accel", input_shape=(3, 16), num_classes=NUM_CLASSES)
+    device = s.register()
+    grant = pb.GrantConsentRequest(purpose=PURPOSE, consent_text_version="v1")
+    device.stub.GrantConsent(grant, metadata=device.md)
+    batch = example_batch("xyz", task_id="accel", shape=(3, 16))
+    assert device.stub.UploadExamples(iter([batch]), metadata=device.md).examples_stored == 8
+    wrong = example_batch("zyx", task_id="accel", shape=(16, 3))  # channels last
+    details = expect_error(INVALID, device.stub.UploadExamples, iter([wrong]), metadata=device.md)
+    assert "[n, 3, 16]" in details
+    too_many = expect_error(
+        INVALID,
+        s.operator.CreateTask,
+        pb.CreateTaskRequest(
+            task=pb.Task(
+                task_id="wide",
+                app_ids=["app"],
+                purpose=PURPOSE,
+                input_shape=[100, 16],
+                input_dtype=pb.DTYPE_FLOAT32,
+                num_classes=2,
+            )
+        ),
+        metadata=s.op_md,
+    )
+    assert too_many.startswith("task.input_shape") and "channels first, at most 64" in too_many

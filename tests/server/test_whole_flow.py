@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
 from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
@@ -38,11 +39,21 @@ def real_server(server_factory: Callable[..., RunningServer]) -> RunningServer:
     return server_factory(engine="autohas_edge.server.engine", search_device="cpu")
 
 
-def signal_batches(user: str, index: int, per_user: int) -> list[pb.ExampleBatch]:
+def toy_examples(n: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The toy 1-D signal problem with `channels` channels: the first carries the class bump, the
+    others are shifted, rescaled copies of it (like the axes of an accelerometer)."""
+    toy = make_toy_signals(n=n, length=16, classes=3)
+    x = np.concatenate([np.roll(toy["x"], c, axis=2) * (1 + c) for c in range(channels)], axis=1)
+    return x.astype(np.float32), toy["y"]
+
+
+def signal_batches(
+    user: str, index: int, per_user: int, channels: int = 1
+) -> list[pb.ExampleBatch]:
     """`per_user` examples of the toy 1-D signal problem, in batches of 40."""
-    toy = make_toy_signals(n=2 * per_user, length=16, classes=3)
+    x, y = toy_examples(2 * per_user, channels)
     mine = slice(index * per_user, (index + 1) * per_user)
-    x, y = toy["x"][mine], toy["y"][mine]
+    x, y = x[mine], y[mine]
     return [
         pb.ExampleBatch(
             batch_id=f"{user}-{k}",
@@ -58,9 +69,9 @@ def signal_batches(user: str, index: int, per_user: int) -> list[pb.ExampleBatch
     ]
 
 
-def populate(s: RunningServer, per_user: int = 120) -> dict[str, Device]:
+def populate(s: RunningServer, per_user: int = 120, channels: int = 1) -> dict[str, Device]:
     """A 1-D signal task; alice and bob consent and upload `per_user` examples each; carol never consents."""
-    s.create_task(TASK, input_shape=(1, 16), num_classes=3, label_names=LABELS)
+    s.create_task(TASK, input_shape=(channels, 16), num_classes=3, label_names=LABELS)
     devices = {user: s.register(APP_ID, user) for user in ("alice", "bob", "carol")}
     for index, user in enumerate(("alice", "bob")):
         device = devices[user]
@@ -68,7 +79,7 @@ def populate(s: RunningServer, per_user: int = 120) -> dict[str, Device]:
             pb.GrantConsentRequest(purpose=PURPOSE, consent_text_version="v3"), metadata=device.md
         )
         reply = device.stub.UploadExamples(
-            iter(signal_batches(user, index, per_user)), metadata=device.md
+            iter(signal_batches(user, index, per_user, channels)), metadata=device.md
         )
         assert reply.examples_stored == per_user
     carol = devices["carol"]
@@ -230,3 +241,35 @@ def test_a_real_bundle_is_served_byte_for_byte(
     info = s.handle.app.models.import_bundle(TASK, "", tiny_bundle)
     assert set(info.formats) == {"onnx", "tflite", "onnx-int8", "tflite-int8"}
     check_bundle_download(s.register(), info.model_id)
+
+
+@pytest.mark.slow
+def test_a_three_channel_sensor_task_runs_through_the_server_export_and_the_sdk(
+    server_factory: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """A 3-axis signal [3, 16], as the CLI takes it: search, export (ONNX and TFLite), download,
+    install and predict with the device SDK on both runtimes."""
+    from autohas_edge.device_sdk.hub import Hub
+
+    s = real_server(server_factory)
+    devices = populate(s, channels=3)
+    job, _ = run_job(s, mode=pb.SEARCH_MODE_JOINT, steps=4, retrain_steps=6, seed=0)
+    assert job.state == pb.JOB_STATE_SUCCEEDED, job.error
+    reply = s.operator.ExportModels(
+        pb.ExportModelsRequest(job_ids=[job.job_id], formats=["onnx", "tflite"]), metadata=s.op_md
+    )
+    (result,) = reply.results
+    assert result.ok, result.error
+    alice = devices["alice"]
+    manifest = check_bundle_download(alice, result.model.model_id)
+    assert manifest["input"]["shape"][1:] == [3, 16]
+    bundle = tmp_path / "bundle"
+    for path in [*manifest["files"], "manifest.json"]:
+        (bundle / path).parent.mkdir(parents=True, exist_ok=True)
+        (bundle / path).write_bytes(download(alice, result.model.model_id, path)[0])
+    x, _ = toy_examples(60, 3)
+    for fmt in ("onnx", "tflite"):
+        hub = Hub(tmp_path / f"hub-{fmt}", format=fmt)
+        hub.install(bundle, TASK)
+        labels = hub.model(TASK).predict(x)
+        assert labels.shape == (60,) and set(np.unique(labels)) <= {0, 1, 2}
