@@ -86,7 +86,7 @@ def populate(s: RunningServer, per_user: int = 120, channels: int = 1) -> dict[s
     expect_error(
         grpc.StatusCode.FAILED_PRECONDITION,
         carol.stub.UploadExamples,
-        iter([example_batch("c-0", task_id=TASK)]),
+        iter([example_batch("c-0", task_id=TASK, shape=(channels, 16))]),
         metadata=carol.md,
     )
     return devices
@@ -271,5 +271,5 @@ def test_a_three_channel_sensor_task_runs_through_the_server_export_and_the_sdk(
     for fmt in ("onnx", "tflite"):
         hub = Hub(tmp_path / f"hub-{fmt}", format=fmt)
         hub.install(bundle, TASK)
-        labels = hub.model(TASK).predict(x)
-        assert labels.shape == (60,) and set(np.unique(labels)) <= {0, 1, 2}
+        probs = hub.model(TASK, app_id=APP_ID).predict(x)
+        assert probs.shape == (60, 3) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
