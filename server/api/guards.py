@@ -206,8 +206,8 @@ class StreamInterceptor(grpc.ServerInterceptor):
                 lambda: self._end(entry)
             ):  # runs once the RPC ends, however
                 self._end(entry)
-            if not ours:
-                self._hold(entry)  # a library stream: a slot for its whole life
+            if not ours:  # a library stream: a slot for its whole life (given back in `_end`)
+                self._await_peer(entry)
             if handler.request_streaming:
                 request = self._requests(request, entry, ours)
             if handler.response_streaming:
@@ -215,10 +215,6 @@ class StreamInterceptor(grpc.ServerInterceptor):
             return behavior(request, context)
 
         return wrap_handler(handler, around)
-
-    def _hold(self, entry: _Watched) -> None:
-        """Take a slot until the stream ends, idle from now; RESOURCE_EXHAUSTED when none is free."""
-        self._await_peer(entry)
 
     def _end(self, entry: _Watched) -> None:
         self.slots.give(entry)

@@ -14,9 +14,6 @@ from typing import Any
 
 from autohas_edge.server.search.models import Layout, ModelArgs
 
-#: the cost names a budget can be set on (config fields max_params, max_flops, max_latency_ms)
-BUDGETS = ("params", "flops", "latency_ms")
-
 
 def positions_after(shape: tuple[int, ...], stride: int) -> tuple[int, ...]:
     """Spatial shape after a convolution of odd kernel, padding kernel // 2 and `stride`."""

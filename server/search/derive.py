@@ -6,11 +6,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autohas_edge.server.search import hparams as hp
 from autohas_edge.server.search.models import Layout, count_params, model_args_for
 from autohas_edge.server.search.space import Choice, SearchSpace
+
+if TYPE_CHECKING:
+    from autohas_edge.server.search.config import SearchConfig
+    from autohas_edge.server.search.latency import LatencyTable
 
 Encodings = dict[str, dict[str, float]]
 #: how the device SDK retrains the classification head (few local examples, numpy)
@@ -188,12 +192,12 @@ def smallest_cost(
 
 
 def limits_for(
-    config: Any,
+    config: SearchConfig,
     space: SearchSpace,
     layout: Layout,
     input_shape: tuple[int, ...],
     num_classes: int,
-    latency: Any = None,
+    latency: LatencyTable | None = None,
 ) -> list[Limit]:
     """The budgets `config` sets (max_params always; max_flops and max_latency_ms when > 0; the
     latency one predicted by the `latency` table to pick moves and measured to decide)."""
@@ -208,11 +212,14 @@ def limits_for(
     if config.max_latency_ms > 0:
         from autohas_edge.server.search.latency import measure_latency_ms
 
+        if latency is None:
+            raise ValueError("max_latency_ms needs the space's latency table")
+        table = latency
         limits.append(
             Limit(
                 "max_latency_ms",
                 config.max_latency_ms,
-                lambda a: latency.predict(space, a),
+                lambda a: table.predict(space, a),
                 lambda a: measure_latency_ms(args(a)),
             )
         )

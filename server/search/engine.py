@@ -4,7 +4,9 @@ knows when to stop. Its whole state round-trips through `state_dict` for exact r
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -16,7 +18,7 @@ from autohas_edge.server.search.distributed import Comm
 from autohas_edge.server.search.iterations import (
     HPMix,
     augmented_chunks,
-    basis_gradients,
+    chunk_gradients,
     combine_explicit,
     combine_fast,
     first_iteration,
@@ -174,24 +176,13 @@ class Searcher:
         training loss and the learning rate used."""
         mix = HPMix.from_probs(self.space, probs)
         chunks = self.chunks(self.batch_size)
+        update: Callable[..., float] = first_iteration
         if self.horizon and self.step_index >= self.config.warmup_steps:
             if self.window is None:
                 self.window = Window.open(self.flat.get(), bases(self.space))
-            with record_function("search.first_iteration"):
-                train_loss = window_step(
-                    self.net,
-                    self.flat,
-                    self.opt_state,
-                    chunks,
-                    self._arch(probs),
-                    mix,
-                    self.config.grad_clip,
-                    self.window,
-                    reduce=self.comm.mean_,
-                )
-            return train_loss, float(mix.lr)
+            update = partial(window_step, window=self.window)  # feeds the window as it goes
         with record_function("search.first_iteration"):
-            train_loss = first_iteration(
+            train_loss = update(
                 self.net,
                 self.flat,
                 self.opt_state,
@@ -289,7 +280,7 @@ class Searcher:
         losses = [str(v) for v in self.space.hparam("loss").candidates]
         with record_function("search.temporary_weights"):
             # all workers build the same W' from the whole batch's gradients, as one worker would
-            grads = basis_gradients(
+            grads, _ = chunk_gradients(
                 self.net, self.flat, chunks, arch, losses, cfg.grad_clip, reduce=self.comm.mean_
             )
             return combine_fast(self.flat.get(), grads, self.opt_state, mix)

@@ -119,7 +119,7 @@ def first_iteration(
     return float(loss.detach())
 
 
-def basis_gradients(
+def chunk_gradients(
     net: nn.Module,
     flat: FlatWeights,
     chunks: Chunks,
@@ -127,9 +127,13 @@ def basis_gradients(
     losses: list[str],
     grad_clip: float,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> dict[tuple[str, int], torch.Tensor]:
-    """Fast path: g_{l,a} for every (loss basis, augmentation chunk), from one forward per chunk.
+    update_stats: bool = False,
+) -> tuple[dict[tuple[str, int], torch.Tensor], float]:
+    """g_{l,a} for every (loss basis, augmentation chunk) at W, and the chunks' mean cross-entropy.
 
+    One forward per chunk and two backward passes (cross-entropy and the uniform-target loss: every
+    label-smoothing basis is linear in the two). `update_stats`: a training-mode forward of the
+    module itself, so batch-norm running statistics move as in a first iteration; else they stay.
     `reduce` (when given) averages the raw gradients across search workers before clipping, in one
     call, so every worker builds the temporary weights one worker would build from the whole batch.
     """
@@ -138,14 +142,15 @@ def basis_gradients(
     need_uniform = any(
         eps > 0 for eps in smoothing.values()
     )  # nas mode: cross-entropy only, one pass
-    raw = []
+    raw, mean_ce = [], 0.0
     for x, y in chunks:
         with autocast(x.device):
-            logits = forward_with(net, flat, None, x, arch)
+            logits = net(x, arch) if update_stats else forward_with(net, flat, None, x, arch)
         ce, uniform = hp.per_example_losses(logits, y)
         g_ce = flat.flat_grad(ce.mean(), retain_graph=need_uniform)
         g_u = flat.flat_grad(uniform.mean()) if need_uniform else torch.zeros_like(g_ce)
         raw.append(torch.stack([g_ce, g_u]))
+        mean_ce += float(ce.detach().mean()) / len(chunks)
     stacked = torch.stack(raw)  # [chunks, 2, params]
     if reduce is not None:
         stacked = reduce(stacked)
@@ -153,7 +158,7 @@ def basis_gradients(
     for a, (g_ce, g_u) in enumerate(stacked):
         for name, eps in smoothing.items():
             grads[(name, a)] = clip(g_ce * (1 - eps) + g_u * eps, grad_clip)
-    return grads
+    return grads, mean_ce
 
 
 def combine_fast(
@@ -181,7 +186,7 @@ def combine_explicit(
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Explicit path: one temporary W_b per basis set of the Cartesian product, and their P^H sum
-    (`reduce`: as in `basis_gradients`)."""
+    (`reduce`: as in `chunk_gradients`)."""
     arch = {k: v.detach() for k, v in arch.items()}
     w = flat.get()
     lrs = [float(v) for v in space.hparam("learning_rate").candidates]

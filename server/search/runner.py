@@ -254,7 +254,11 @@ class _Run:
         searcher, search_seconds = searched
         config, data, encodings = self.config, self.data, searcher.encodings()
         layout = LAYOUTS[data.family]
-        latency = getattr(searcher, "latency", None)
+        latency = None
+        if config.max_latency_ms > 0:  # the table the search used: measured once, then cached
+            from autohas_edge.server.search.latency import cached_table
+
+            latency = cached_table(self.space, layout, data.input_shape, data.num_classes)
         limits = derive.limits_for(
             config, self.space, layout, data.input_shape, data.num_classes, latency
         )

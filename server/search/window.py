@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from autohas_edge.server.search import hparams as hp
-from autohas_edge.server.search.iterations import Chunks, HPMix, Probs
+from autohas_edge.server.search.iterations import Chunks, HPMix, Probs, chunk_gradients
 from autohas_edge.server.search.space import SearchSpace
-from autohas_edge.server.search.weights import FlatWeights, autocast, clip
+from autohas_edge.server.search.weights import FlatWeights
 
 #: (optimizer basis, loss basis, augmentation chunk index)
 Basis = tuple[str, str, int]
@@ -77,42 +77,6 @@ def bases(space: SearchSpace) -> list[Basis]:
     return list(itertools.product(optimizers, losses, chunks))
 
 
-def chunk_gradients(
-    net: nn.Module,
-    flat: FlatWeights,
-    chunks: Chunks,
-    arch: Probs,
-    losses: list[str],
-    grad_clip: float,
-    reduce: Reduce | None = None,
-) -> tuple[dict[tuple[str, int], torch.Tensor], float]:
-    """g_{l,a} of every (loss basis, augmentation chunk) at W, from one training-mode forward per
-    chunk (batch-norm statistics update as in a first iteration); also the P-free mean CE loss.
-
-    `reduce` averages the raw gradients across workers before clipping, as in `basis_gradients`.
-    """
-    arch = {k: v.detach() for k, v in arch.items()}
-    smoothing = {name: hp.label_smoothing(name) for name in losses}
-    need_uniform = any(eps > 0 for eps in smoothing.values())
-    raw, ce_total = [], 0.0
-    for x, y in chunks:
-        with autocast(x.device):
-            logits = net(x, arch)
-        ce, uniform = hp.per_example_losses(logits, y)
-        g_ce = flat.flat_grad(ce.mean(), retain_graph=need_uniform)
-        g_u = flat.flat_grad(uniform.mean()) if need_uniform else torch.zeros_like(g_ce)
-        raw.append(torch.stack([g_ce, g_u]))
-        ce_total += float(ce.detach().mean()) / len(chunks)
-    stacked = torch.stack(raw)  # [chunks, 2, params]
-    if reduce is not None:
-        stacked = reduce(stacked)
-    grads = {}
-    for a, (g_ce, g_u) in enumerate(stacked):
-        for name, eps in smoothing.items():
-            grads[(name, a)] = clip(g_ce * (1 - eps) + g_u * eps, grad_clip)
-    return grads, ce_total
-
-
 def window_step(
     net: nn.Module,
     flat: FlatWeights,
@@ -125,7 +89,10 @@ def window_step(
     reduce: Reduce | None = None,
 ) -> float:
     """A first iteration that also feeds the window (see `advance`); returns the training loss."""
-    grads, train_loss = chunk_gradients(net, flat, chunks, arch, list(mix.loss), grad_clip, reduce)
+    losses = list(mix.loss)
+    grads, train_loss = chunk_gradients(
+        net, flat, chunks, arch, losses, grad_clip, reduce, update_stats=True
+    )
     flat.set(advance(window, flat.get(), grads, state, mix))
     return train_loss
 

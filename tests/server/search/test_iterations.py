@@ -14,7 +14,7 @@ from autohas_edge.server.search.engine import Batches, Searcher, cost_penalty
 from autohas_edge.server.search.iterations import (
     HPMix,
     augmented_chunks,
-    basis_gradients,
+    chunk_gradients,
     combine_explicit,
     combine_fast,
     first_iteration,
@@ -153,7 +153,7 @@ def test_fast_path_equals_explicit_path_in_value_and_gradient(float64: object) -
     explicit, _ = combine_explicit(
         s.net, s.flat, chunks, arch, s.opt_state, SPACE, mix, grad_clip=0.0
     )
-    grads = basis_gradients(s.net, s.flat, chunks, arch, ["ce", "ls0.2"], grad_clip=0.0)
+    grads, _ = chunk_gradients(s.net, s.flat, chunks, arch, ["ce", "ls0.2"], grad_clip=0.0)
     fast = combine_fast(s.flat.get(), grads, s.opt_state, mix)
     assert fast.dtype == torch.float64
     torch.testing.assert_close(fast, explicit, rtol=1e-9, atol=1e-10)
@@ -171,7 +171,7 @@ def test_fast_path_equals_explicit_path_in_value_and_gradient(float64: object) -
 def test_validation_loss_has_nonzero_gradients_for_both_encodings() -> None:
     s = _searcher()
     _, arch, mix, chunks = _setup(s)
-    grads = basis_gradients(s.net, s.flat, chunks, arch, ["ce", "ls0.2"], grad_clip=0.0)
+    grads, _ = chunk_gradients(s.net, s.flat, chunks, arch, ["ce", "ls0.2"], grad_clip=0.0)
     w_prime = combine_fast(s.flat.get(), grads, s.opt_state, mix)
     loss = validation_objective(s.net, s.flat, w_prime, *s.batches.val(16), arch)
     names = list(s.logits)
