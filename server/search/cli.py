@@ -59,6 +59,12 @@ _FLAGS: dict[str, tuple[type, str]] = {
         "derived learning rate: the searched schedule's 'peak' (default) or the final "
         "'encoding' (weighted sum of the bases)",
     ),
+    "race_steps": (
+        int,
+        "steps of each training-race run: the derived model trains from scratch once per "
+        "(optimizer, rate) basis pair and retrains with the best on validation (-1: a twentieth "
+        "of --retrain-steps, at least 20; 0: no race)",
+    ),
     "retrain_schedule": (
         str,
         "retraining rate: 'cosine' around the derived rate or the 'searched' trajectory "
@@ -231,7 +237,7 @@ def _summary(result: dict[str, Any], out: str) -> str:
 
 
 class _ProgressBar:
-    """One tqdm bar per stage (search, then retrain)."""
+    """One tqdm bar per stage (search, race, then retrain)."""
 
     def __init__(self, disabled: bool) -> None:
         self.disabled, self.stage = disabled, ""
@@ -239,7 +245,7 @@ class _ProgressBar:
 
     def update(self, event: Any) -> None:
         """Advance (or open) the bar of the event's stage."""
-        if self.disabled or event.stage not in ("search", "retrain"):
+        if self.disabled or event.stage not in ("search", "race", "retrain"):
             return
         if event.stage != self.stage:
             from tqdm import tqdm

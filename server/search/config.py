@@ -23,8 +23,11 @@ DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("cosine", "searched")
 #: which learning rate the derived model trains with (see `derive.derive_learning_rate`)
 LR_DERIVATIONS = ("peak", "encoding")
+#: race_steps=-1: each race training is a twentieth of the retraining, at least 20 steps (or the
+#: whole retraining, if shorter): ten candidates then cost about half a retraining
+AUTO_RACE_DIVISOR, AUTO_RACE_MIN = 20, 20
 #: settings that change only the retraining, so a finished search may be retrained under new ones
-RETRAIN_ONLY = ("retrain_steps", "retrain_schedule", "lr_derivation", "plot")
+RETRAIN_ONLY = ("retrain_steps", "retrain_schedule", "lr_derivation", "race_steps", "plot")
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,9 @@ class SearchConfig:
     retrain_steps: int = 1500
     retrain_schedule: str = "cosine"
     lr_derivation: str = "peak"
+    #: steps of each training-race run (see `race`): -1, a twentieth of retrain_steps (at least 20
+    #: or all of them; no race without a retraining); 0, no race
+    race_steps: int = -1
     max_search_seconds: float = (
         0.0  # stop the search (then derive as usual) after this long; 0: no limit
     )
@@ -98,6 +104,10 @@ class SearchConfig:
                 raise ValueError(
                     f"{name} must be >= 8 (batch norm and per-basis chunks), got {getattr(self, name)}"
                 )
+        if int(self.race_steps) < -1:
+            raise ValueError(
+                f"race_steps must be -1 (auto), 0 (no race) or more, got {self.race_steps}"
+            )
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         for name in (
@@ -118,6 +128,14 @@ class SearchConfig:
     def warmup_steps(self) -> int:
         """Steps of the first iteration alone before the alternation starts."""
         return int(self.steps * self.warmup_fraction)
+
+    @property
+    def race_length(self) -> int:
+        """Steps of each race training (0: no race)."""
+        if self.race_steps >= 0:
+            return int(self.race_steps)
+        shortest = min(AUTO_RACE_MIN, self.retrain_steps)  # a race no longer than the retraining
+        return max(shortest, self.retrain_steps // AUTO_RACE_DIVISOR)
 
     @property
     def window_steps(self) -> int:

@@ -16,7 +16,7 @@ class SearchCancelled(Exception):
 
 @dataclass
 class ProgressEvent:
-    """One progress report: stage `load|search|retrain|evaluate|done` and the current figures."""
+    """One progress report: stage `load|search|race|retrain|evaluate|done` and the current figures."""
 
     stage: str
     step: int = 0

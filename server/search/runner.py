@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from autohas_edge.server.search import derive, distributed
+from autohas_edge.server.search import derive, distributed, race
 from autohas_edge.server.search.config import SearchConfig
 from autohas_edge.server.search.costs import count_flops
 from autohas_edge.server.search.data import Dataset, load_dataset
@@ -269,8 +270,12 @@ class _Run:
             encoded_lr, searcher.history.lr, config.warmup_steps, config.lr_derivation
         )
         args = model_args_for(layout, data.input_shape, data.num_classes, arch)
-        model = build_model(args).to(self.device)
-        _set_norm(model, data)
+        derived_pair = {k: hparams[k] for k in ("optimizer", "learning_rate")}
+        entries, race_seconds = self.race(lambda: self.fresh(args), hparams)
+        if entries:
+            best = race.winner(entries)
+            hparams.update(optimizer=best.optimizer, learning_rate=best.learning_rate)
+        model = self.fresh(args)
         retrain_seconds = self.retrain(model, hparams, searcher.history.lr)
         self.emit(ProgressEvent("evaluate", config.retrain_steps, config.retrain_steps))
         result = {
@@ -283,6 +288,12 @@ class _Run:
             **_latency(args, config),
             "test_accuracy": accuracy(model, *_tensors(data.x_test, data.y_test, self.device)),
             "search_seconds": round(search_seconds, 2),
+            "race_seconds": round(race_seconds, 2),
+            "race": {
+                "steps": config.race_length if entries else 0,
+                "derived": derived_pair,
+                "entries": [e.to_json() for e in entries],
+            },
             "retrain_seconds": round(retrain_seconds, 2),
             "search_steps": searcher.step_index,
             "stop_reason": searcher.stop_reason or "step budget",
@@ -309,6 +320,46 @@ class _Run:
             ProgressEvent("done", config.retrain_steps, config.retrain_steps, encodings=encodings)
         )
         return result
+
+    def fresh(self, args: dict[str, Any]) -> nn.Module:
+        """An untrained derived model on the device, normalising by the training data."""
+        model = build_model(args).to(self.device)
+        _set_norm(model, self.data)
+        return model
+
+    def race(
+        self, new_model: Callable[[], nn.Module], hparams: dict[str, Any]
+    ) -> tuple[list[race.Entry], float]:
+        """The training race (see `race`): its entries (none when off or with a single pair) and
+        wall-clock seconds."""
+        config, data = self.config, self.data
+        pairs = race.candidates(self.space, hparams) if config.race_length else []
+        if not pairs:
+            return [], 0.0
+        start = time.perf_counter()
+        split = race.Split(
+            *_tensors(data.x_train, data.y_train, self.device),
+            *_tensors(data.x_val, data.y_val, self.device),
+            float(data.x_train.std()),
+        )
+
+        def on_entry(done: int, total: int) -> None:
+            if self.should_stop():
+                raise SearchCancelled("training race cancelled; rerun to resume (search kept)")
+            self.emit(ProgressEvent("race", done, total))
+
+        entries = race.run_race(
+            new_model,
+            pairs,
+            hparams,
+            split,
+            config.race_length,
+            config.batch_size,
+            config.grad_clip,
+            config.seed + 2,
+            on_entry,
+        )
+        return entries, time.perf_counter() - start
 
     def retrain(self, model: nn.Module, hparams: dict[str, Any], searched: list[float]) -> float:
         """Retrain on training + validation data (`searched`: the search's learning-rate trajectory,

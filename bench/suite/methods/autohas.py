@@ -2,7 +2,8 @@
 
 Each runs the engine with its defaults except the step budget (sized from measured step costs so
 that the search fits the method's search budget), `retrain_steps=0` (the suite retrains the
-derived model like every other incumbent) and the CPU device; the derived architecture and
+derived model like every other incumbent), a training race one recipe trial long where the budget
+allows it (`race_plan`) and the CPU device; the derived architecture and
 hyper-parameters from result.json are the incumbent. The whole `run_search` call is counted.
 """
 
@@ -22,6 +23,8 @@ from bench.suite.space import Config, JointSpace
 
 Progress = Callable[[Any], None]
 #: variants whose step costs are measured per task: "mode/strategy"
+#: the largest share of a stage's budget the engine's training race may take
+RACE_SHARE = 0.4
 VARIANTS = ("joint/differentiable", "joint/reinforce", "nas/differentiable", "hpo/differentiable")
 
 
@@ -33,9 +36,11 @@ def search_config(
     seed: int,
     space: SearchSpace | None = None,
     max_seconds: float = 0.0,
+    race_steps: int = 0,
 ) -> SearchConfig:
     """The engine's default config for `mode`/`strategy`, with the suite's step budget and, as a
-    hard cap, a time budget (`max_seconds`, 0: none); no plot (it would be counted)."""
+    hard cap, a time budget (`max_seconds`, 0: none); no plot (it would be counted). The engine's
+    training race (its automatic length follows `retrain_steps`, 0 here) is `race_steps` long."""
     return SearchConfig(
         dataset=str(npz),
         mode=mode,
@@ -46,8 +51,29 @@ def search_config(
         device="cpu",
         space=space,
         max_search_seconds=max_seconds,
+        race_steps=race_steps,
         plot=False,
     )
+
+
+def race_plan(
+    ctx: Context, mode: str, budget: float, space: SearchSpace | None
+) -> tuple[int, float]:
+    """The training race a stage of `budget` CPU seconds runs: (steps per race training, estimated
+    CPU seconds). Each race training is one trial of the recipe (the length the judge retrains
+    for), so it costs about one trial; the race runs only where it takes at most `RACE_SHARE` of the
+    stage's budget (at the smaller ladder fractions it does not)."""
+    hparams = {c.name: c for c in (space or ctx.space.space).hparams}
+    fixed = mode == "nas"  # the engine's nas mode keeps one optimizer and one rate: no race
+    pairs = (
+        0
+        if fixed
+        else len(hparams["optimizer"].candidates) * len(hparams["learning_rate"].candidates) + 1
+    )
+    cost = pairs * ctx.reserve
+    if pairs < 2 or cost > RACE_SHARE * budget:
+        return 0, 0.0
+    return ctx.recipe.steps, cost
 
 
 def search(config: SearchConfig, on_progress: Progress | None = None) -> dict[str, Any]:
@@ -100,16 +126,19 @@ def _stage(
     The probe's step costs are scaled by `ctx.cost_factor` (how much dearer recent AutoHAS runs were
     than their estimates: CPU time per step drifts with what else runs on the machine)."""
     step_costs, warmup = ctx.step_costs[costs or variant], SearchConfig().warmup_fraction
-    steps = step_costs.steps_for(budget / ctx.cost_factor, warmup)
     mode, strategy = variant.split("/")
+    race_steps, race_cost = race_plan(ctx, mode, budget, space)
+    steps = step_costs.steps_for((budget - race_cost) / ctx.cost_factor, warmup)
     # the engine's own time budget caps the loop: wall seconds >= CPU seconds at one thread, so a
     # search that runs dearer than estimated still stops inside its CPU budget
-    cap = max(1e-3, budget - step_costs.overhead)
+    cap = max(1e-3, budget - step_costs.overhead - race_cost)
     start = ctx.meter.read().cpu
-    result = search(search_config(ctx.npz, mode, strategy, steps, ctx.seed, space, cap))
+    config = search_config(ctx.npz, mode, strategy, steps, ctx.seed, space, cap, race_steps)
+    result = search(config)
     sizing = {
         "planned_steps": steps,
-        "estimated_cpu": round(step_costs.estimate(steps, warmup), 3),
+        "race_steps": race_steps,
+        "estimated_cpu": round(step_costs.estimate(steps, warmup) + race_cost, 3),
         "actual_cpu": round(ctx.meter.read().cpu - start, 3),
         "cost_factor": round(ctx.cost_factor, 3),
     }
@@ -122,7 +151,16 @@ def _incumbent(space: JointSpace, result: dict[str, Any]) -> Config:
 
 def _info(stage: dict[str, Any]) -> dict[str, Any]:
     result = stage["result"]
-    keys = ("search_steps", "stop_reason", "search_seconds", "mode", "strategy", "torch_threads")
+    keys = (
+        "search_steps",
+        "stop_reason",
+        "search_seconds",
+        "race_seconds",
+        "race",
+        "mode",
+        "strategy",
+        "torch_threads",
+    )
     found = {k: result[k] for k in keys if k in result}
     return {**stage["sizing"], **found, "space": result["space"]}
 

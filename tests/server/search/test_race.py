@@ -1,0 +1,118 @@
+"""The training race: which (optimizer, rate) pairs race, that the best fresh training wins, and
+how `run_search` records it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from autohas_edge.server.search import SearchConfig, run_search
+from autohas_edge.server.search.defaults import default_space
+from autohas_edge.server.search.models import LAYOUTS, build_model, model_args_for
+from autohas_edge.server.search.race import Entry, Split, candidates, run_race, winner
+from autohas_edge.server.search.space import CONTINUOUS, Choice, SearchSpace
+
+HPARAMS = {"weight_decay": 0.0, "loss": "ce", "augment": "noise"}
+
+
+def _space(rates: tuple[float, ...], optimizers: tuple[str, ...]) -> SearchSpace:
+    arch = default_space(LAYOUTS["mlp"], "tabular", "hpo").arch
+    hparams = (
+        Choice("learning_rate", rates, CONTINUOUS),
+        Choice("weight_decay", (0.0,), CONTINUOUS),
+        Choice("optimizer", optimizers),
+        Choice("loss", ("ce",)),
+        Choice("augment", ("noise",)),
+    )
+    return SearchSpace(arch, hparams)
+
+
+def test_candidates_are_every_basis_pair_with_the_derived_pair_first() -> None:
+    space = _space((0.4, 0.05), ("sgd", "adam"))
+    pairs = candidates(space, {"optimizer": "adam", "learning_rate": 0.2})
+    assert pairs[0] == ("adam", 0.2)
+    assert sorted(pairs[1:]) == [("adam", 0.05), ("adam", 0.4), ("sgd", 0.05), ("sgd", 0.4)]
+    # a derived pair that is itself a basis pair races once
+    again = candidates(space, {"optimizer": "sgd", "learning_rate": 0.4})
+    assert again[0] == ("sgd", 0.4) and len(again) == 4 and len(set(again)) == 4
+
+
+def test_a_space_with_one_pair_has_no_race() -> None:
+    fixed = default_space(LAYOUTS["conv1d"], "signal", "nas")
+    assert candidates(fixed, {"optimizer": "sgd", "learning_rate": 0.1}) == []
+
+
+def test_winner_prefers_accuracy_then_loss_then_the_earliest() -> None:
+    a, b, c = Entry("sgd", 0.1, 0.9, 0.5), Entry("adam", 0.1, 0.9, 0.4), Entry("sgd", 0.4, 0.8, 0.1)
+    assert winner([a, b, c]) is b
+    assert winner([a, Entry("adam", 0.2, 0.9, 0.5)]) is a
+
+
+def _blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=gen)
+    centers = torch.tensor([[3.0, 0, 0, 0, 0, 0], [0, 3.0, 0, 0, 0, 0], [0, 0, 3.0, 0, 0, 0]])
+    return centers[y] + torch.randn(n, 6, generator=gen), y
+
+
+def test_the_pair_that_trains_wins_the_race() -> None:
+    """A rate of 1e-6 leaves the model where it started; 0.3 separates the blobs in 30 steps."""
+    arch = {c.name: c.candidates[0] for c in _space((0.1,), ("sgd",)).arch}
+    args = model_args_for(LAYOUTS["mlp"], (6,), 3, arch)
+    split = Split(*_blobs(300, 0), *_blobs(150, 1), scale=1.0)
+    pairs = [("sgd", 1e-6), ("sgd", 0.3)]
+    entries = run_race(lambda: build_model(args), pairs, HPARAMS, split, 30, 32, 5.0, seed=0)
+    assert [(e.optimizer, e.learning_rate) for e in entries] == pairs
+    assert entries[1].val_accuracy > 0.9 > entries[0].val_accuracy
+    assert winner(entries).learning_rate == 0.3
+
+
+def _config(path: Path, **changes: object) -> SearchConfig:
+    base = {
+        "dataset": str(path),
+        "steps": 6,
+        "warmup_fraction": 0.34,
+        "retrain_steps": 8,
+        "batch_size": 16,
+        "seed": 0,
+        "device": "cpu",
+        "plot": False,
+    }
+    return SearchConfig(**{**base, **changes})
+
+
+def test_run_search_retrains_with_the_race_winner(tmp_path: Path, toy_signal_npz: Path) -> None:
+    events: list[str] = []
+    result = run_search(
+        _config(toy_signal_npz, race_steps=5), tmp_path, lambda e: events.append(e.stage)
+    )
+    race = result["race"]
+    assert race["steps"] == 5 and len(race["entries"]) == 10  # 3 optimizers x 3 rates + derived
+    first = race["entries"][0]
+    assert (first["optimizer"], first["learning_rate"]) == (
+        race["derived"]["optimizer"],
+        pytest.approx(race["derived"]["learning_rate"], rel=1e-5),
+    )
+    best = max(race["entries"], key=lambda e: (e["val_accuracy"], -e["val_loss"]))
+    assert result["hyperparameters"]["optimizer"] == best["optimizer"]
+    assert result["hyperparameters"]["learning_rate"] == pytest.approx(best["learning_rate"])
+    assert events.count("race") == 10 and events.index("race") < events.index("retrain")
+
+
+def test_race_steps_zero_keeps_the_derived_pair(tmp_path: Path, toy_signal_npz: Path) -> None:
+    result = run_search(_config(toy_signal_npz, race_steps=0), tmp_path)
+    assert result["race"] == {"steps": 0, "derived": result["race"]["derived"], "entries": []}
+    for key in ("optimizer", "learning_rate"):
+        assert result["hyperparameters"][key] == result["race"]["derived"][key]
+
+
+def test_race_length_follows_the_retraining() -> None:
+    assert SearchConfig(retrain_steps=1500).race_length == 75
+    assert SearchConfig(retrain_steps=100).race_length == 20
+    assert SearchConfig(retrain_steps=8).race_length == 8
+    assert SearchConfig(retrain_steps=0).race_length == 0
+    assert SearchConfig(retrain_steps=0, race_steps=40).race_length == 40
+    with pytest.raises(ValueError, match="race_steps"):
+        SearchConfig(race_steps=-2)
