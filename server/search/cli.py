@@ -65,6 +65,11 @@ _FLAGS: dict[str, tuple[type, str]] = {
         "(optimizer, rate) basis pair and retrains with the best on validation (-1: a twentieth "
         "of --retrain-steps, at least 20; 0: no race)",
     ),
+    "max_race_seconds": (
+        float,
+        "time budget of the whole training race: its trainings shorten to fit (at least 10 "
+        "steps, else no race; 0: no limit)",
+    ),
     "retrain_schedule": (
         str,
         "retraining rate: 'cosine' around the derived rate or the 'searched' trajectory "

@@ -27,7 +27,14 @@ LR_DERIVATIONS = ("peak", "encoding")
 #: whole retraining, if shorter): ten candidates then cost about half a retraining
 AUTO_RACE_DIVISOR, AUTO_RACE_MIN = 20, 20
 #: settings that change only the retraining, so a finished search may be retrained under new ones
-RETRAIN_ONLY = ("retrain_steps", "retrain_schedule", "lr_derivation", "race_steps", "plot")
+RETRAIN_ONLY = (
+    "retrain_steps",
+    "retrain_schedule",
+    "lr_derivation",
+    "race_steps",
+    "max_race_seconds",
+    "plot",
+)
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,9 @@ class SearchConfig:
     #: steps of each training-race run (see `race`): -1, a twentieth of retrain_steps (at least 20
     #: or all of them; no race without a retraining); 0, no race
     race_steps: int = -1
+    #: a time budget for the whole race (0: none): its trainings shorten to fit, down to
+    #: `race.MIN_STEPS` steps, below which there is no race
+    max_race_seconds: float = 0.0
     max_search_seconds: float = (
         0.0  # stop the search (then derive as usual) after this long; 0: no limit
     )
@@ -117,6 +127,7 @@ class SearchConfig:
             "grad_clip",
             "max_search_seconds",
             "max_latency_ms",
+            "max_race_seconds",
         ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -32,6 +33,10 @@ from autohas_edge.server.search.weights import iterate
 
 #: `on_entry(done, total)` after each race training
 RaceProgress = Callable[[int, int], None]
+#: a time-bounded race first times this many training steps of the derived model
+PROBE_STEPS = 4
+#: the shortest race training worth running (below it, the race is skipped)
+MIN_STEPS = 10
 
 
 @dataclass(frozen=True)
@@ -81,40 +86,74 @@ class Split:
     scale: float
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """How every race training runs: its length, batch size, gradient clipping and seed."""
+
+    steps: int
+    batch_size: int
+    grad_clip: float
+    seed: int
+
+
 def run_race(
     new_model: Callable[[], nn.Module],
     pairs: list[tuple[str, float]],
     hparams: dict[str, Any],
     split: Split,
-    steps: int,
-    batch_size: int,
-    grad_clip: float,
-    seed: int,
+    recipe: Recipe,
     on_entry: RaceProgress | None = None,
 ) -> list[Entry]:
-    """Train a fresh `new_model()` for `steps` steps with each pair (the other hyper-parameters from
+    """Train a fresh `new_model()` by `recipe` with each pair (the other hyper-parameters from
     `hparams`), every one from the same initial weights and batches; their validation results."""
     entries = []
     for i, (optimizer, rate) in enumerate(pairs):
-        torch.manual_seed(seed)
-        model = new_model()
-        gen = torch.Generator(split.x_train.device).manual_seed(seed)
-        trial = {**hparams, "optimizer": optimizer, "learning_rate": rate}
-        retrain(
-            model,
-            split.x_train,
-            split.y_train,
-            trial,
-            steps,
-            batch_size,
-            split.scale,
-            gen,
-            grad_clip,
+        model = _train(
+            new_model, {**hparams, "optimizer": optimizer, "learning_rate": rate}, split, recipe
         )
         entries.append(Entry(optimizer, rate, *_validate(model, split)))
         if on_entry is not None:
             on_entry(i + 1, len(pairs))
     return entries
+
+
+def _train(
+    new_model: Callable[[], nn.Module], trial: dict[str, Any], split: Split, recipe: Recipe
+) -> nn.Module:
+    torch.manual_seed(recipe.seed)
+    model = new_model()
+    gen = torch.Generator(split.x_train.device).manual_seed(recipe.seed)
+    retrain(
+        model,
+        split.x_train,
+        split.y_train,
+        trial,
+        recipe.steps,
+        recipe.batch_size,
+        split.scale,
+        gen,
+        recipe.grad_clip,
+    )
+    return model
+
+
+def seconds_per_step(
+    new_model: Callable[[], nn.Module], hparams: dict[str, Any], split: Split, recipe: Recipe
+) -> float:
+    """Wall-clock seconds of one race training step, timed over a few steps after a first one."""
+    probe = replace(recipe, steps=1)
+    _train(new_model, hparams, split, probe)  # first call: allocations, kernel selection
+    start = time.perf_counter()
+    _train(new_model, hparams, split, replace(recipe, steps=PROBE_STEPS))
+    return (time.perf_counter() - start) / PROBE_STEPS
+
+
+def fitted_steps(steps: int, pairs: int, per_step: float, seconds: float) -> int:
+    """The race length that fits `pairs` trainings into `seconds` (at most `steps`; 0 when
+    fewer than `MIN_STEPS` fit: too short a training says nothing about a longer one)."""
+    fit = int(seconds / max(per_step * pairs, 1e-9))
+    fit = min(steps, fit)
+    return fit if fit >= MIN_STEPS else 0
 
 
 @torch.no_grad()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -271,7 +271,7 @@ class _Run:
         )
         args = model_args_for(layout, data.input_shape, data.num_classes, arch)
         derived_pair = {k: hparams[k] for k in ("optimizer", "learning_rate")}
-        entries, race_seconds = self.race(lambda: self.fresh(args), hparams)
+        entries, race_steps, race_seconds = self.race(lambda: self.fresh(args), hparams)
         if entries:
             best = race.winner(entries)
             hparams.update(optimizer=best.optimizer, learning_rate=best.learning_rate)
@@ -290,7 +290,7 @@ class _Run:
             "search_seconds": round(search_seconds, 2),
             "race_seconds": round(race_seconds, 2),
             "race": {
-                "steps": config.race_length if entries else 0,
+                "steps": race_steps,
                 "derived": derived_pair,
                 "entries": [e.to_json() for e in entries],
             },
@@ -329,13 +329,14 @@ class _Run:
 
     def race(
         self, new_model: Callable[[], nn.Module], hparams: dict[str, Any]
-    ) -> tuple[list[race.Entry], float]:
-        """The training race (see `race`): its entries (none when off or with a single pair) and
-        wall-clock seconds."""
+    ) -> tuple[list[race.Entry], int, float]:
+        """The training race (see `race`): its entries (none when off, with a single pair, or when
+        not even `race.MIN_STEPS` steps fit `max_race_seconds`), steps per training and wall-clock
+        seconds (timing the steps included)."""
         config, data = self.config, self.data
         pairs = race.candidates(self.space, hparams) if config.race_length else []
         if not pairs:
-            return [], 0.0
+            return [], 0, 0.0
         start = time.perf_counter()
         split = race.Split(
             *_tensors(data.x_train, data.y_train, self.device),
@@ -348,18 +349,19 @@ class _Run:
                 raise SearchCancelled("training race cancelled; rerun to resume (search kept)")
             self.emit(ProgressEvent("race", done, total))
 
-        entries = race.run_race(
-            new_model,
-            pairs,
-            hparams,
-            split,
-            config.race_length,
-            config.batch_size,
-            config.grad_clip,
-            config.seed + 2,
-            on_entry,
+        recipe = race.Recipe(
+            config.race_length, config.batch_size, config.grad_clip, config.seed + 2
         )
-        return entries, time.perf_counter() - start
+        if config.max_race_seconds:
+            per_step = race.seconds_per_step(new_model, hparams, split, recipe)
+            left = config.max_race_seconds - (time.perf_counter() - start)
+            recipe = replace(
+                recipe, steps=race.fitted_steps(recipe.steps, len(pairs), per_step, left)
+            )
+            if not recipe.steps:
+                return [], 0, time.perf_counter() - start
+        entries = race.run_race(new_model, pairs, hparams, split, recipe, on_entry)
+        return entries, recipe.steps, time.perf_counter() - start
 
     def retrain(self, model: nn.Module, hparams: dict[str, Any], searched: list[float]) -> float:
         """Retrain on training + validation data (`searched`: the search's learning-rate trajectory,

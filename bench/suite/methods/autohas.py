@@ -24,7 +24,7 @@ from bench.suite.space import Config, JointSpace
 Progress = Callable[[Any], None]
 #: variants whose step costs are measured per task: "mode/strategy"
 #: the largest share of a stage's budget the engine's training race may take
-RACE_SHARE = 0.4
+RACE_SHARE = 0.5
 VARIANTS = ("joint/differentiable", "joint/reinforce", "nas/differentiable", "hpo/differentiable")
 
 
@@ -37,10 +37,12 @@ def search_config(
     space: SearchSpace | None = None,
     max_seconds: float = 0.0,
     race_steps: int = 0,
+    race_seconds: float = 0.0,
 ) -> SearchConfig:
     """The engine's default config for `mode`/`strategy`, with the suite's step budget and, as a
-    hard cap, a time budget (`max_seconds`, 0: none); no plot (it would be counted). The engine's
-    training race (its automatic length follows `retrain_steps`, 0 here) is `race_steps` long."""
+        hard cap, a time budget (`max_seconds`, 0: none); no plot (it would be counted). The engine's
+        training race (its automatic length follows `retrain_steps`, 0 here) is `race_steps` long, all of
+    it within `race_seconds` (0: no limit)."""
     return SearchConfig(
         dataset=str(npz),
         mode=mode,
@@ -52,6 +54,7 @@ def search_config(
         space=space,
         max_search_seconds=max_seconds,
         race_steps=race_steps,
+        max_race_seconds=race_seconds,
         plot=False,
     )
 
@@ -59,21 +62,15 @@ def search_config(
 def race_plan(
     ctx: Context, mode: str, budget: float, space: SearchSpace | None
 ) -> tuple[int, float]:
-    """The training race a stage of `budget` CPU seconds runs: (steps per race training, estimated
-    CPU seconds). Each race training is one trial of the recipe (the length the judge retrains
-    for), so it costs about one trial; the race runs only where it takes at most `RACE_SHARE` of the
-    stage's budget (at the smaller ladder fractions it does not)."""
+    """The training race of a stage of `budget` CPU seconds: (steps per race training, seconds
+    for the whole race). Each race training is one trial of the recipe (the length the judge
+    retrains for) where `RACE_SHARE` of the budget allows; the engine times the derived model's
+    steps and shortens the trainings to fit, or skips the race when not even its minimum fits."""
     hparams = {c.name: c for c in (space or ctx.space.space).hparams}
-    fixed = mode == "nas"  # the engine's nas mode keeps one optimizer and one rate: no race
-    pairs = (
-        0
-        if fixed
-        else len(hparams["optimizer"].candidates) * len(hparams["learning_rate"].candidates) + 1
-    )
-    cost = pairs * ctx.reserve
-    if pairs < 2 or cost > RACE_SHARE * budget:
+    optimizers, rates = hparams["optimizer"].candidates, hparams["learning_rate"].candidates
+    if mode == "nas" or len(optimizers) * len(rates) < 2:  # one optimizer and one rate: no race
         return 0, 0.0
-    return ctx.recipe.steps, cost
+    return ctx.recipe.steps, RACE_SHARE * budget
 
 
 def search(config: SearchConfig, on_progress: Progress | None = None) -> dict[str, Any]:
@@ -127,18 +124,23 @@ def _stage(
     than their estimates: CPU time per step drifts with what else runs on the machine)."""
     step_costs, warmup = ctx.step_costs[costs or variant], SearchConfig().warmup_fraction
     mode, strategy = variant.split("/")
-    race_steps, race_cost = race_plan(ctx, mode, budget, space)
-    steps = step_costs.steps_for((budget - race_cost) / ctx.cost_factor, warmup)
-    # the engine's own time budget caps the loop: wall seconds >= CPU seconds at one thread, so a
-    # search that runs dearer than estimated still stops inside its CPU budget
-    cap = max(1e-3, budget - step_costs.overhead - race_cost)
+    race_steps, race_seconds = race_plan(ctx, mode, budget, space)
+    steps = step_costs.steps_for((budget - race_seconds) / ctx.cost_factor, warmup)
+    # the engine's own time budgets cap the loop and the race: wall seconds >= CPU seconds at one
+    # thread, so a search that runs dearer than estimated still stops inside its CPU budget
+    cap = max(1e-3, budget - step_costs.overhead - race_seconds)
     start = ctx.meter.read().cpu
-    config = search_config(ctx.npz, mode, strategy, steps, ctx.seed, space, cap, race_steps)
-    result = search(config)
+    race = (race_steps, race_seconds)
+    result = search(search_config(ctx.npz, mode, strategy, steps, ctx.seed, space, cap, *race))
+    ran = int(result["search_steps"])
     sizing = {
         "planned_steps": steps,
-        "race_steps": race_steps,
-        "estimated_cpu": round(step_costs.estimate(steps, warmup) + race_cost, 3),
+        "race_steps": result["race"]["steps"],
+        # of the steps that ran (a time cap may stop the loop early), plus the race as it ran:
+        # what `cost_factor` compares the actual cost with
+        "estimated_cpu": round(
+            step_costs.estimate_run(steps, ran, warmup) + float(result["race_seconds"]), 3
+        ),
         "actual_cpu": round(ctx.meter.read().cpu - start, 3),
         "cost_factor": round(ctx.cost_factor, 3),
     }

@@ -36,6 +36,12 @@ class StepCosts:
         warm = int(steps * warmup_fraction)
         return self.overhead + warm * self.warmup + (steps - warm) * self.alternate
 
+    def estimate_run(self, planned: int, ran: int, warmup_fraction: float) -> float:
+        """Estimated CPU seconds of a search planned for `planned` steps that ran `ran` (a time
+        budget can stop it early, inside or after its warm-up)."""
+        warm = int(planned * warmup_fraction)
+        return self.overhead + min(ran, warm) * self.warmup + max(0, ran - warm) * self.alternate
+
     def steps_for(self, budget: float, warmup_fraction: float) -> int:
         """The most search steps whose estimated cost fits `budget` (at least 1)."""
         if self.error:

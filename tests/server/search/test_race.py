@@ -11,7 +11,16 @@ import torch
 from autohas_edge.server.search import SearchConfig, run_search
 from autohas_edge.server.search.defaults import default_space
 from autohas_edge.server.search.models import LAYOUTS, build_model, model_args_for
-from autohas_edge.server.search.race import Entry, Split, candidates, run_race, winner
+from autohas_edge.server.search.race import (
+    MIN_STEPS,
+    Entry,
+    Recipe,
+    Split,
+    candidates,
+    fitted_steps,
+    run_race,
+    winner,
+)
 from autohas_edge.server.search.space import CONTINUOUS, Choice, SearchSpace
 
 HPARAMS = {"weight_decay": 0.0, "loss": "ce", "augment": "noise"}
@@ -63,7 +72,8 @@ def test_the_pair_that_trains_wins_the_race() -> None:
     args = model_args_for(LAYOUTS["mlp"], (6,), 3, arch)
     split = Split(*_blobs(300, 0), *_blobs(150, 1), scale=1.0)
     pairs = [("sgd", 1e-6), ("sgd", 0.3)]
-    entries = run_race(lambda: build_model(args), pairs, HPARAMS, split, 30, 32, 5.0, seed=0)
+    recipe = Recipe(steps=30, batch_size=32, grad_clip=5.0, seed=0)
+    entries = run_race(lambda: build_model(args), pairs, HPARAMS, split, recipe)
     assert [(e.optimizer, e.learning_rate) for e in entries] == pairs
     assert entries[1].val_accuracy > 0.9 > entries[0].val_accuracy
     assert winner(entries).learning_rate == 0.3
@@ -116,3 +126,20 @@ def test_race_length_follows_the_retraining() -> None:
     assert SearchConfig(retrain_steps=0, race_steps=40).race_length == 40
     with pytest.raises(ValueError, match="race_steps"):
         SearchConfig(race_steps=-2)
+
+
+def test_fitted_steps_shorten_the_race_to_its_budget() -> None:
+    assert fitted_steps(40, 10, per_step=0.01, seconds=10.0) == 40  # fits whole
+    assert fitted_steps(40, 10, per_step=0.01, seconds=2.0) == 20  # shortened
+    assert fitted_steps(40, 10, per_step=0.01, seconds=0.5) == 0  # under MIN_STEPS: no race
+    assert MIN_STEPS == 10
+
+
+def test_a_race_that_cannot_fit_its_time_budget_does_not_run(
+    tmp_path: Path, toy_signal_npz: Path
+) -> None:
+    config = _config(toy_signal_npz, race_steps=50, max_race_seconds=1e-4)
+    result = run_search(config, tmp_path)
+    assert result["race"]["steps"] == 0 and result["race"]["entries"] == []
+    assert result["hyperparameters"]["optimizer"] == result["race"]["derived"]["optimizer"]
+    assert 0 < result["race_seconds"] < 5  # the timing probe only
