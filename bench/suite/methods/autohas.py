@@ -24,7 +24,7 @@ from bench.suite.space import Config, JointSpace
 Progress = Callable[[Any], None]
 #: variants whose step costs are measured per task: "mode/strategy"
 #: the largest share of a stage's budget the engine's training race may take
-RACE_SHARE = 0.5
+RACE_SHARE = 0.4
 VARIANTS = ("joint/differentiable", "joint/reinforce", "nas/differentiable", "hpo/differentiable")
 
 

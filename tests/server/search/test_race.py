@@ -3,6 +3,7 @@ how `run_search` records it."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,10 @@ from autohas_edge.server.search.race import (
     Recipe,
     Split,
     candidates,
+    cost_in_steps,
     fitted_steps,
     run_race,
+    rungs,
     winner,
 )
 from autohas_edge.server.search.space import CONTINUOUS, Choice, SearchSpace
@@ -54,9 +57,19 @@ def test_a_space_with_one_pair_has_no_race() -> None:
 
 
 def test_winner_prefers_accuracy_then_loss_then_the_earliest() -> None:
-    a, b, c = Entry("sgd", 0.1, 0.9, 0.5), Entry("adam", 0.1, 0.9, 0.4), Entry("sgd", 0.4, 0.8, 0.1)
+    a, b = Entry("sgd", 0.1, 40, 0.9, 0.5), Entry("adam", 0.1, 40, 0.9, 0.4)
+    c = Entry("sgd", 0.4, 40, 0.8, 0.1)
     assert winner([a, b, c]) is b
-    assert winner([a, Entry("adam", 0.2, 0.9, 0.5)]) is a
+    assert winner([a, Entry("adam", 0.2, 40, 0.9, 0.5)]) is a
+    # only the longest trainings count: a short one's better score is not comparable
+    assert winner([Entry("sgd", 0.05, 10, 1.0, 0.0), c]) is c
+
+
+def test_halving_races_a_quarter_then_the_best_third() -> None:
+    assert rungs(10, 40) == [(10, 10), (4, 40)]
+    assert cost_in_steps(10, 40) == 260
+    assert rungs(10, 39) == [(10, 39)]  # a first rung under MIN_STEPS: one rung
+    assert rungs(4, 80) == [(4, 80)]  # too few pairs to halve
 
 
 def _blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,9 +87,15 @@ def test_the_pair_that_trains_wins_the_race() -> None:
     pairs = [("sgd", 1e-6), ("sgd", 0.3)]
     recipe = Recipe(steps=30, batch_size=32, grad_clip=5.0, seed=0)
     entries = run_race(lambda: build_model(args), pairs, HPARAMS, split, recipe)
-    assert [(e.optimizer, e.learning_rate) for e in entries] == pairs
+    assert [(e.optimizer, e.learning_rate, e.steps) for e in entries] == [(*p, 30) for p in pairs]
     assert entries[1].val_accuracy > 0.9 > entries[0].val_accuracy
     assert winner(entries).learning_rate == 0.3
+    # six pairs at 40 steps: all six for 10 steps, then the best two for 40
+    many = [("sgd", r) for r in (1e-6, 1e-5, 0.3, 1e-4, 0.1, 1e-7)]
+    halved = run_race(lambda: build_model(args), many, HPARAMS, split, replace(recipe, steps=40))
+    assert [e.steps for e in halved] == [10] * 6 + [40] * 2
+    assert {e.learning_rate for e in halved[6:]} == {0.3, 0.1}
+    assert winner(halved).steps == 40 and winner(halved).val_accuracy > 0.9
 
 
 def _config(path: Path, **changes: object) -> SearchConfig:
@@ -129,8 +148,8 @@ def test_race_length_follows_the_retraining() -> None:
 
 
 def test_fitted_steps_shorten_the_race_to_its_budget() -> None:
-    assert fitted_steps(40, 10, per_step=0.01, seconds=10.0) == 40  # fits whole
-    assert fitted_steps(40, 10, per_step=0.01, seconds=2.0) == 20  # shortened
+    assert fitted_steps(40, 10, per_step=0.01, seconds=10.0) == 40  # fits whole (2.6 s)
+    assert fitted_steps(40, 10, per_step=0.01, seconds=2.0) == 20  # one rung of 20 steps: 2 s
     assert fitted_steps(40, 10, per_step=0.01, seconds=0.5) == 0  # under MIN_STEPS: no race
     assert MIN_STEPS == 10
 
