@@ -6,6 +6,7 @@ from pathlib import Path
 
 from bench.suite import report
 from bench.suite.figures import TARGETS, Table
+from bench.suite.methods.autohas import RACE_SHARE
 from bench.suite.methods.sharing import TRAIN_FRACTION
 from bench.suite.presets import TRIAL_STEPS, Preset
 from bench.suite.runner import plan
@@ -46,7 +47,10 @@ def _budget(preset: Preset, threads: int) -> str:
         + ". Device-seconds are this process's CPU seconds (user + system, all threads) with torch "
         f"threads = {threads}, one method at a time; wall seconds are recorded beside them. The "
         "search may use the budget less one trial cost (kept for the retraining): trial-based "
-        "methods start trials while it lasts; AutoHAS's step count is the largest whose cost, "
+        "methods start trials while it lasts; AutoHAS gives "
+        f"{RACE_SHARE:.0%} of it to the engine's training race (race trainings one trial long, "
+        "shortened by the engine to fit, skipped under 10 steps) and the rest to the search loop, "
+        "whose step count is the largest whose cost, "
         "estimated from a 40-step probe per variant and task and scaled by how much dearer the last "
         "AutoHAS runs were than estimated, fits it (its whole `run_search` call is counted, engine "
         "defaults otherwise, `retrain_steps=0`); the weight-sharing control trains the SuperModel on "

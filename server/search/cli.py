@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autohas_edge.server.search.config import DEVICES, MODES, STRATEGIES, SearchConfig
@@ -73,7 +75,7 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "retrain_schedule": (
         str,
         "retraining rate: 'cosine' around the derived rate or the 'searched' trajectory "
-        "(a finished search can be retrained under another schedule or length)",
+        "(a finished search is retrained under another schedule or length with --retrain)",
     ),
 }
 
@@ -121,6 +123,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
+        "--retrain",
+        action="store_true",
+        help="retrain a finished run again (with the retraining settings given; a finished run is "
+        "otherwise reported and left alone)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -155,6 +163,11 @@ def run(args: argparse.Namespace) -> int:
     bar = _ProgressBar(disabled=args.quiet)
     try:
         config = _config(args)
+        finished = None if args.retrain else _finished(Path(args.out), config)
+        if finished is not None:
+            print(_summary(finished, args.out))
+            print(f"{args.out} holds this finished run: left alone (--retrain retrains it)")
+            return 0
         search = _with_workers if args.workers > 1 and not launched_by_torchrun() else _in_process
         result = search(config, args, bar, lambda: interrupted["flag"])
     except _Exit as exc:
@@ -182,6 +195,20 @@ def _config(args: argparse.Namespace) -> SearchConfig:
         )
     except ValueError as exc:
         raise _Exit(2, f"error: {exc}") from exc
+
+
+def _finished(out: Path, config: SearchConfig) -> dict[str, Any] | None:
+    """result.json of a finished run in `out` with the same search settings, else None (a run
+    with other search settings is refused by `run_search` with its own message)."""
+    path = out / "result.json"
+    if not path.is_file():
+        return None
+    try:
+        result: dict[str, Any] = json.loads(path.read_text())
+        saved = SearchConfig.from_json(result["config"]).search_part()
+    except (ValueError, KeyError, TypeError):
+        return None  # unreadable or from another version: run_search decides
+    return result if saved == config.search_part() else None
 
 
 def _in_process(
@@ -234,10 +261,41 @@ def _summary(result: dict[str, Any], out: str) -> str:
         "here (identically zero gradient)"
         for name, labels in result.get("dropped_candidates", {}).items()
     )
+    race = result.get("race") or {}
+    seconds = f"search {result['search_seconds']:.0f}s"
+    if race.get("entries"):
+        seconds += f", race {result.get('race_seconds', 0):.0f}s"
     return (
         f"test accuracy {result['test_accuracy']:.4f} with {result['params']} parameters "
-        f"(search {result['search_seconds']:.0f}s, retrain {result['retrain_seconds']:.0f}s)\n"
-        f"architecture: {arch}\nhyper-parameters: {hps}{dropped}\nwritten to {out}/result.json"
+        f"({seconds}, retrain {result['retrain_seconds']:.0f}s)\n"
+        f"architecture: {arch}\nhyper-parameters: {hps}\n{_rate_line(result)}{_race_line(race)}"
+        f"{dropped}\nwritten to {out}/result.json"
+    )
+
+
+def _rate_line(result: dict[str, Any]) -> str:
+    """What the optimizer really uses: `learning_rate` above is SGD-equivalent (see LR_SCALE)."""
+    hps = result["hyperparameters"]
+    used = result.get("effective_learning_rate", hps["learning_rate"])
+    return (
+        f"{hps['optimizer']} trains at a peak rate of {used:.3g} "
+        f"(learning_rate={hps['learning_rate']:.3g} is its SGD-equivalent)"
+    )
+
+
+def _race_line(race: dict[str, Any]) -> str:
+    """Which pair won the training race, against the pair the encodings derived."""
+    from autohas_edge.server.search.race import Entry, winner
+
+    entries, derived = [Entry(**e) for e in race.get("entries") or []], race.get("derived") or {}
+    if not entries:
+        return ""
+    best = winner(entries)
+    return (
+        f"\ntraining race ({len(entries)} trainings, {best.steps} steps in the last rung): "
+        f"{best.optimizer} at {best.learning_rate:.3g} won (validation accuracy "
+        f"{best.val_accuracy:.3f}); the encodings derived {derived.get('optimizer')} at "
+        f"{float(derived.get('learning_rate', 0)):.3g}"
     )
 
 

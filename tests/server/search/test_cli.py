@@ -39,7 +39,19 @@ def test_search_command_writes_result(
     result = json.loads((out / "result.json").read_text())
     assert result["config"]["steps"] == 3 and result["config"]["encoding_batch_size"] == 16
     assert (out / "search.png").is_file() and (out / "model.pt").is_file()
-    assert "test accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "test accuracy" in printed and "is its SGD-equivalent" in printed
+    assert "training race (10 trainings" in printed  # 3 retraining steps: a 3-step race
+
+    # the same command again: the finished run is reported and left alone
+    model_time = (out / "model.pt").stat().st_mtime_ns
+    assert main(argv) == 0
+    assert "left alone (--retrain retrains it)" in capsys.readouterr().out
+    assert (out / "model.pt").stat().st_mtime_ns == model_time
+    # --retrain with a new retraining length retrains (without searching again)
+    assert main([*argv, "--retrain", "--retrain-steps", "4"]) == 0
+    assert json.loads((out / "result.json").read_text())["retrain_steps"] == 4
+    assert (out / "model.pt").stat().st_mtime_ns != model_time
 
 
 @pytest.mark.parametrize("problem", ["missing", "malformed", "bad-option"])
