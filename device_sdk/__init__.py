@@ -16,6 +16,7 @@ One `Hub` per device owns the models (a directory); every app asks it for a task
     probs = model.predict(x)                      # [C] for one example, [n, C] for a batch
     feats = model.embed(x)                        # [D] or [n, D]
     result = model.fine_tune(x_user, y_user)      # kept only if held-out accuracy improves
+    added = model.add_class("wave", x_wave)       # 5-20 examples: a class of this app's own
     model.reset()                                 # back to the downloaded head
 
 Predict and fine-tune never touch the network. Every failure is an `SDKError` subclass that
@@ -42,11 +43,12 @@ from autohas_edge.device_sdk.errors import (
     ServerUnavailableError,
 )
 from autohas_edge.device_sdk.hub import Hub
-from autohas_edge.device_sdk.model import FineTuneResult, Model
+from autohas_edge.device_sdk.model import AddClassResult, FineTuneResult, Model
 from autohas_edge.device_sdk.runtime import available_runtimes
 from autohas_edge.device_sdk.verify import VerificationReport, verify_bundle
 
 __all__ = [
+    "AddClassResult",
     "Artifact",
     "AuthenticationError",
     "BundleError",

@@ -99,9 +99,21 @@ class Manifest:
         if formats is None:
             return sorted(self.files)
         wanted = set(formats)
-        artifact_files = {a.file for a in self.artifacts}
+        graphs = self.train_step_files()
+        artifact_files = {a.file for a in self.artifacts} | set(graphs.values())
         keep = {a.file for a in self.artifacts if a.format in wanted}
+        keep |= {file for runtime, file in graphs.items() if runtime in _runtimes(wanted)}
         return sorted(p for p in self.files if p not in artifact_files or p in keep)
+
+    def train_step_files(self) -> dict[str, str]:
+        """The head's train-step graph file of each runtime (none in bundles exported before them)."""
+        contract = (self.raw.get("fine_tuning") or {}).get("train_step")
+        graphs = (contract.get("graphs") or {}) if isinstance(contract, dict) else {}
+        return {
+            str(runtime): _relative(str(graph["file"]))
+            for runtime, graph in graphs.items()
+            if isinstance(graph, dict) and "file" in graph
+        }
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Manifest:
@@ -121,6 +133,10 @@ class Manifest:
         if not path.is_file():
             raise BundleError(f"{path} does not exist: not a model bundle")
         return cls.from_json(path.read_bytes())
+
+
+def _runtimes(formats: Iterable[str]) -> set[str]:
+    return {f.split("-", 1)[0] for f in formats}
 
 
 def _tensor(spec: dict[str, Any]) -> TensorSpec:

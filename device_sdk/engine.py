@@ -10,6 +10,7 @@ from autohas_edge.device_sdk.bundle import Manifest, load_head, verify_files
 from autohas_edge.device_sdk.errors import BundleError
 from autohas_edge.device_sdk.finetune import Head
 from autohas_edge.device_sdk.runtime import Runtime, open_runtime, runnable_formats
+from autohas_edge.device_sdk.train_graph import TrainStepGraph, open_train_step
 
 
 class Engine:
@@ -24,6 +25,10 @@ class Engine:
         verify_files(directory, self.manifest, [artifact.file, self.manifest.fine_tuning.head_file])
         self.features: Runtime = open_runtime(directory, artifact, threads)
         self.base_head = Head(*load_head(directory, self.manifest))
+        # The head's train-step graph in this format's runtime; None for bundles without one (numpy).
+        self.trainer: TrainStepGraph | None = open_train_step(
+            directory, self.manifest, self.format, threads
+        )
 
     def embed(self, x: np.ndarray) -> np.ndarray:
         """Features `[n, D]` of validated float32 input."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -139,37 +139,70 @@ class _Optimizer:
         return m_hat / (np.sqrt(v_hat) + EPS)
 
 
+class StepFunction(Protocol):
+    """One optimiser step on a batch: updates the head it was started on, returns the batch's loss."""
+
+    def __call__(self, features: np.ndarray, labels: np.ndarray) -> float: ...
+
+
+class HeadTrainer(Protocol):
+    """Runs the steps of `train_head` elsewhere (a bundle's train-step graph: `train_graph`)."""
+
+    def start(self, hp: HeadHyperparameters, head: Head) -> StepFunction | None:
+        """A step function training `head` with `hp`, or None when it cannot (numpy is used)."""
+        ...
+
+
+def numpy_step(hp: HeadHyperparameters, head: Head) -> StepFunction:
+    """The reference step: `loss_and_grads`, then the optimiser's update of `head` in place."""
+    opt = _Optimizer(hp, head)
+
+    def step(features: np.ndarray, labels: np.ndarray) -> float:
+        loss, gw, gb = loss_and_grads(head, features, labels, hp.label_smoothing)
+        opt.step([head.weight, head.bias], [gw, gb])
+        return loss
+
+    return step
+
+
 def train_head(
-    head: Head, features: np.ndarray, labels: np.ndarray, hp: HeadHyperparameters, seed: int = 0
+    head: Head,
+    features: np.ndarray,
+    labels: np.ndarray,
+    hp: HeadHyperparameters,
+    seed: int = 0,
+    trainer: HeadTrainer | None = None,
 ) -> tuple[Head, list[float]]:
-    """Mini-batch training of a copy of `head`; returns it and the mean loss of each epoch."""
+    """Mini-batch training of a copy of `head`; returns it and the mean loss of each epoch.
+
+    Each step runs through `trainer` when one is given and can run `hp`, else in numpy; the batches
+    (and so the result, to float32 rounding) are the same either way.
+    """
     rng = np.random.default_rng(seed)
     trained = head.copy()
-    opt = _Optimizer(hp, trained)
+    step = trainer.start(hp, trained) if trainer is not None else None
+    step = step or numpy_step(hp, trained)
     history: list[float] = []
     with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected, not warned about
         for _ in range(hp.epochs):
-            history.append(_epoch(trained, opt, features, labels, hp, rng))
+            history.append(_epoch(step, features, labels, hp.batch_size, rng))
             if not np.isfinite(history[-1]):
                 break
     return trained, history
 
 
 def _epoch(
-    head: Head,
-    opt: _Optimizer,
+    step: StepFunction,
     features: np.ndarray,
     labels: np.ndarray,
-    hp: HeadHyperparameters,
+    batch_size: int,
     rng: np.random.Generator,
 ) -> float:
     order = rng.permutation(len(labels))
     losses = []
-    for start in range(0, len(order), hp.batch_size):
-        idx = order[start : start + hp.batch_size]
-        loss, gw, gb = loss_and_grads(head, features[idx], labels[idx], hp.label_smoothing)
-        opt.step([head.weight, head.bias], [gw, gb])
-        losses.append(loss)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        losses.append(step(features[idx], labels[idx]))
     return float(np.mean(losses))
 
 

@@ -5,16 +5,27 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from autohas_edge.common.fs import atomic_write_json, atomic_write_npz, file_stamp, read_json
+from autohas_edge.device_sdk.errors import BundleError
 from autohas_edge.device_sdk.finetune import Head
 
 _VERSION_FILE = re.compile(r"^v(\d{6})\.npz$")
 CURRENT = "CURRENT.json"
+
+
+@dataclass(frozen=True)
+class UserClasses:
+    """What a head grown on the device carries besides its weights (`Model.add_class`)."""
+
+    labels: tuple[str, ...]  # every class's name, index = class id (the bundle's first)
+    x: np.ndarray  # [m, *input_shape] float32: the examples the added classes were made from
+    y: np.ndarray  # [m] int64: their class ids
 
 
 class HeadStore:
@@ -52,8 +63,26 @@ class HeadStore:
         with np.load(self._path(version), allow_pickle=False) as data:
             return dict(json.loads(str(data["meta"])))
 
-    def save(self, head: Head, meta: dict[str, Any]) -> int:
-        """Store `head` as a new version and make it current; crash-safe at every step."""
+    def classes(self, version: int | None = None) -> UserClasses | None:
+        """The class names and added classes' examples of `version`; None for a bundle-sized head."""
+        version = self.current_version() if version is None else version
+        if version == 0:
+            return None
+        with np.load(self._path(version), allow_pickle=False) as data:
+            if "labels" not in data.files:
+                return None  # saved by a fine-tune of a head with the bundle's classes
+            labels = tuple(str(name) for name in data["labels"].tolist())
+            classes = UserClasses(labels, data["class_x"].astype(np.float32), data["class_y"])
+            rows = data["weight"].shape[0]
+        if len(labels) != rows:
+            raise BundleError(f"{self._path(version)}: {len(labels)} class names for {rows} rows")
+        return classes
+
+    def save(self, head: Head, meta: dict[str, Any], classes: UserClasses | None = None) -> int:
+        """Store `head` (with its `classes` when grown) as a new version and make it current.
+
+        Crash-safe at every step.
+        """
         version = max(self.versions()) + 1
         # The version file is durable before the pointer names it: a crash leaves the old pointer.
         arrays = {
@@ -61,6 +90,10 @@ class HeadStore:
             "bias": head.bias,
             "meta": np.array(json.dumps(meta, sort_keys=True)),
         }
+        if classes is not None:
+            arrays["labels"] = np.array(classes.labels, dtype=np.str_)
+            arrays["class_x"] = np.asarray(classes.x, dtype=np.float32)
+            arrays["class_y"] = np.asarray(classes.y, dtype=np.int64)
         atomic_write_npz(self._path(version), arrays)
         self.activate(version)
         return version

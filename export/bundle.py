@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from autohas_edge.common.filetable import file_entry, files_table, table_to_json
+from autohas_edge.device_sdk.finetune import Head as FineTuneHead
+from autohas_edge.device_sdk.finetune import HeadHyperparameters
 from autohas_edge.export.contract import ModelSpec, check_contract, torch_outputs
 from autohas_edge.export.errors import VerificationError
 from autohas_edge.export.fold import fold_batch_norm
@@ -27,6 +29,7 @@ from autohas_edge.export.manifest import (
     write_manifest,
 )
 from autohas_edge.export.runtimes import load_runner
+from autohas_edge.export.train_step import export_train_steps
 from autohas_edge.export.verify import (
     FLOAT_TOLERANCE,
     INT8_MAX_ACCURACY_DROP,
@@ -48,6 +51,11 @@ REFERENCE_SOURCES = {
 }
 #: training examples used to calibrate int8 activations
 CALIBRATION_COUNT = 512
+
+
+def _train_step_rows(batch_size: int) -> int:
+    """Test examples whose features check the train-step graphs: 2.5 batches (a padded last one)."""
+    return max(1, 2 * batch_size + batch_size // 2)
 
 
 @dataclass
@@ -87,6 +95,7 @@ class _Context:
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     stage: Callable[[str], None] = lambda _: None
     folded: int = 0
+    train_step: dict[str, Any] = field(default_factory=dict)
 
 
 class _WithFeatures(Protocol):
@@ -163,8 +172,21 @@ def _write_artifacts(ctx: _Context, result: dict[str, Any], fmts: tuple[Format, 
     with tempfile.TemporaryDirectory() as scratch:
         for runtime in ("onnx", "tflite"):
             _export_runtime(ctx, runtime, fmts, Path(scratch))
+    ctx.train_step = _train_steps(ctx, fmts)
     ctx.stage("manifest")
     write_manifest(ctx.staging, _manifest(ctx, result, ctx.final.name, fmts))
+
+
+def _train_steps(ctx: _Context, fmts: tuple[Format, ...]) -> dict[str, Any]:
+    """The head's train-step graph for each runtime of `fmts`, verified on test examples' features."""
+    hp = HeadHyperparameters.from_mapping(ctx.spec.fine_tuning)
+    rows = min(len(ctx.test_y), _train_step_rows(hp.batch_size))
+    _, features = torch_outputs(ctx.model, ctx.test_x[:rows])
+    head = FineTuneHead(ctx.head.weight.copy(), ctx.head.bias.copy())
+    runtimes = [f.runtime for f in fmts]
+    return export_train_steps(
+        runtimes, ctx.staging, ctx.final, head, features, ctx.test_y[:rows], hp, ctx.stage
+    )
 
 
 def _no_stage(_: str) -> None:
@@ -399,6 +421,7 @@ def _manifest(
             "feature_dim": spec.feature_dim,
             "num_classes": spec.num_classes,
             "hyperparameters": spec.fine_tuning,
+            "train_step": ctx.train_step,
         },
         "conversion": {"batch_norm_folded": ctx.folded},
         "reference": {

@@ -17,6 +17,8 @@ from autohas_edge.export.errors import ExportError
 SCHEMA_VERSION = 1
 HEAD_FILE = "head.npz"
 REFERENCE_FILE = "reference.npz"
+#: the head's train-step graph of each runtime (`fine_tuning.train_step` holds its contract)
+TRAIN_STEP_FILES = {"onnx": "train_step.onnx", "tflite": "train_step.tflite"}
 #: the distributions whose versions a manifest records (those not installed are left out)
 TOOLS = (
     "torch",

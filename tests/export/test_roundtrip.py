@@ -28,6 +28,8 @@ def test_bundle_holds_every_artifact_head_and_reference(tiny_bundle: Path) -> No
         "head.npz",
         "reference.npz",
         "manifest.json",
+        "train_step.onnx",
+        "train_step.tflite",
     }
     assert names == expected
 
