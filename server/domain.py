@@ -206,6 +206,7 @@ class ModelSummary:
     test_accuracy: float = 0.0
     search_seconds: float = 0.0
     retrain_seconds: float = 0.0
+    race_seconds: float = 0.0  # the training race (`server.search.race`); 0 in older records
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""

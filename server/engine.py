@@ -151,4 +151,5 @@ def summarize(result: Mapping[str, Any]) -> ModelSummary:
         test_accuracy=float(result.get("test_accuracy") or 0.0),
         search_seconds=float(result.get("search_seconds") or 0.0),
         retrain_seconds=float(result.get("retrain_seconds") or 0.0),
+        race_seconds=float(result.get("race_seconds") or 0.0),
     )

@@ -282,6 +282,7 @@ def summary_to_proto(summary: ModelSummary) -> pb.ModelSummary:
         test_accuracy=summary.test_accuracy,
         search_seconds=summary.search_seconds,
         retrain_seconds=summary.retrain_seconds,
+        race_seconds=summary.race_seconds,
     )
 
 
@@ -295,6 +296,7 @@ def summary_from_proto(msg: pb.ModelSummary) -> ModelSummary:
         msg.test_accuracy,
         msg.search_seconds,
         msg.retrain_seconds,
+        msg.race_seconds,
     )
 
 

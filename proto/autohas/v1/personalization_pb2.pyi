@@ -254,7 +254,7 @@ class JobProgress(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., stage: _Optional[str] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., train_loss: _Optional[float] = ..., val_loss: _Optional[float] = ..., learning_rate: _Optional[float] = ..., encodings: _Optional[_Iterable[_Union[EncodingValue, _Mapping]]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ModelSummary(_message.Message):
-    __slots__ = ("model_id", "architecture", "hyperparameters", "params", "test_accuracy", "search_seconds", "retrain_seconds")
+    __slots__ = ("model_id", "architecture", "hyperparameters", "params", "test_accuracy", "search_seconds", "retrain_seconds", "race_seconds")
     class ArchitectureEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -276,6 +276,7 @@ class ModelSummary(_message.Message):
     TEST_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     SEARCH_SECONDS_FIELD_NUMBER: _ClassVar[int]
     RETRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     architecture: _containers.ScalarMap[str, str]
     hyperparameters: _containers.ScalarMap[str, str]
@@ -283,7 +284,8 @@ class ModelSummary(_message.Message):
     test_accuracy: float
     search_seconds: float
     retrain_seconds: float
-    def __init__(self, model_id: _Optional[str] = ..., architecture: _Optional[_Mapping[str, str]] = ..., hyperparameters: _Optional[_Mapping[str, str]] = ..., params: _Optional[int] = ..., test_accuracy: _Optional[float] = ..., search_seconds: _Optional[float] = ..., retrain_seconds: _Optional[float] = ...) -> None: ...
+    race_seconds: float
+    def __init__(self, model_id: _Optional[str] = ..., architecture: _Optional[_Mapping[str, str]] = ..., hyperparameters: _Optional[_Mapping[str, str]] = ..., params: _Optional[int] = ..., test_accuracy: _Optional[float] = ..., search_seconds: _Optional[float] = ..., retrain_seconds: _Optional[float] = ..., race_seconds: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("job_id", "spec", "state", "progress", "result", "error", "created_at", "started_at", "finished_at")

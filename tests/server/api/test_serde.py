@@ -56,7 +56,7 @@ specs = st.builds(
 )
 encodings = st.builds(Encoding, ids, st.tuples(ids, ids), st.tuples(reals, reals))
 progresses = st.builds(JobProgress, ids, i32, i32, reals, reals, reals, st.tuples(encodings), times)
-summaries = st.builds(ModelSummary, ids, str_map, str_map, i64, reals, reals, reals)
+summaries = st.builds(ModelSummary, ids, str_map, str_map, i64, reals, reals, reals, reals)
 jobs = st.builds(
     Job,
     ids,
