@@ -15,6 +15,7 @@ import torch
 
 from bench.suite import cli, runner, store, tasks
 from bench.suite.methods import METHODS, TRIAL_METHODS, trials
+from bench.suite.methods.base import StepCosts
 from bench.suite.presets import Preset
 from bench.suite.space import JointSpace
 from bench.suite.stats import bootstrap_ci, mean_ci, median_ci
@@ -296,3 +297,12 @@ def test_rerun_drops_one_methods_cells_and_runs_only_them_again(
     with pytest.raises(SystemExit, match="unknown methods"):
         runner.execute(preset, path, 1, runner=again, rerun=("nope",))
     assert len(store.load(path).cells) == 2  # a refused rerun loses nothing
+
+
+def test_a_time_capped_search_is_estimated_by_the_steps_that_ran() -> None:
+    """The cost factor compares actual cost with this: estimating the planned steps instead made
+    every time-capped search look cheap, and the next plan larger."""
+    costs = StepCosts(warmup=1.0, alternate=2.0, overhead=5.0)
+    assert costs.estimate_run(100, 10, 0.25) == 5 + 10 * 1.0  # stopped inside its warm-up
+    assert costs.estimate_run(100, 40, 0.25) == 5 + 25 * 1.0 + 15 * 2.0
+    assert costs.estimate_run(100, 100, 0.25) == costs.estimate(100, 0.25)
