@@ -49,20 +49,7 @@ class OnnxRuntime(Runtime):
 
     def __init__(self, path: Path, artifact: Artifact, threads: int | None = None) -> None:
         super().__init__(path, artifact, threads)
-        ort = _import("onnxruntime", "onnxruntime")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        try:
-            self._session = ort.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
-            )
-        except (
-            Exception
-        ) as exc:  # onnxruntime raises its own hierarchy; any failure means a bad file
-            raise BundleError(f"onnxruntime cannot load {self.path.name}: {exc}") from exc
+        self._session = onnx_session(self.path, threads)
         first = self._session.get_inputs()[0]
         self._input = first.name
         batch_dim = first.shape[0] if first.shape else None
@@ -77,9 +64,8 @@ class TfliteRuntime(Runtime):
 
     def __init__(self, path: Path, artifact: Artifact, threads: int | None = None) -> None:
         super().__init__(path, artifact, threads)
-        module = _import_tflite()
+        self._interp = tflite_interpreter(self.path, threads)
         try:
-            self._interp = module.Interpreter(model_path=str(path), num_threads=threads)
             self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise BundleError(
@@ -102,6 +88,29 @@ class TfliteRuntime(Runtime):
             self._interp.set_tensor(self._in["index"], _quantize(x, self._in))
             self._interp.invoke()
             return _dequantize(self._interp.get_tensor(self._out["index"]), self._out)
+
+
+def onnx_session(path: Path, threads: int | None) -> Any:
+    """An onnxruntime CPU session of `path` (BundleError when the file does not load)."""
+    ort = _import("onnxruntime", "onnxruntime")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own hierarchy; any failure means a bad file
+        raise BundleError(f"onnxruntime cannot load {path.name}: {exc}") from exc
+
+
+def tflite_interpreter(path: Path, threads: int | None) -> Any:
+    """A TFLite interpreter of `path` (BundleError when the file does not load)."""
+    module = _import_tflite()
+    try:
+        return module.Interpreter(model_path=str(path), num_threads=threads)
+    except (ValueError, RuntimeError) as exc:
+        raise BundleError(f"the TFLite interpreter cannot load {path.name}: {exc}") from exc
 
 
 def _quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:

@@ -24,14 +24,14 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from autohas_edge.device_sdk.bundle import Manifest, verify_files
 from autohas_edge.device_sdk.errors import BundleError, InvalidInputError
 from autohas_edge.device_sdk.finetune import OPTIMIZERS, Head, HeadHyperparameters, StepFunction
-from autohas_edge.device_sdk.runtime import _import, _import_tflite
+from autohas_edge.device_sdk.runtime import onnx_session, tflite_interpreter
 
 #: the manifest key under `fine_tuning` that holds the contract
 CONTRACT_KEY = "train_step"
@@ -231,27 +231,15 @@ class TrainStepGraph:
             return self._session.run(feeds)
 
 
-class _Session:
+class _Session(Protocol):
     """A loaded train-step graph: named inputs in, named outputs out."""
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
-class _OnnxSession(_Session):
+class _OnnxSession:
     def __init__(self, path: Path, threads: int | None) -> None:
-        ort = _import("onnxruntime", "onnxruntime")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        try:
-            self._session = ort.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own hierarchy; any failure: a bad file
-            raise BundleError(f"onnxruntime cannot load {path.name}: {exc}") from exc
+        self._session = onnx_session(path, threads)
         _check_names(path, [a.name for a in self._session.get_inputs()], INPUTS, "input")
         self._outputs = [a.name for a in self._session.get_outputs()]
         _check_names(path, self._outputs, OUTPUTS, "output")
@@ -260,11 +248,10 @@ class _OnnxSession(_Session):
         return dict(zip(self._outputs, self._session.run(self._outputs, feeds), strict=True))
 
 
-class _TfliteSession(_Session):
+class _TfliteSession:
     def __init__(self, path: Path, threads: int | None) -> None:
-        module = _import_tflite()
+        interpreter = tflite_interpreter(path, threads)
         try:
-            interpreter = module.Interpreter(model_path=str(path), num_threads=threads)
             self._runner = interpreter.get_signature_runner()
         except (ValueError, RuntimeError) as exc:
             raise BundleError(f"the TFLite interpreter cannot load {path.name}: {exc}") from exc

@@ -63,9 +63,10 @@ _FLAGS: dict[str, tuple[type, str]] = {
     ),
     "race_steps": (
         int,
-        "steps of each training-race run: the derived model trains from scratch once per "
-        "(optimizer, rate) basis pair and retrains with the best on validation (-1: a twentieth "
-        "of --retrain-steps, at least 20; 0: no race)",
+        "length of the training race: the derived model trains from scratch with every "
+        "(optimizer, rate) basis pair (a quarter of it, then the best third all of it) and "
+        "retrains with the best on validation (-1: a twentieth of --retrain-steps, at least 20; "
+        "0: no race)",
     ),
     "max_race_seconds": (
         float,

@@ -24,7 +24,7 @@ SCHEDULES = ("cosine", "searched")
 #: which learning rate the derived model trains with (see `derive.derive_learning_rate`)
 LR_DERIVATIONS = ("peak", "encoding")
 #: race_steps=-1: each race training is a twentieth of the retraining, at least 20 steps (or the
-#: whole retraining, if shorter): ten candidates then cost about half a retraining
+#: whole retraining, if shorter): ten pairs, halved (`race.rungs`), then cost about a third of one
 AUTO_RACE_DIVISOR, AUTO_RACE_MIN = 20, 20
 #: settings that change only the retraining, so a finished search may be retrained under new ones
 RETRAIN_ONLY = (

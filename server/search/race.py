@@ -39,9 +39,9 @@ RaceProgress = Callable[[int, int], None]
 PROBE_STEPS = 4
 #: the shortest race training worth running (below it, the race is skipped)
 MIN_STEPS = 10
-#: successive halving: with more than `HALVING_FROM` pairs, every pair first trains a quarter of
-#: the race length and the best third trains the whole length (6.5 instead of 10 whole trainings
-#: for ten pairs: successive halving, as Hyperband's trainings do). Not by validation loss: after a
+#: successive halving (as in Hyperband): with more than `HALVING_FROM` pairs, every pair first
+#: trains a quarter of the race length and the best third the whole length (6.5 instead of 10
+#: whole trainings for ten pairs). The best by validation accuracy, not loss: after a
 #: few steps the smallest rates have the lowest loss (their logits are still near uniform), and on
 #: the suite a loss-ranked first rung kept them and lost 2-12 points
 FIRST_RUNG, KEEP, HALVING_FROM = 4, 3, 4

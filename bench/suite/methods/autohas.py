@@ -2,8 +2,8 @@
 
 Each runs the engine with its defaults except the step budget (sized from measured step costs so
 that the search fits the method's search budget), `retrain_steps=0` (the suite retrains the
-derived model like every other incumbent), a training race one recipe trial long where the budget
-allows it (`race_plan`) and the CPU device; the derived architecture and
+derived model like every other incumbent), a training race one recipe trial long inside
+`RACE_SHARE` of the budget (`race_plan`) and the CPU device; the derived architecture and
 hyper-parameters from result.json are the incumbent. The whole `run_search` call is counted.
 """
 
@@ -22,9 +22,9 @@ from bench.suite.methods.base import Context, Outcome, StepCosts
 from bench.suite.space import Config, JointSpace
 
 Progress = Callable[[Any], None]
-#: variants whose step costs are measured per task: "mode/strategy"
 #: the largest share of a stage's budget the engine's training race may take
 RACE_SHARE = 0.4
+#: variants whose step costs are measured per task: "mode/strategy"
 VARIANTS = ("joint/differentiable", "joint/reinforce", "nas/differentiable", "hpo/differentiable")
 
 
@@ -40,9 +40,9 @@ def search_config(
     race_seconds: float = 0.0,
 ) -> SearchConfig:
     """The engine's default config for `mode`/`strategy`, with the suite's step budget and, as a
-        hard cap, a time budget (`max_seconds`, 0: none); no plot (it would be counted). The engine's
-        training race (its automatic length follows `retrain_steps`, 0 here) is `race_steps` long, all of
-    it within `race_seconds` (0: no limit)."""
+    hard cap, a time budget (`max_seconds`, 0: none); no plot (it would be counted). The engine's
+    training race (its automatic length follows `retrain_steps`, 0 here) is `race_steps` long, all
+    of it within `race_seconds` (0: no limit)."""
     return SearchConfig(
         dataset=str(npz),
         mode=mode,

@@ -25,6 +25,7 @@ from autohas_edge.server.search.race import (
     winner,
 )
 from autohas_edge.server.search.space import CONTINUOUS, Choice, SearchSpace
+from tests.fixtures.search_fixtures import toy_config
 
 HPARAMS = {"weight_decay": 0.0, "loss": "ce", "augment": "noise"}
 
@@ -98,24 +99,12 @@ def test_the_pair_that_trains_wins_the_race() -> None:
     assert winner(halved).steps == 40 and winner(halved).val_accuracy > 0.9
 
 
-def _config(path: Path, **changes: object) -> SearchConfig:
-    base = {
-        "dataset": str(path),
-        "steps": 6,
-        "warmup_fraction": 0.34,
-        "retrain_steps": 8,
-        "batch_size": 16,
-        "seed": 0,
-        "device": "cpu",
-        "plot": False,
-    }
-    return SearchConfig(**{**base, **changes})
-
-
 def test_run_search_retrains_with_the_race_winner(tmp_path: Path, toy_signal_npz: Path) -> None:
     events: list[str] = []
     result = run_search(
-        _config(toy_signal_npz, race_steps=5), tmp_path, lambda e: events.append(e.stage)
+        toy_config(toy_signal_npz, plot=False, race_steps=5),
+        tmp_path,
+        lambda e: events.append(e.stage),
     )
     race = result["race"]
     assert race["steps"] == 5 and len(race["entries"]) == 10  # 3 optimizers x 3 rates + derived
@@ -131,7 +120,7 @@ def test_run_search_retrains_with_the_race_winner(tmp_path: Path, toy_signal_npz
 
 
 def test_race_steps_zero_keeps_the_derived_pair(tmp_path: Path, toy_signal_npz: Path) -> None:
-    result = run_search(_config(toy_signal_npz, race_steps=0), tmp_path)
+    result = run_search(toy_config(toy_signal_npz, plot=False, race_steps=0), tmp_path)
     assert result["race"] == {"steps": 0, "derived": result["race"]["derived"], "entries": []}
     for key in ("optimizer", "learning_rate"):
         assert result["hyperparameters"][key] == result["race"]["derived"][key]
@@ -157,7 +146,7 @@ def test_fitted_steps_shorten_the_race_to_its_budget() -> None:
 def test_a_race_that_cannot_fit_its_time_budget_does_not_run(
     tmp_path: Path, toy_signal_npz: Path
 ) -> None:
-    config = _config(toy_signal_npz, race_steps=50, max_race_seconds=1e-4)
+    config = toy_config(toy_signal_npz, plot=False, race_steps=50, max_race_seconds=1e-4)
     result = run_search(config, tmp_path)
     assert result["race"]["steps"] == 0 and result["race"]["entries"] == []
     assert result["hyperparameters"]["optimizer"] == result["race"]["derived"]["optimizer"]

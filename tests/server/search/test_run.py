@@ -20,6 +20,7 @@ from autohas_edge.server.search.defaults import FIXED_ARCH, FIXED_HPARAMS, arch_
 from autohas_edge.server.search.models import LAYOUTS
 from autohas_edge.server.search.retraining import accuracy
 from autohas_edge.server.search.space import CONTINUOUS, Choice, SearchSpace
+from tests.fixtures.search_fixtures import toy_config
 
 RESULT_KEYS = {
     "architecture",
@@ -36,20 +37,6 @@ RESULT_KEYS = {
     "config",
     "lr_trajectory",
 }
-
-
-def _toy(path: Path, **changes: object) -> SearchConfig:
-    base = {
-        "dataset": str(path),
-        "steps": 6,
-        "warmup_fraction": 0.34,
-        "retrain_steps": 8,
-        "batch_size": 16,
-        "checkpoint_every": 2,
-        "seed": 0,
-        "device": "cpu",
-    }
-    return SearchConfig(**{**base, **changes})
 
 
 def test_tiny_run_writes_the_run_directory_contract(tiny_run: Path) -> None:
@@ -92,7 +79,7 @@ def test_load_model_reproduces_the_reported_accuracy(tiny_run: Path) -> None:
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path: Path, toy_signal_npz: Path) -> None:
-    config = _toy(toy_signal_npz, checkpoint_every=100)
+    config = toy_config(toy_signal_npz, checkpoint_every=100)
     full = run_search(config, tmp_path / "full")
     calls = {"n": 0}
 
@@ -121,14 +108,14 @@ def test_resume_equals_an_uninterrupted_run(tmp_path: Path, toy_signal_npz: Path
 
 
 def test_resume_refuses_a_different_config(tmp_path: Path, toy_signal_npz: Path) -> None:
-    run_search(_toy(toy_signal_npz, steps=2, retrain_steps=1), tmp_path)
+    run_search(toy_config(toy_signal_npz, steps=2, retrain_steps=1), tmp_path)
     with pytest.raises(ValueError, match="different config"):
-        run_search(_toy(toy_signal_npz, steps=3, retrain_steps=1), tmp_path)
+        run_search(toy_config(toy_signal_npz, steps=3, retrain_steps=1), tmp_path)
 
 
 def test_progress_events_cover_every_stage(tmp_path: Path, toy_signal_npz: Path) -> None:
     events: list[ProgressEvent] = []
-    run_search(_toy(toy_signal_npz), tmp_path, on_progress=events.append)
+    run_search(toy_config(toy_signal_npz), tmp_path, on_progress=events.append)
     stages = [e.stage for e in events]
     assert stages[0] == "load" and stages[-2:] == ["evaluate", "done"]
     search = [e for e in events if e.stage == "search"]
@@ -142,7 +129,7 @@ def test_progress_events_cover_every_stage(tmp_path: Path, toy_signal_npz: Path)
 
 @pytest.mark.parametrize("mode", ["nas", "hpo"])
 def test_modes_keep_their_half_fixed(tmp_path: Path, toy_signal_npz: Path, mode: str) -> None:
-    result = run_search(_toy(toy_signal_npz, mode=mode), tmp_path)
+    result = run_search(toy_config(toy_signal_npz, mode=mode), tmp_path)
     if mode == "nas":
         for name, value in FIXED_HPARAMS.items():
             assert result["hyperparameters"][name] == value
@@ -162,10 +149,12 @@ def test_modes_keep_their_half_fixed(tmp_path: Path, toy_signal_npz: Path, mode:
 
 
 def test_derived_model_respects_the_parameter_budget(tmp_path: Path, toy_signal_npz: Path) -> None:
-    result = run_search(_toy(toy_signal_npz, max_params=12_000, cost_weight=1.0), tmp_path / "a")
+    result = run_search(
+        toy_config(toy_signal_npz, max_params=12_000, cost_weight=1.0), tmp_path / "a"
+    )
     assert result["params"] <= 12_000
     with pytest.raises(ValueError, match="below the smallest model"):
-        run_search(_toy(toy_signal_npz, max_params=500), tmp_path / "b")
+        run_search(toy_config(toy_signal_npz, max_params=500), tmp_path / "b")
 
 
 @pytest.mark.parametrize(
@@ -178,7 +167,7 @@ def test_derived_model_respects_the_parameter_budget(tmp_path: Path, toy_signal_
 def test_stopping_criteria(
     tmp_path: Path, toy_signal_npz: Path, changes: dict, reason: str
 ) -> None:
-    result = run_search(_toy(toy_signal_npz, steps=20, **changes), tmp_path)
+    result = run_search(toy_config(toy_signal_npz, steps=20, **changes), tmp_path)
     assert result["search_steps"] < 20 and reason in result["stop_reason"]
 
 
@@ -198,7 +187,7 @@ def test_a_clearly_too_large_learning_rate_loses_weight(
     )
     space = SearchSpace(arch_choices(LAYOUTS["conv1d"], fixed=True), hparams)
     result = run_search(
-        _toy(
+        toy_config(
             toy_signal_npz,
             steps=16,
             horizon=2,  # the differentiable search's encodings move once per window
@@ -227,7 +216,7 @@ def test_explicit_and_fast_paths_give_the_same_search(tmp_path: Path, toy_signal
     space = SearchSpace(arch_choices(LAYOUTS["conv1d"], fixed=False), hparams)
     results = [
         run_search(
-            _toy(toy_signal_npz, steps=4, retrain_steps=1, space=space, weights_path=path),
+            toy_config(toy_signal_npz, steps=4, retrain_steps=1, space=space, weights_path=path),
             tmp_path / path,
         )
         for path in ("fast", "explicit")
@@ -242,19 +231,21 @@ def test_explicit_and_fast_paths_give_the_same_search(tmp_path: Path, toy_signal
 @pytest.mark.parametrize("dataset", ["digits", "tabular"])
 def test_other_families_run_end_to_end(tmp_path: Path, toy_tabular_npz: Path, dataset: str) -> None:
     spec = "digits" if dataset == "digits" else str(toy_tabular_npz)
-    result = run_search(_toy(toy_tabular_npz, dataset=spec, steps=3, retrain_steps=3), tmp_path)
+    result = run_search(
+        toy_config(toy_tabular_npz, dataset=spec, steps=3, retrain_steps=3), tmp_path
+    )
     model, _ = load_model(tmp_path)
     x = torch.zeros(2, *result["dataset"]["input_shape"])
     assert model(x).shape == (2, result["dataset"]["num_classes"])
 
 
 def test_reinforce_strategy_moves_the_encodings(tmp_path: Path, toy_signal_npz: Path) -> None:
-    result = run_search(_toy(toy_signal_npz, strategy="reinforce", samples=3), tmp_path)
+    result = run_search(toy_config(toy_signal_npz, strategy="reinforce", samples=3), tmp_path)
     assert any(max(p.values()) - min(p.values()) > 1e-4 for p in result["encodings"].values())
 
 
 def test_device_cuda_follows_availability(tmp_path: Path, toy_signal_npz: Path) -> None:
-    config = _toy(toy_signal_npz, device="cuda", steps=2, retrain_steps=1)
+    config = toy_config(toy_signal_npz, device="cuda", steps=2, retrain_steps=1)
     if torch.cuda.is_available():
         assert run_search(config, tmp_path)["device"].startswith("cuda")
     else:
@@ -265,10 +256,10 @@ def test_device_cuda_follows_availability(tmp_path: Path, toy_signal_npz: Path) 
 def test_a_finished_search_retrains_under_a_new_schedule_without_searching_again(
     tmp_path: Path, toy_signal_npz: Path
 ) -> None:
-    first = run_search(_toy(toy_signal_npz, steps=4, retrain_steps=4), tmp_path)
+    first = run_search(toy_config(toy_signal_npz, steps=4, retrain_steps=4), tmp_path)
     lrs: list[float] = []
     again = run_search(
-        _toy(toy_signal_npz, steps=4, retrain_steps=12, retrain_schedule="searched"),
+        toy_config(toy_signal_npz, steps=4, retrain_steps=12, retrain_schedule="searched"),
         tmp_path,
         on_progress=lambda e: lrs.append(e.learning_rate) if e.stage == "retrain" else None,
     )
@@ -277,7 +268,7 @@ def test_a_finished_search_retrains_under_a_new_schedule_without_searching_again
     trajectory = again["lr_trajectory"]
     assert len(lrs) == 12 and max(lrs) <= max(trajectory) + 1e-6  # rounded in result.json
     with pytest.raises(ValueError, match="retrain_schedule must be one of"):
-        _toy(toy_signal_npz, retrain_schedule="linear")
+        toy_config(toy_signal_npz, retrain_schedule="linear")
 
 
 def test_a_searched_schedule_is_stretched_to_the_retraining() -> None:
@@ -294,9 +285,11 @@ def test_a_searched_schedule_is_stretched_to_the_retraining() -> None:
 def test_a_time_budget_stops_the_search_and_still_derives(
     tmp_path: Path, toy_signal_npz: Path
 ) -> None:
-    config = _toy(toy_signal_npz, steps=500, retrain_steps=2, max_search_seconds=1e-6, plot=False)
+    config = toy_config(
+        toy_signal_npz, steps=500, retrain_steps=2, max_search_seconds=1e-6, plot=False
+    )
     result = run_search(config, tmp_path)
     assert result["stop_reason"] == "time budget of 1e-06 s" and result["search_steps"] < 500
     assert (tmp_path / "model.pt").exists() and not (tmp_path / "search.png").exists()
     with pytest.raises(ValueError, match="max_search_seconds must be a finite number >= 0"):
-        _toy(toy_signal_npz, max_search_seconds=-1.0)
+        toy_config(toy_signal_npz, max_search_seconds=-1.0)
