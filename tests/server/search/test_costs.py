@@ -118,7 +118,9 @@ def test_a_latency_budget_is_met_by_the_measured_derived_model(
         arch = {c.name: changes.get(c.name, c.candidates[0]) for c in space.arch}
         return lat.measure_latency_ms(model_args_for(layout, shape, classes, arch))
 
-    low, high = measured(narrowest), measured(widest)
+    # on this 12-sample toy input the two differ by a few microseconds, which timing noise can
+    # reverse: the budget lies between whichever measured faster and the other
+    low, high = sorted((measured(narrowest), measured(widest)))
     assert low < high
     budget = (low + high) / 2
     config = SearchConfig(
