@@ -73,6 +73,12 @@ _FLAGS: dict[str, tuple[type, str]] = {
         "time budget of the whole training race: its trainings shorten to fit (at least 10 "
         "steps, else no race; 0: no limit)",
     ),
+    "within_points": (
+        float,
+        "ask for a compact model: the derived model and variants of a half and a quarter its "
+        "size (from the same encodings) train for the race's length, and the smallest within "
+        "this many points of the best validation accuracy is retrained (0: the derived model)",
+    ),
     "retrain_schedule": (
         str,
         "retraining rate: 'cosine' around the derived rate or the 'searched' trajectory "
@@ -270,7 +276,8 @@ def _summary(result: dict[str, Any], out: str) -> str:
         f"test accuracy {result['test_accuracy']:.4f} with {result['params']} parameters "
         f"({seconds}, retrain {result['retrain_seconds']:.0f}s)\n"
         f"architecture: {arch}\nhyper-parameters: {hps}\n{_rate_line(result)}{_race_line(race)}"
-        f"{dropped}\nwritten to {out}/result.json"
+        f"{_compact_line(result.get('compact') or {}, result['params'])}{dropped}"
+        f"\nwritten to {out}/result.json"
     )
 
 
@@ -297,6 +304,18 @@ def _race_line(race: dict[str, Any]) -> str:
         f"{best.optimizer} at {best.learning_rate:.3g} won (validation accuracy "
         f"{best.val_accuracy:.3f}); the encodings derived {derived.get('optimizer')} at "
         f"{float(derived.get('learning_rate', 0)):.3g}"
+    )
+
+
+def _compact_line(compact: dict[str, Any], params: int) -> str:
+    """With `--within-points`: the sizes compared and which one was kept."""
+    sizes = compact.get("sizes") or []
+    if not sizes:
+        return ""
+    compared = ", ".join(f"{s['params']:,} ({s['val_accuracy']:.3f})" for s in sizes)
+    return (
+        f"\ncompact model (within {compact['within_points']:g} points): sizes (validation "
+        f"accuracy) {compared}; kept {params:,} parameters"
     )
 
 

@@ -33,6 +33,7 @@ RETRAIN_ONLY = (
     "lr_derivation",
     "race_steps",
     "max_race_seconds",
+    "within_points",
     "plot",
 )
 
@@ -67,6 +68,10 @@ class SearchConfig:
     #: a time budget for the whole race (0: none): its trainings shorten to fit, down to
     #: `race.MIN_STEPS` steps, below which there is no race
     max_race_seconds: float = 0.0
+    #: 0: retrain the derived model; k > 0: retrain the smallest of it and its compact variants
+    #: whose validation accuracy after a race-length training is within k points of the best
+    #: (see `compact`)
+    within_points: float = 0.0
     max_search_seconds: float = (
         0.0  # stop the search (then derive as usual) after this long; 0: no limit
     )
@@ -128,10 +133,15 @@ class SearchConfig:
             "max_search_seconds",
             "max_latency_ms",
             "max_race_seconds",
+            "within_points",
         ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if self.within_points > 100:
+            raise ValueError(
+                f"within_points is in accuracy points, at most 100, got {self.within_points}"
+            )
         if not (math.isfinite(self.encoding_lr) and self.encoding_lr > 0):
             raise ValueError(f"encoding_lr must be > 0, got {self.encoding_lr}")
 
@@ -145,6 +155,17 @@ class SearchConfig:
         """Steps of each race training (0: no race)."""
         if self.race_steps >= 0:
             return int(self.race_steps)
+        return self.auto_race_length
+
+    @property
+    def compact_length(self) -> int:
+        """Steps of each `within_points` training: the race's, or the automatic race length when
+        the race is off."""
+        return self.race_length or self.auto_race_length
+
+    @property
+    def auto_race_length(self) -> int:
+        """The race length of `race_steps=-1`."""
         shortest = min(AUTO_RACE_MIN, self.retrain_steps)  # a race no longer than the retraining
         return max(shortest, self.retrain_steps // AUTO_RACE_DIVISOR)
 

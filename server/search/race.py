@@ -138,8 +138,8 @@ def run_race(
         rung = []
         for optimizer, rate in alive:
             trial = {**hparams, "optimizer": optimizer, "learning_rate": rate}
-            model = _train(new_model, trial, split, replace(recipe, steps=steps))
-            rung.append(Entry(optimizer, rate, steps, *_validate(model, split)))
+            model = train(new_model, trial, split, replace(recipe, steps=steps))
+            rung.append(Entry(optimizer, rate, steps, *validate(model, split)))
             entries.append(rung[-1])
             if on_entry is not None:
                 on_entry(len(entries), total)
@@ -147,9 +147,11 @@ def run_race(
     return entries
 
 
-def _train(
+def train(
     new_model: Callable[[], nn.Module], trial: dict[str, Any], split: Split, recipe: Recipe
 ) -> nn.Module:
+    """A fresh `new_model()` trained by `recipe` with the hyper-parameters `trial` on `split`'s
+    training tensors, seeded: every call starts from the same weights and draws the same batches."""
     torch.manual_seed(recipe.seed)
     model = new_model()
     gen = torch.Generator(split.x_train.device).manual_seed(recipe.seed)
@@ -172,9 +174,9 @@ def seconds_per_step(
 ) -> float:
     """Wall-clock seconds of one race training step, timed over a few steps after a first one."""
     probe = replace(recipe, steps=1)
-    _train(new_model, hparams, split, probe)  # first call: allocations, kernel selection
+    train(new_model, hparams, split, probe)  # first call: allocations, kernel selection
     start = time.perf_counter()
-    _train(new_model, hparams, split, replace(recipe, steps=PROBE_STEPS))
+    train(new_model, hparams, split, replace(recipe, steps=PROBE_STEPS))
     return (time.perf_counter() - start) / PROBE_STEPS
 
 
@@ -188,8 +190,8 @@ def fitted_steps(steps: int, pairs: int, per_step: float, seconds: float) -> int
 
 
 @torch.no_grad()
-def _validate(model: nn.Module, split: Split, batch_size: int = 1024) -> tuple[float, float]:
-    """Validation accuracy and mean cross-entropy (a diverged training scores loss infinity)."""
+def validate(model: nn.Module, split: Split, batch_size: int = 1024) -> tuple[float, float]:
+    """`model`'s validation accuracy and mean cross-entropy (loss infinity for a diverged one)."""
     model.eval()
     correct, total_ce = 0, 0.0
     for xb, yb in zip(

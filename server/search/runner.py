@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from autohas_edge.server.search import derive, distributed, race
+from autohas_edge.server.search import compact, derive, distributed, race
+from autohas_edge.server.search.compact import Size
 from autohas_edge.server.search.config import SearchConfig
 from autohas_edge.server.search.costs import count_flops
 from autohas_edge.server.search.data import Dataset, load_dataset
@@ -34,6 +36,7 @@ from autohas_edge.server.search.progress import (
     StopCheck,
 )
 from autohas_edge.server.search.pruning import prune_dead_candidates
+from autohas_edge.server.search.race import Entry, Recipe, Split
 from autohas_edge.server.search.retraining import accuracy, retrain
 from autohas_edge.server.search.rundir import read_checkpoint, save_checkpoint, write_run
 from autohas_edge.server.search.space import SearchSpace
@@ -275,6 +278,10 @@ class _Run:
         if entries:
             best = race.winner(entries)
             hparams.update(optimizer=best.optimizer, learning_rate=best.learning_rate)
+        sizes, compact_seconds = self.compare_sizes(arch, encodings, limits, hparams, entries)
+        if sizes:
+            arch = compact.pick(sizes, config.within_points).arch
+            args = model_args_for(layout, data.input_shape, data.num_classes, arch)
         model = self.fresh(args)
         retrain_seconds = self.retrain(model, hparams, searcher.history.lr)
         self.emit(ProgressEvent("evaluate", config.retrain_steps, config.retrain_steps))
@@ -294,6 +301,12 @@ class _Run:
                 "derived": derived_pair,
                 "entries": [e.to_json() for e in entries],
             },
+            "compact": {
+                "within_points": config.within_points,
+                "steps": config.compact_length if sizes else 0,
+                "sizes": [size.to_json() for size in sizes],
+            },
+            "compact_seconds": round(compact_seconds, 2),
             "retrain_seconds": round(retrain_seconds, 2),
             "search_steps": searcher.step_index,
             "stop_reason": searcher.stop_reason or "step budget",
@@ -333,25 +346,12 @@ class _Run:
         """The training race (see `race`): its entries (none when off, with a single pair, or when
         not even `race.MIN_STEPS` steps fit `max_race_seconds`), steps per training and wall-clock
         seconds (timing the steps included)."""
-        config, data = self.config, self.data
+        config = self.config
         pairs = race.candidates(self.space, hparams) if config.race_length else []
         if not pairs:
             return [], 0, 0.0
         start = time.perf_counter()
-        split = race.Split(
-            *_tensors(data.x_train, data.y_train, self.device),
-            *_tensors(data.x_val, data.y_val, self.device),
-            float(data.x_train.std()),
-        )
-
-        def on_entry(done: int, total: int) -> None:
-            if self.should_stop():
-                raise SearchCancelled("training race cancelled; rerun to resume (search kept)")
-            self.emit(ProgressEvent("race", done, total))
-
-        recipe = race.Recipe(
-            config.race_length, config.batch_size, config.grad_clip, config.seed + 2
-        )
+        split, recipe = self.race_split(), self.race_recipe(config.race_length)
         if config.max_race_seconds:
             per_step = race.seconds_per_step(new_model, hparams, split, recipe)
             left = config.max_race_seconds - (time.perf_counter() - start)
@@ -360,8 +360,69 @@ class _Run:
             )
             if not recipe.steps:
                 return [], 0, time.perf_counter() - start
-        entries = race.run_race(new_model, pairs, hparams, split, recipe, on_entry)
+        entries = race.run_race(new_model, pairs, hparams, split, recipe, self.on_race_entry)
         return entries, recipe.steps, time.perf_counter() - start
+
+    def race_split(self) -> Split:
+        """The training and validation splits on the device, for race trainings."""
+        data = self.data
+        return race.Split(
+            *_tensors(data.x_train, data.y_train, self.device),
+            *_tensors(data.x_val, data.y_val, self.device),
+            float(data.x_train.std()),
+        )
+
+    def race_recipe(self, steps: int) -> Recipe:
+        """How race (and `within_points`) trainings run: `steps` long, seeded apart from the rest."""
+        config = self.config
+        return race.Recipe(steps, config.batch_size, config.grad_clip, config.seed + 2)
+
+    def on_race_entry(self, done: int, total: int) -> None:
+        """Progress after each race training; a cancelled job stops here."""
+        if self.should_stop():
+            raise SearchCancelled("training race cancelled; rerun to resume (search kept)")
+        self.emit(ProgressEvent("race", done, total))
+
+    def compare_sizes(
+        self,
+        derived: dict[str, Any],
+        encodings: derive.Encodings,
+        limits: list[derive.Limit],
+        hparams: dict[str, Any],
+        entries: list[Entry],
+    ) -> tuple[list[Size], float]:
+        """`within_points` (see `compact`): the derived architecture and its smaller variants, each
+        trained by the race recipe with the race winner's hyper-parameters (the derived one's
+        training is the race winner's, when the race ran that long), with wall-clock seconds;
+        none when `within_points` is 0 or no smaller variant exists."""
+        config, data = self.config, self.data
+        steps = config.compact_length
+        if not config.within_points or not steps:
+            return [], 0.0
+        start = time.perf_counter()
+        layout = LAYOUTS[data.family]
+
+        def args_of(arch: dict[str, Any]) -> dict[str, Any]:
+            return model_args_for(layout, data.input_shape, data.num_classes, arch)
+
+        def params(arch: dict[str, Any]) -> int:
+            return count_params(args_of(arch))
+
+        smaller = compact.smaller_archs(
+            self.space, encodings, limits, params, derived, config.max_skips
+        )
+        if not smaller:
+            return [], time.perf_counter() - start
+        split, recipe = self.race_split(), self.race_recipe(steps)
+        sizes: list[Size] = []
+        best = race.winner(entries) if entries else None
+        if best is not None and best.steps == steps:  # the same training: race.train is seeded
+            sizes.append(compact.Size(derived, params(derived), best.val_accuracy, best.val_loss))
+        for arch in [derived, *smaller][len(sizes) :]:
+            model = race.train(partial(self.fresh, args_of(arch)), hparams, split, recipe)
+            sizes.append(compact.Size(arch, params(arch), *race.validate(model, split)))
+            self.on_race_entry(len(sizes), len(smaller) + 1)
+        return sizes, time.perf_counter() - start
 
     def retrain(self, model: nn.Module, hparams: dict[str, Any], searched: list[float]) -> float:
         """Retrain on training + validation data (`searched`: the search's learning-rate trajectory,

@@ -52,6 +52,12 @@ def test_search_command_writes_result(
     assert main([*argv, "--retrain", "--retrain-steps", "4"]) == 0
     assert json.loads((out / "result.json").read_text())["retrain_steps"] == 4
     assert (out / "model.pt").stat().st_mtime_ns != model_time
+    # a finished search re-derived for a compact model: the smallest size within 100 points
+    capsys.readouterr()
+    assert main([*argv, "--retrain", "--within-points", "100"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["params"] == min(s["params"] for s in result["compact"]["sizes"])
+    assert f"kept {result['params']:,} parameters" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("problem", ["missing", "malformed", "bad-option"])
