@@ -53,12 +53,15 @@ class ServerConfig:
     # the module implementing `run_job` / `export_bundle` (see server/engine.py)
     engine: str = "autohas_edge.server.engine"
     store: str = "sqlite"
-    # Where jobs run: "local" (a process on this machine) or "ray" (a Ray cluster; server/jobs/ray_executor.py)
+    # Where jobs run: "local" (a process on this machine) or "ray" (a Ray cluster, see
+    # server/jobs/ray_executor.py). ray_address "" = Ray's own default ($RAY_ADDRESS, else a cluster
+    # started on this machine); ray_gpus_per_worker -1 = 1 when search_device is "cuda", else 0;
+    # ray_scratch_dir: where nodes keep a running job's snapshot ("" = their temp dir).
     executor: str = "local"
-    ray_address: str = ""  # "" = Ray's own default ($RAY_ADDRESS, else a cluster started on this machine)
-    ray_cpus_per_worker: float = 1.0  # resources each search worker of a job asks Ray for
-    ray_gpus_per_worker: float = -1.0  # -1: 1 when search_device is "cuda", else 0
-    ray_scratch_dir: str = ""  # where nodes keep a job's snapshot while it runs ("" = their temp dir)
+    ray_address: str = ""
+    ray_cpus_per_worker: float = 1.0
+    ray_gpus_per_worker: float = -1.0
+    ray_scratch_dir: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))

@@ -235,7 +235,8 @@ class Job:
     error: str = ""
     started_at: float | None = None
     finished_at: float | None = None
-    placement: str = ""  # where it runs or what it waits for (`--executor ray`); "" on the local executor
+    # where it runs or what it waits for (`--executor ray`); "" on the local executor
+    placement: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
