@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import queue
+import socket
 import threading
 from collections import deque
 from pathlib import Path, PurePosixPath
@@ -72,6 +73,17 @@ def placement_blocker(resources: dict[str, float]) -> str:
     )
 
 
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """ConnectionError unless a `host:port` cluster address answers (Ray itself would wait for minutes)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return  # "", "auto", "ray://...": Ray resolves these itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ConnectionError(f"cannot reach the Ray cluster at {address} ({e})") from e
+
+
 def read_run_files(job_dir: Path) -> dict[str, bytes]:
     """The job's run directory (its last checkpoint) by path relative to the job dir."""
     run = job_dir / "run"
@@ -104,6 +116,7 @@ class RayExecutor:
     ) -> None:
         self._connected_here = not ray.is_initialized()
         if self._connected_here:
+            check_reachable(address)
             ray.init(address=address or None, log_to_driver=False, namespace="autohas")
         self.cpus_per_worker, self.gpus_per_worker = cpus_per_worker, gpus_per_worker
         self.scratch_dir = scratch_dir
