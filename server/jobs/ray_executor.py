@@ -247,19 +247,20 @@ class RayJob:
 
     def _fill(self, timeout: float) -> None:
         """Wait for placement or poll the node; buffer what comes back."""
+        with self._lock:
+            ready, actor = self._ready, self._actor
         try:
-            if self._ready is not None:
-                self._await_placement(timeout)
+            if ready is not None:
+                self._await_placement(ready, timeout)
                 return
-            messages, files, ended = ray.get(
-                self._actor.poll.remote(timeout), timeout=POLL_TIMEOUT_S
-            )
-        except ray.exceptions.GetTimeoutError:
-            return
-        except ray.exceptions.ActorUnavailableError:
-            return  # transient (a restarting connection): poll again
+            messages, files, ended = ray.get(actor.poll.remote(timeout), timeout=POLL_TIMEOUT_S)
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.ActorUnavailableError):
+            return  # a busy node or a restarting connection: poll again
         except ray.exceptions.RayActorError as e:
             self._lost(e)
+            return
+        except ray.exceptions.RayError as e:  # the actor's own code raised
+            self._end([("failed", f"the job's Ray worker failed: {_first_line(e)}")])
             return
         write_synced(self._job_dir, files)
         if ended:
@@ -267,13 +268,14 @@ class RayJob:
         else:
             self._buffer.extend(messages)
 
-    def _await_placement(self, timeout: float) -> None:
-        done, _ = ray.wait([self._ready], timeout=timeout)
+    def _await_placement(self, ready: Any, timeout: float) -> None:
+        done, _ = ray.wait([ready], timeout=timeout)
         if not done:
             return
-        where = ray.get(self._ready)
+        where = ray.get(ready)
         with self._lock:
-            self._ready = None
+            if self._ready is ready:
+                self._ready = None
         self._node = f"node {where['node_id'][:8]} ({where['ip']})"
         self._buffer.append(("placement", self._node))
 
@@ -307,8 +309,18 @@ class RayJob:
         self._ended.set()
 
 
+def _lines(error: Exception) -> list[str]:
+    return [line.strip() for line in str(error).splitlines() if line.strip()] or [
+        type(error).__name__
+    ]
+
+
+def _first_line(error: Exception) -> str:
+    """A Ray error's first line (its message runs over many, with a traceback)."""
+    return _lines(error)[0]
+
+
 def _death_reason(error: ray.exceptions.RayActorError) -> str:
-    """The line of a Ray actor error that says why it died (its message runs over many lines)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    why = [line for line in lines if line.startswith("The actor died because")]
-    return (why or lines or [type(error).__name__])[0]
+    """The line of a Ray actor error that says why it died."""
+    lines = _lines(error)
+    return next((line for line in lines if line.startswith("The actor died because")), lines[0])
