@@ -90,3 +90,13 @@ def test_files_a_node_sends_back_stay_inside_the_job_dir(tmp_path: Path) -> None
     assert not (tmp_path / "jobs" / "escaped").exists() and not Path("/abs").exists()
     assert (job_dir / "dataset.npz").read_bytes() == b"the server's snapshot"
     assert not (job_dir / "purge.json").exists()
+
+
+def test_a_job_record_written_before_placement_existed_still_loads() -> None:
+    from autohas_edge.server.domain import Job, JobSpec, JobState
+
+    job = Job("job-1", JobSpec("t"), JobState.SUCCEEDED, 1.0, placement="node 1a2b3c4d (10.0.0.5)")
+    record = job.to_dict()
+    assert Job.from_dict(record) == job
+    del record["placement"]
+    assert Job.from_dict(record).placement == ""
