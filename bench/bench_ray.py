@@ -167,10 +167,11 @@ def main() -> int:
             search_device="cpu",
             engine=args.engine,
         )
+        node_cpus = max(1, (max(args.concurrency) + 1) // 2)
         cluster = (
             contextlib.nullcontext(args.ray_address)
             if args.ray_address
-            else local_cluster(max(1, (max(args.concurrency) + 1) // 2))
+            else local_cluster(node_cpus)
         )
         for executor in ("local", "ray"):
             with cluster if executor == "ray" else contextlib.nullcontext(""):
@@ -209,8 +210,8 @@ def main() -> int:
         )
         body = (
             f"{what}, 600 examples) through gRPC; 1-minute load at the end "
-            f"{load:.1f}. Ray: two nodes on this one box (a `ray.cluster_utils.Cluster`), sharing "
-            f"its cores.\n\n{table}\n"
+            f"{load:.1f}. Ray: two nodes of {node_cpus} logical CPUs on this one box (a "
+            f"`ray.cluster_utils.Cluster`), sharing its cores.\n\n{table}\n"
         )
         write_section(f"ray executor, {'real' if real else 'fake'} engine", command, body)
     return 0

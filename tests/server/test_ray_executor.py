@@ -241,3 +241,26 @@ def test_revoking_consent_mid_job_leaves_none_of_the_users_rows_on_any_node(
     assert after and all(files == [] for files in after.values()), after
     with np.load(s.handle.app.jobs.job_dir(job.job_id) / "dataset.npz") as snapshot:
         assert len(snapshot["x"]) == 12 and "bob" not in snapshot["owner_user"].tolist()
+
+
+def test_a_two_worker_real_search_runs_under_torchrun_on_one_node_with_two_cpus(
+    cluster: Cluster, ray_server: Callable[..., RunningServer]
+) -> None:
+    big = cluster.add_node(**{**NODE, "num_cpus": 2})  # the only node with 2 CPUs
+    cluster.wait_for_nodes()
+    try:
+        s = ray_server(engine="autohas_edge.server.engine", search_workers=2)
+        seed(s)
+        device = s.register(user_id="carol")
+        device.stub.GrantConsent(
+            pb.GrantConsentRequest(purpose=PURPOSE, consent_text_version="v1"), metadata=device.md
+        )
+        device.stub.UploadExamples(iter([example_batch("b9", n=240, seed=3)]), metadata=device.md)
+        job = start(s, steps=4, retrain_steps=4, seed=0)
+        assert watch(s, job.job_id, timeout=240)[-1].state == pb.JOB_STATE_SUCCEEDED
+        assert job_node(s, job.job_id) == big.node_id[:8]
+        result = result_json(s, job.job_id)
+        assert result["workers"]["world_size"] == 2 and result["workers"]["backend"] == "gloo"
+        assert (s.handle.app.jobs.run_dir(job.job_id) / "model.pt").exists()  # came back
+    finally:
+        cluster.remove_node(big)
