@@ -210,7 +210,7 @@ def main() -> int:
         )
         body = (
             f"{what}, 600 examples) through gRPC; 1-minute load at the end "
-            f"{load:.1f}. Ray: two nodes of {node_cpus} logical CPUs on this one box (a "
+            f"{load:.1f}. Ray: two nodes of {node_cpus} logical CPU(s) on this one box (a "
             f"`ray.cluster_utils.Cluster`), sharing its cores.\n\n{table}\n"
         )
         write_section(f"ray executor, {'real' if real else 'fake'} engine", command, body)
