@@ -13,6 +13,8 @@ BENCHMARKS = [
     ["bench.bench_sdk"],
     ["bench.suite", "--full"],
     ["bench.bench_strategies", "--seeds", "0", "1"],
+    ["bench.bench_ray"],  # needs the ray extra (in `all`)
+    ["bench.bench_ray", "--engine", "autohas_edge.server.engine", "--concurrency", "1", "2"],
 ]
 
 

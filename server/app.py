@@ -29,6 +29,7 @@ from autohas_edge.server.api.operator import OperatorServicer
 from autohas_edge.server.config import ServerConfig
 from autohas_edge.server.examples import Examples
 from autohas_edge.server.jobs import JobManager
+from autohas_edge.server.jobs.executor import make_executor
 from autohas_edge.server.models import ModelRegistry
 from autohas_edge.server.store import Store, open_store
 
@@ -105,6 +106,12 @@ def build_app(config: ServerConfig) -> App:
     except BaseException:
         lock.close()
         raise
+    try:
+        executor = make_executor(config)  # with `ray`: connects to the cluster
+    except BaseException:
+        store.close()
+        lock.close()
+        raise
     jobs = JobManager(
         store,
         config.data_dir / "jobs",
@@ -113,6 +120,7 @@ def build_app(config: ServerConfig) -> App:
         config.max_running_jobs,
         config.max_watch_streams,
         config.search_workers,
+        executor=executor,
     )
     models = ModelRegistry(
         store, config.data_dir / "models", config.engine, config.download_chunk_bytes

@@ -53,6 +53,15 @@ class ServerConfig:
     # the module implementing `run_job` / `export_bundle` (see server/engine.py)
     engine: str = "autohas_edge.server.engine"
     store: str = "sqlite"
+    # Where jobs run: "local" (a process on this machine) or "ray" (a Ray cluster, see
+    # server/jobs/ray_executor.py). ray_address "" = Ray's own default ($RAY_ADDRESS, else a cluster
+    # started on this machine); ray_gpus_per_worker -1 = 1 when search_device is "cuda", else 0;
+    # ray_scratch_dir: where nodes keep a running job's snapshot ("" = their temp dir).
+    executor: str = "local"
+    ray_address: str = ""
+    ray_cpus_per_worker: float = 1.0
+    ray_gpus_per_worker: float = -1.0
+    ray_scratch_dir: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -92,6 +101,12 @@ class ServerConfig:
             raise ValueError("stream_idle_timeout_s: must be a positive number of seconds")
         if self.download_chunk_bytes > self.max_message_bytes // 2:
             raise ValueError("download_chunk_bytes: must fit twice into max_message_bytes")
+        if self.executor not in ("local", "ray"):
+            raise ValueError(f"executor: {self.executor!r} is not local or ray")
+        if not (math.isfinite(self.ray_cpus_per_worker) and self.ray_cpus_per_worker > 0):
+            raise ValueError("ray_cpus_per_worker: must be a positive number")
+        if not (math.isfinite(self.ray_gpus_per_worker) and self.ray_gpus_per_worker >= -1):
+            raise ValueError("ray_gpus_per_worker: must be 0 or more (or -1: 1 with CUDA, else 0)")
         if self.search_device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"search_device: {self.search_device!r} is not auto, cpu or cuda")
 

@@ -235,6 +235,8 @@ class Job:
     error: str = ""
     started_at: float | None = None
     finished_at: float | None = None
+    # where it runs or what it waits for (`--executor ray`); "" on the local executor
+    placement: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -248,6 +250,7 @@ class Job:
             "error": self.error,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
+            "placement": self.placement,
         }
 
     @classmethod
@@ -264,6 +267,7 @@ class Job:
             d["error"],
             d["started_at"],
             d["finished_at"],
+            d.get("placement", ""),  # records written before it existed have none
         )
 
 

@@ -76,6 +76,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="worker processes per search under torchrun (one GPU each with CUDA)",
     )
     parser.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="where search jobs run: worker processes here, or a Ray cluster (pip install "
+        "'autohas-edge[ray]'; see the README)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default="",
+        help="with --executor ray: the cluster (host:port on a cluster node, or ray://head:10001); "
+        "default $RAY_ADDRESS, else a cluster started on this machine",
+    )
+    parser.add_argument(
+        "--ray-cpus-per-worker", type=float, default=1.0, help="CPUs a search worker asks Ray for"
+    )
+    parser.add_argument(
+        "--ray-gpus-per-worker",
+        type=float,
+        default=-1.0,
+        help="GPUs a search worker asks Ray for (default: 1 with --device cuda, else 0)",
+    )
+    parser.add_argument(
+        "--ray-scratch-dir",
+        default="",
+        help="directory on each node for a running job's snapshot (default: the node's temp dir)",
+    )
+    parser.add_argument(
         "--engine",
         default="autohas_edge.server.engine",
         help="module adapting the search engine and exporter (tests name a fast fake)",
@@ -114,6 +141,11 @@ def config_from_args(args: argparse.Namespace) -> tuple[ServerConfig, str]:
         search_workers=args.search_workers,
         enrollment_keys=args.enrollment_keys,
         engine=args.engine,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        ray_cpus_per_worker=args.ray_cpus_per_worker,
+        ray_gpus_per_worker=args.ray_gpus_per_worker,
+        ray_scratch_dir=args.ray_scratch_dir,
         rpc_threads=args.rpc_threads,
         max_streams=args.max_streams,
         reflection=args.reflection,

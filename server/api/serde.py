@@ -312,6 +312,7 @@ def job_to_proto(job: Job) -> pb.Job:
         created_at=timestamp_to_proto(job.created_at),
         started_at=timestamp_to_proto(job.started_at),
         finished_at=timestamp_to_proto(job.finished_at),
+        placement=job.placement,
     )
 
 
@@ -327,6 +328,7 @@ def job_from_proto(msg: pb.Job) -> Job:
         msg.error,
         timestamp_from_proto(msg, "started_at"),
         timestamp_from_proto(msg, "finished_at"),
+        msg.placement,
     )
 
 

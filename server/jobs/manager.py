@@ -12,7 +12,6 @@ import builtins
 import dataclasses
 import importlib
 import logging
-import multiprocessing as mp
 import os
 import queue
 import shutil
@@ -21,7 +20,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,6 +34,7 @@ from autohas_edge.server.errors import (
     Unavailable,
 )
 from autohas_edge.server.jobs import retention, worker
+from autohas_edge.server.jobs.executor import Executor, LocalExecutor, WorkerHandle
 from autohas_edge.server.jobs.hub import ProgressHub
 from autohas_edge.server.jobs.snapshot import take_snapshot
 from autohas_edge.server.store import Store
@@ -56,7 +55,7 @@ class _Worker:
     """A running job's process and the channels to it."""
 
     job_id: str
-    process: BaseProcess
+    process: WorkerHandle
     messages: Any  # multiprocessing.Queue of (kind, payload)
     stop: Any  # multiprocessing.Event
     cancel_at: float | None = None
@@ -77,6 +76,7 @@ class JobManager:
         max_running: int,
         max_watchers: int = 8,
         workers: int = 1,
+        executor: Executor | None = None,
     ) -> None:
         self._store, self._jobs_dir, self._engine, self._device = (
             store,
@@ -95,7 +95,7 @@ class JobManager:
         self._running: dict[str, _Worker] = {}
         self._threads: list[threading.Thread] = []
         self._closing = False
-        self._ctx = mp.get_context("spawn")  # never fork a process that runs gRPC threads
+        self._executor = executor or LocalExecutor()
 
     def job_dir(self, job_id: str) -> Path:
         """Where a job keeps its dataset snapshot, audit, log and run directory."""
@@ -252,6 +252,7 @@ class JobManager:
                 w.process.terminate()
         for thread in self._threads:
             thread.join(timeout=grace + 10)
+        self._executor.close()
 
     # internals --------------------------------------------------------------------------------------
     def _spawn_thread(self, target: Callable[..., None], name: str, *args: Any) -> None:
@@ -290,7 +291,6 @@ class JobManager:
             return
         try:
             dataset = self._dataset(job)
-            stop, messages = self._ctx.Event(), self._ctx.Queue()
             args = worker.WorkerArgs(
                 job_id,
                 self._engine,
@@ -301,10 +301,7 @@ class JobManager:
                 os.getpid(),
                 self._workers,
             )
-            process = self._ctx.Process(
-                target=worker.run_job, args=(args, messages, stop), name=f"autohas-{job_id}"
-            )
-            process.start()
+            process, messages, stop = self._executor.start(args)
         except Exception as e:
             if not isinstance(e, ServerError):
                 log.exception("could not start job %s", job_id)
@@ -401,6 +398,10 @@ class JobManager:
                     continue
             except (EOFError, OSError, ValueError):  # the worker died mid-message
                 return "exited", w.process.exitcode
+            if kind == "placement":  # where a Ray job runs or what it waits for
+                with self._lock:
+                    self._save(self.get(w.job_id), placement=str(payload))
+                continue
             if kind != "progress":
                 return kind, payload
             self._progress(w, JobProgress.from_dict({**payload, "time": now()}))

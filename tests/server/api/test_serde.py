@@ -68,6 +68,7 @@ jobs = st.builds(
     text,
     maybe_time,
     maybe_time,
+    text,  # placement
 )
 audits = st.builds(
     JobAudit, ids, ids, ids, times, st.tuples(st.builds(UserCount, ids, ids, i64, ids))
