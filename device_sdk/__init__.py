@@ -4,7 +4,7 @@ One `Hub` per device owns the models (a directory); every app asks it for a task
 
     from autohas_edge.device_sdk import Hub, ServerClient
 
-    hub = Hub("/data/autohas")
+    hub = Hub("/data/autohas", trusted_keys=[SERVER_PUBLIC_KEY_PEM])  # installs only bundles it signed
     with ServerClient("server:50051", "/data/autohas/state", app_id="com.example.keyboard",
                       user_id="u-123") as client:
         client.register()                         # once; the token is kept on the device
@@ -19,7 +19,9 @@ One `Hub` per device owns the models (a directory); every app asks it for a task
     added = model.add_class("wave", x_wave)       # 5-20 examples: a class of this app's own
     model.reset()                                 # back to the downloaded head
 
-Predict and fine-tune never touch the network. Every failure is an `SDKError` subclass that
+The hub installs only bundles signed (Ed25519, `signature.json`) by a key the app pins; an app that
+must take unsigned bundles says so with `Hub(..., allow_unsigned=True)`. Predict and fine-tune never
+touch the network. Every failure is an `SDKError` subclass that
 names the problem (`InvalidInputError`, `BundleVerificationError`, `ConsentRequiredError`,
 `ServerUnavailableError`, ...); none of them loses what is stored on the device.
 """
@@ -30,7 +32,9 @@ from autohas_edge.device_sdk.client import FetchResult, ServerClient, UploadRepo
 from autohas_edge.device_sdk.errors import (
     AuthenticationError,
     BundleError,
+    BundleSignatureError,
     BundleVerificationError,
+    ClientConfigError,
     ConsentRequiredError,
     DownloadError,
     InvalidInputError,
@@ -41,6 +45,7 @@ from autohas_edge.device_sdk.errors import (
     SDKError,
     ServerError,
     ServerUnavailableError,
+    SigningKeyError,
 )
 from autohas_edge.device_sdk.hub import Hub
 from autohas_edge.device_sdk.model import AddClassResult, FineTuneResult, Model
@@ -52,7 +57,9 @@ __all__ = [
     "Artifact",
     "AuthenticationError",
     "BundleError",
+    "BundleSignatureError",
     "BundleVerificationError",
+    "ClientConfigError",
     "ConsentInfo",
     "ConsentRequiredError",
     "DownloadError",
@@ -70,6 +77,7 @@ __all__ = [
     "ServerClient",
     "ServerError",
     "ServerUnavailableError",
+    "SigningKeyError",
     "TaskInfo",
     "UploadReport",
     "VerificationReport",

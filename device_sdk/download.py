@@ -14,6 +14,7 @@ from autohas_edge.common.ids import id_to_component
 from autohas_edge.device_sdk.bundle import Manifest
 from autohas_edge.device_sdk.errors import BundleError, DownloadError
 from autohas_edge.device_sdk.runtime import available_runtimes, runnable_formats
+from autohas_edge.device_sdk.signing import MAX_SIGNATURE_BYTES, SIGNATURE_FILE
 
 if TYPE_CHECKING:
     from autohas_edge.device_sdk.hub import Hub
@@ -41,6 +42,7 @@ def download_bundle(
         if announced.get(rel, expected) != expected:
             raise DownloadError(f"the server's file list and the manifest disagree about {rel}")
         download_file(directory / rel, rel, expected, fetch, on_chunk)
+    _download_signature(directory, announced.get(SIGNATURE_FILE), fetch, on_chunk)
     atomic_write_bytes(directory / MANIFEST, reply.manifest_json.encode())
     return directory, chosen
 
@@ -57,6 +59,22 @@ def choose_formats(manifest: Manifest, formats: Iterable[str] | None, preferred:
             f"no format of this bundle ({manifest.formats()}) runs here ({available_runtimes()})"
         )
     return runnable[:1]
+
+
+def _download_signature(
+    directory: Path, entry: FileEntry | None, fetch: Fetch, on_chunk: Progress | None
+) -> None:
+    """Fetch the bundle's `signature.json` when the server lists one (the hub decides if it must)."""
+    path = directory / SIGNATURE_FILE
+    if entry is None:
+        path.unlink(missing_ok=True)  # one left by an earlier try must not pass for this bundle's
+        return
+    if entry.bytes > MAX_SIGNATURE_BYTES:
+        raise DownloadError(
+            f"{SIGNATURE_FILE}: the server declares {entry.bytes} bytes (at most "
+            f"{MAX_SIGNATURE_BYTES}); refused"
+        )
+    download_file(path, SIGNATURE_FILE, entry, fetch, on_chunk)
 
 
 def _check_manifest(text: str, announced: dict[str, FileEntry]) -> None:

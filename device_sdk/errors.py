@@ -23,6 +23,19 @@ class BundleVerificationError(BundleError):
     """A bundle failed verification: a file's sha256/size or a reference output does not match."""
 
 
+class BundleSignatureError(BundleVerificationError):
+    """A bundle is unsigned (and the app did not opt out), signed by a key the app does not trust,
+    or its signature does not match its files."""
+
+
+class SigningKeyError(SDKError, ValueError):
+    """A key given to the SDK (`Hub(trusted_keys=...)`) is not an Ed25519 public key in PEM."""
+
+
+class ClientConfigError(SDKError, ValueError):
+    """Options given to `ServerClient` contradict each other (e.g. `tls=False` with credentials)."""
+
+
 class ModelNotFoundError(SDKError, LookupError):
     """No model is installed on the device (or on the server) for the requested task."""
 

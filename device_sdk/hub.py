@@ -16,6 +16,7 @@ from autohas_edge.common.proc import is_alive
 from autohas_edge.device_sdk.bundle import Manifest
 from autohas_edge.device_sdk.errors import BundleError
 from autohas_edge.device_sdk.model import Model
+from autohas_edge.device_sdk.signing import SIGNATURE_FILE, TrustPolicy
 from autohas_edge.device_sdk.store import VERIFIED, ModelStore
 from autohas_edge.device_sdk.verify import verify_bundle
 
@@ -26,14 +27,25 @@ class Hub:
     Layout: `bundles/<model_id>__<formats>__<manifest hash>/` holds verified, never-modified bundles;
     `tasks/<task>/` holds pointers to them (`shared.json`, `apps/<app_id>.json`); `heads/` holds the
     personalised heads (see `store.ModelStore`).
+
+    Only bundles signed by one of `trusted_keys` (Ed25519 public keys in PEM, as `autohas keygen`
+    writes them) are installed; `allow_unsigned=True` opts out and also takes unsigned bundles
+    (a signed one is still checked when keys are given).
     """
 
     def __init__(
-        self, root: str | os.PathLike[str], *, format: str = "auto", threads: int | None = None
+        self,
+        root: str | os.PathLike[str],
+        *,
+        format: str = "auto",
+        threads: int | None = None,
+        trusted_keys: Iterable[str | bytes] = (),
+        allow_unsigned: bool = False,
     ) -> None:
         self.root = Path(root)
         self.default_format = format
         self.threads = threads
+        self.trust = TrustPolicy.of(trusted_keys, allow_unsigned)
         self._store = ModelStore(self.root, threads)
         self._clean_staging()
 
@@ -50,8 +62,8 @@ class Hub:
     ) -> str:
         """Verify a bundle and make it the task's model (the app's own one if `app_id`); returns its id.
 
-        The bundle is copied, the copy verified (hashes + reference outputs), then switched in by
-        renames: a failure at any point leaves the previously installed model in use.
+        The bundle is copied, the copy verified (signature, hashes, reference outputs), then switched
+        in by renames: a failure at any point leaves the previously installed model in use.
         """
         source = Path(bundle_dir)
         manifest = Manifest.load(source)
@@ -73,8 +85,10 @@ class Hub:
         staging = self.root / "staging" / f"{prefix}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         try:
             staging.mkdir(parents=True)
-            for rel in [MANIFEST, *manifest.required_files(formats)]:
+            signed = [SIGNATURE_FILE] if (source / SIGNATURE_FILE).is_file() else []
+            for rel in [MANIFEST, *signed, *manifest.required_files(formats)]:
                 _copy_durably(source / rel, staging / rel)
+            self.trust.check(staging)  # the copy, not the source: it cannot change after the check
             report = verify_bundle(staging, formats, self.threads)
             digest = sha256_file(staging / MANIFEST)[:12]
             name = f"{prefix}__{'+'.join(report.formats)}__{digest}"  # same name = same content
