@@ -29,6 +29,7 @@ names the problem (`InvalidInputError`, `BundleVerificationError`, `ConsentRequi
 from autohas_edge.device_sdk._serde import ConsentInfo, TaskInfo
 from autohas_edge.device_sdk.bundle import Artifact, Manifest
 from autohas_edge.device_sdk.client import FetchResult, ServerClient, UploadReport
+from autohas_edge.device_sdk.download import DownloadLimits
 from autohas_edge.device_sdk.errors import (
     AuthenticationError,
     BundleError,
@@ -63,6 +64,7 @@ __all__ = [
     "ConsentInfo",
     "ConsentRequiredError",
     "DownloadError",
+    "DownloadLimits",
     "FetchResult",
     "FineTuneResult",
     "Hub",

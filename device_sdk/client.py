@@ -23,7 +23,7 @@ from autohas_edge.device_sdk._serde import (
     tensor_to_proto,
 )
 from autohas_edge.device_sdk._validate import as_examples, as_labels
-from autohas_edge.device_sdk.download import download_bundle
+from autohas_edge.device_sdk.download import DownloadLimits, download_bundle
 from autohas_edge.device_sdk.errors import (
     AuthenticationError,
     ClientConfigError,
@@ -72,7 +72,8 @@ class ServerClient:
     or a `unix:` socket): `root_certificates` (PEM bytes) pins the CA that signed the server's
     certificate, else gRPC's default roots are used; `credentials` replaces both (client
     certificates, say). `tls=True` forces TLS on loopback too; `tls=False` is an explicit opt-out
-    to plaintext, for a trusted network only.
+    to plaintext, for a trusted network only. `download_limits` caps what a model download may
+    store (see `DownloadLimits`: 256 MiB a file, 1 GiB a bundle, 64 MiB kept free by default).
     """
 
     def __init__(
@@ -87,9 +88,11 @@ class ServerClient:
         credentials: grpc.ChannelCredentials | None = None,
         root_certificates: bytes | None = None,
         tls: bool | None = None,
+        download_limits: DownloadLimits | None = None,
     ) -> None:
         self.address, self.app_id, self.user_id = address, app_id, user_id
         self.device_name, self.timeout = device_name, timeout
+        self.download_limits = download_limits or DownloadLimits()
         secure = channel_credentials(address, tls, root_certificates, credentials)
         self.tls = secure is not None
         key = hashlib.sha256(f"{app_id}\0{user_id}".encode()).hexdigest()[:16]
@@ -328,7 +331,9 @@ class ServerClient:
             pb.DownloadModelRequest(model_id=model_id, path=path, offset=offset),
             stream=True,
         )
-        directory, chosen = download_bundle(hub, reply, fetch, formats, on_chunk)
+        directory, chosen = download_bundle(
+            hub, reply, fetch, formats, on_chunk, self.download_limits
+        )
         hub.install(directory, task_id, app_id=app_id, formats=chosen, model_id=model_id)
         shutil.rmtree(directory, ignore_errors=True)
         return FetchResult(model_id, True)
