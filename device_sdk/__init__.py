@@ -26,6 +26,7 @@ names the problem (`InvalidInputError`, `BundleVerificationError`, `ConsentRequi
 `ServerUnavailableError`, ...); none of them loses what is stored on the device.
 """
 
+from autohas_edge.device_sdk import _telemetry  # noqa: F401  (first: sets ORT_DISABLE_TELEMETRY)
 from autohas_edge.device_sdk._serde import ConsentInfo, TaskInfo
 from autohas_edge.device_sdk.bundle import Artifact, Manifest
 from autohas_edge.device_sdk.client import FetchResult, ServerClient, UploadReport
@@ -38,6 +39,7 @@ from autohas_edge.device_sdk.errors import (
     ClientConfigError,
     ConsentRequiredError,
     DownloadError,
+    InvalidIdError,
     InvalidInputError,
     LabelError,
     ModelNotFoundError,
@@ -47,6 +49,7 @@ from autohas_edge.device_sdk.errors import (
     ServerError,
     ServerUnavailableError,
     SigningKeyError,
+    StateDirError,
 )
 from autohas_edge.device_sdk.hub import Hub
 from autohas_edge.device_sdk.model import AddClassResult, FineTuneResult, Model
@@ -68,6 +71,7 @@ __all__ = [
     "FetchResult",
     "FineTuneResult",
     "Hub",
+    "InvalidIdError",
     "InvalidInputError",
     "LabelError",
     "Manifest",
@@ -80,6 +84,7 @@ __all__ = [
     "ServerError",
     "ServerUnavailableError",
     "SigningKeyError",
+    "StateDirError",
     "TaskInfo",
     "UploadReport",
     "VerificationReport",

@@ -14,9 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from autohas_edge.common.filetable import MANIFEST, FileEntry
 from autohas_edge.common.fs import atomic_write_bytes, fsync_dir, sha256_file
-from autohas_edge.common.ids import id_to_component
+from autohas_edge.device_sdk._validate import id_component
 from autohas_edge.device_sdk.bundle import Manifest
-from autohas_edge.device_sdk.errors import BundleError, DownloadError, InvalidInputError
+from autohas_edge.device_sdk.errors import (
+    BundleError,
+    DownloadError,
+    InvalidIdError,
+    InvalidInputError,
+)
 from autohas_edge.device_sdk.runtime import available_runtimes, runnable_formats
 from autohas_edge.device_sdk.signing import MAX_SIGNATURE_BYTES, SIGNATURE_FILE
 
@@ -84,7 +89,10 @@ def download_bundle(
         raise DownloadError(f"the server sent an unusable manifest: {exc}") from exc
     chosen = choose_formats(manifest, formats, hub.default_format)
     downloads = hub.root / "downloads"
-    directory = downloads / id_to_component(reply.model.model_id, "model_id")
+    try:
+        directory = downloads / id_component(reply.model.model_id, "model_id")
+    except InvalidIdError as exc:
+        raise DownloadError(f"the server sent an unusable model id: {exc}") from exc
     announced = {f.path: FileEntry(f.sha256, int(f.bytes)) for f in reply.files}
     _check_manifest(reply.manifest_json, announced)
     plan = _plan(manifest, chosen, announced)

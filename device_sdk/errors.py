@@ -15,6 +15,14 @@ class LabelError(InvalidInputError):
     """A label is not an integer in `[0, num_classes)`."""
 
 
+class InvalidIdError(InvalidInputError):
+    """A task, app or model id is not of the id grammar (e.g. `../..`)."""
+
+
+class StateDirError(SDKError):
+    """The directory given for the SDK's state (it holds the device token) is shared with others."""
+
+
 class BundleError(SDKError):
     """A model bundle is malformed: missing file, unreadable manifest, unsupported artifact."""
 

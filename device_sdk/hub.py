@@ -11,8 +11,8 @@ from pathlib import Path
 
 from autohas_edge.common.filetable import MANIFEST
 from autohas_edge.common.fs import atomic_write_json, fsync_dir, sha256_file
-from autohas_edge.common.ids import check_id, id_to_component
 from autohas_edge.common.proc import is_alive
+from autohas_edge.device_sdk._validate import as_id, id_component
 from autohas_edge.device_sdk.bundle import Manifest
 from autohas_edge.device_sdk.errors import BundleError
 from autohas_edge.device_sdk.model import Model
@@ -67,9 +67,9 @@ class Hub:
         """
         source = Path(bundle_dir)
         manifest = Manifest.load(source)
-        task = check_id(task_id or manifest.raw.get("task_id") or _missing_task(source), "task_id")
-        model = check_id(model_id or _model_id(source, manifest), "model_id")
-        owner = check_id(app_id, "app_id") if app_id else None  # "" and None: the shared model
+        task = as_id(task_id or manifest.raw.get("task_id") or _missing_task(source), "task_id")
+        model = as_id(model_id or _model_id(source, manifest), "model_id")
+        owner = as_id(app_id, "app_id") if app_id else None  # "" and None: the shared model
         wanted = None if formats is None else list(dict.fromkeys(formats))
         with self._store.exclusive():
             name = self._ensure_bundle(source, manifest, model, wanted)
@@ -81,7 +81,7 @@ class Hub:
     def _ensure_bundle(
         self, source: Path, manifest: Manifest, model: str, formats: list[str] | None
     ) -> str:
-        prefix = id_to_component(model, "model_id")
+        prefix = id_component(model, "model_id")
         staging = self.root / "staging" / f"{prefix}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         try:
             staging.mkdir(parents=True)
@@ -106,6 +106,8 @@ class Hub:
             return name
         except FileNotFoundError as exc:
             raise BundleError(f"bundle file missing: {exc.filename}") from exc
+        except OSError as exc:  # a listed "file" that is a directory, an unreadable one, ...
+            raise BundleError(f"cannot copy the bundle's {exc.filename}: {exc.strerror}") from exc
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -119,7 +121,7 @@ class Hub:
         `private=True` gives the app its own copy (starting from the shared model) so that its
         fine-tuning does not change what other apps see.
         """
-        task, app = check_id(task_id, "task_id"), check_id(app_id, "app_id")
+        task, app = as_id(task_id, "task_id"), as_id(app_id, "app_id")
         own = self._store.has_own(task, app)
         if private and not own:
             with self._store.exclusive():

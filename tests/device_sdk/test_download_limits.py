@@ -38,13 +38,14 @@ class LyingServer(pb_grpc.DeviceServiceServicer):
     def __init__(self, manifest: str, files: dict[str, dict], stream: Stream) -> None:
         self.manifest, self.files, self.stream = manifest, files, stream
         self.downloads: list[str] = []
+        self.model_id = MODEL
 
     def RegisterDevice(self, request: Any, context: Any) -> pb.RegisterDeviceResponse:
         return pb.RegisterDeviceResponse(device_id="d-1", device_token="t" * 32)
 
     def GetModelManifest(self, request: Any, context: Any) -> pb.ModelManifest:
         return pb.ModelManifest(
-            model=pb.ModelInfo(model_id=MODEL, task_id=TASK),
+            model=pb.ModelInfo(model_id=self.model_id, task_id=TASK),
             manifest_json=self.manifest,
             files=[
                 pb.ModelFile(path=p, sha256=e["sha256"], bytes=e["bytes"])
@@ -206,6 +207,17 @@ def test_stale_partial_downloads_are_cleaned(
     _fetch(server.address, hub, tmp_path)
     assert hub.installed(TASK) == model_id
     assert not old.parent.exists() and not junk.exists() and recent.exists()
+
+
+def test_a_model_id_that_escapes_the_hub_is_a_download_error(
+    lying, bundle_dir: Path, tmp_path: Path, trusted_key: str
+) -> None:
+    servicer, address = lying(None, _honest(bundle_dir))
+    servicer.model_id = "../.."
+    hub = Hub(tmp_path / "hub", trusted_keys=[trusted_key])
+    with pytest.raises(DownloadError, match="the server sent an unusable model id"):
+        _fetch(address, hub, tmp_path)
+    assert servicer.downloads == [] and not (tmp_path / "downloads").exists()
 
 
 def test_limits_are_checked() -> None:
