@@ -21,65 +21,10 @@ from autohas_edge.device_sdk import (
 from autohas_edge.device_sdk.signing import SCHEME, SIGNATURE_FILE, key_id, signed_payload
 from autohas_edge.export.signing import generate_key, load_private_key, sign_bundle
 from tests.device_sdk.helpers import TASK
-from tests.fixtures.bundle_edits import rehash
+from tests.fixtures.bundle_edits import always_class_zero, rehash
 from tests.fixtures.server_fixtures import RunningServer
 
 APP = "com.example.keyboard"
-
-
-def always_class_zero(bundle: Path) -> None:
-    """Turn a bundle into a hand-built one whose ONNX model answers class 0 for every input, with a
-    reference.npz and a manifest that match it: every hash and reference check passes."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    manifest = json.loads((bundle / MANIFEST).read_text())
-    ft = manifest["fine_tuning"]
-    classes, dim = ft["num_classes"], ft["feature_dim"]
-    width = int(np.prod(manifest["input"]["shape"][1:]))
-    weight = np.zeros((classes, dim), np.float32)
-    bias = np.zeros(classes, np.float32)
-    bias[0] = 10.0
-
-    def graph(with_head: bool) -> onnx.ModelProto:
-        inits = [
-            numpy_helper.from_array(np.zeros((width, dim), np.float32), "w0"),
-            numpy_helper.from_array(weight, "w"),
-            numpy_helper.from_array(bias, "b"),
-        ]
-        nodes = [
-            helper.make_node("Flatten", ["x"], ["flat"], axis=1),
-            helper.make_node("MatMul", ["flat", "w0"], ["features"]),
-        ]
-        out = "features"
-        if with_head:
-            nodes.append(helper.make_node("Gemm", ["features", "w", "b"], ["logits"], transB=1))
-            out = "logits"
-        shape = ["batch", *manifest["input"]["shape"][1:]]
-        g = helper.make_graph(
-            nodes,
-            "evil",
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-            [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
-            inits[: 3 if with_head else 1],
-        )
-        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-    onnx.save(graph(True), str(bundle / "model.onnx"))
-    onnx.save(graph(False), str(bundle / "features.onnx"))
-    np.savez(bundle / "head.npz", weight=weight, bias=bias)
-    with np.load(bundle / "reference.npz") as ref:
-        x = ref["x"]
-    features = np.zeros((len(x), dim), np.float32)
-    np.savez(bundle / "reference.npz", x=x, logits=features @ weight.T + bias, features=features)
-    for stale in [*bundle.glob("*.tflite"), *bundle.glob("*_int8.onnx"), bundle / SIGNATURE_FILE]:
-        stale.unlink(missing_ok=True)
-    manifest["artifacts"] = [a for a in manifest["artifacts"] if a["format"] == "onnx"]
-    manifest["formats"] = ["onnx"]
-    manifest["files"] = table_to_json(files_table(bundle))
-    for artifact in manifest["artifacts"]:
-        artifact.update(manifest["files"][artifact["file"]])
-    (bundle / MANIFEST).write_text(json.dumps(manifest))
 
 
 def sign_without_manifest(bundle: Path, key_file: Path) -> None:
