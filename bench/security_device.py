@@ -158,8 +158,11 @@ def rehash(bundle: Path, name: str) -> None:
 class LyingServer(pb_grpc.DeviceServiceServicer):
     """A real gRPC device service that serves a manifest with a file declared a terabyte."""
 
-    def __init__(self, manifest: str, files: dict[str, dict], source: Path) -> None:
+    def __init__(
+        self, manifest: str, files: dict[str, dict], source: Path, overflow: str = ""
+    ) -> None:
         self.manifest, self.files, self.source = manifest, files, source
+        self.overflow = overflow  # a file sent with 3 MiB more than declared
 
     def RegisterDevice(self, request: Any, context: Any) -> pb.RegisterDeviceResponse:
         return pb.RegisterDeviceResponse(device_id="d", device_token="t" * 32)
@@ -177,6 +180,8 @@ class LyingServer(pb_grpc.DeviceServiceServicer):
         offset = request.offset
         if self.files[request.path]["bytes"] < 1 << 40:
             data = (self.source / request.path).read_bytes()[offset:]
+            if request.path == self.overflow:
+                data += b"\0" * (3 * CHUNK)
             yield pb.FileChunk(path=request.path, offset=offset, data=data)
             return
         for _ in range(FLOOD_BYTES // CHUNK):
@@ -213,6 +218,19 @@ def attack_terabyte(source: Path, work: Path, keys: Keys) -> str:
     return (
         f"{result}; {written / CHUNK:.0f} MiB written in {seconds:.1f} s, {len(parts)} .part kept"
     )
+
+
+def attack_overflow(source: Path, work: Path, keys: Keys) -> str:
+    """An honest manifest, but head.npz is sent with 3 MiB more than it declares."""
+    bundle = Path(shutil.copytree(source, work / "overflow-src"))
+    keys.sign(bundle)
+    files = table_to_json(files_table(bundle, with_manifest=True))
+    servicer = LyingServer((bundle / MANIFEST).read_text(), files, bundle, overflow="head.npz")
+    hub = keys.hub(work / "h-overflow")
+    with serving(servicer) as address:
+        result = outcome(lambda: fetch(address, hub, work / "state-overflow"))
+    kept = list((hub.root / "downloads").rglob("head.npz*"))
+    return f"{result}; head.npz files kept: {len(kept)}"
 
 
 def fetch(address: str, hub: Hub, state: Path) -> str:
@@ -347,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
         results = {"SDK": "new (signatures)" if new_api() else "old (no signatures)"}
         results |= attacks_on_bundles(source, work, keys)
         results["server declares a 1 TB file"] = attack_terabyte(source, work, keys)
+        results["server sends 3 MiB past a file's declared size"] = attack_overflow(
+            source, work, keys
+        )
         results["stale .part of another model"] = attack_stale_part(work, keys, source)
         results["plaintext server on a non-loopback address"] = attack_tls(work)
         results |= attacks_on_manifests(source, work)
