@@ -4,7 +4,7 @@ One `Hub` per device owns the models (a directory); every app asks it for a task
 
     from autohas_edge.device_sdk import Hub, ServerClient
 
-    hub = Hub("/data/autohas")
+    hub = Hub("/data/autohas", trusted_keys=[SERVER_PUBLIC_KEY_PEM])  # installs only bundles it signed
     with ServerClient("server:50051", "/data/autohas/state", app_id="com.example.keyboard",
                       user_id="u-123") as client:
         client.register()                         # once; the token is kept on the device
@@ -19,20 +19,27 @@ One `Hub` per device owns the models (a directory); every app asks it for a task
     added = model.add_class("wave", x_wave)       # 5-20 examples: a class of this app's own
     model.reset()                                 # back to the downloaded head
 
-Predict and fine-tune never touch the network. Every failure is an `SDKError` subclass that
+The hub installs only bundles signed (Ed25519, `signature.json`) by a key the app pins; an app that
+must take unsigned bundles says so with `Hub(..., allow_unsigned=True)`. Predict and fine-tune never
+touch the network. Every failure is an `SDKError` subclass that
 names the problem (`InvalidInputError`, `BundleVerificationError`, `ConsentRequiredError`,
 `ServerUnavailableError`, ...); none of them loses what is stored on the device.
 """
 
+from autohas_edge.device_sdk import _telemetry  # noqa: F401  (first: sets ORT_DISABLE_TELEMETRY)
 from autohas_edge.device_sdk._serde import ConsentInfo, TaskInfo
 from autohas_edge.device_sdk.bundle import Artifact, Manifest
 from autohas_edge.device_sdk.client import FetchResult, ServerClient, UploadReport
+from autohas_edge.device_sdk.download import DownloadLimits
 from autohas_edge.device_sdk.errors import (
     AuthenticationError,
     BundleError,
+    BundleSignatureError,
     BundleVerificationError,
+    ClientConfigError,
     ConsentRequiredError,
     DownloadError,
+    InvalidIdError,
     InvalidInputError,
     LabelError,
     ModelNotFoundError,
@@ -41,6 +48,8 @@ from autohas_edge.device_sdk.errors import (
     SDKError,
     ServerError,
     ServerUnavailableError,
+    SigningKeyError,
+    StateDirError,
 )
 from autohas_edge.device_sdk.hub import Hub
 from autohas_edge.device_sdk.model import AddClassResult, FineTuneResult, Model
@@ -52,13 +61,17 @@ __all__ = [
     "Artifact",
     "AuthenticationError",
     "BundleError",
+    "BundleSignatureError",
     "BundleVerificationError",
+    "ClientConfigError",
     "ConsentInfo",
     "ConsentRequiredError",
     "DownloadError",
+    "DownloadLimits",
     "FetchResult",
     "FineTuneResult",
     "Hub",
+    "InvalidIdError",
     "InvalidInputError",
     "LabelError",
     "Manifest",
@@ -70,6 +83,8 @@ __all__ = [
     "ServerClient",
     "ServerError",
     "ServerUnavailableError",
+    "SigningKeyError",
+    "StateDirError",
     "TaskInfo",
     "UploadReport",
     "VerificationReport",

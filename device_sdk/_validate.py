@@ -6,7 +6,24 @@ from typing import Any
 
 import numpy as np
 
-from autohas_edge.device_sdk.errors import InvalidInputError, LabelError
+from autohas_edge.common.ids import check_id, id_to_component
+from autohas_edge.device_sdk.errors import InvalidIdError, InvalidInputError, LabelError
+
+
+def as_id(value: Any, what: str) -> str:
+    """`value` if it is an id (common/ids.py), else InvalidIdError naming `what`."""
+    try:
+        return check_id(value, what)
+    except ValueError as exc:
+        raise InvalidIdError(str(exc)) from None
+
+
+def id_component(value: Any, what: str = "id") -> str:
+    """The directory name of an id (`id_to_component`), else InvalidIdError naming `what`."""
+    try:
+        return id_to_component(value, what)
+    except ValueError as exc:
+        raise InvalidIdError(str(exc)) from None
 
 
 def as_examples(x: Any, input_shape: tuple[int, ...], what: str = "x") -> tuple[np.ndarray, bool]:

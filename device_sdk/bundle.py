@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,13 +12,20 @@ from typing import Any
 import numpy as np
 
 from autohas_edge.common.filetable import MANIFEST, FileEntry, file_problem, table_from_json
-from autohas_edge.device_sdk.errors import BundleError, BundleVerificationError
+from autohas_edge.device_sdk.errors import BundleError, BundleVerificationError, InvalidInputError
+from autohas_edge.device_sdk.finetune import HeadHyperparameters
 
 FORMATS = ("onnx", "tflite", "onnx-int8", "tflite-int8")
 #: what `format="auto"` picks first: float before int8 (accuracy), TFLite before ONNX (it ran the
 #: exported models 3-10x faster on the benchmark CPU and is what phones ship)
 AUTO_ORDER = ("tflite", "onnx", "tflite-int8", "onnx-int8")
 ROLES = ("model", "features")
+#: bounds on the manifest's numbers: a hostile manifest must not make the SDK allocate or loop forever
+MAX_CLASSES = 1 << 16
+MAX_FEATURE_DIM = 1 << 16
+MAX_INPUT_ELEMENTS = 1 << 24  # values in one example
+MAX_BATCH = 1 << 16
+MAX_FILE_BYTES = 1 << 40
 
 
 @dataclass(frozen=True)
@@ -76,9 +84,8 @@ class Manifest:
 
     @property
     def reference_file(self) -> str:
-        """Path of the reference inputs/outputs inside the bundle."""
-        ref = self.raw.get("reference")
-        return str(ref.get("file", "reference.npz")) if isinstance(ref, dict) else "reference.npz"
+        """Path of the reference inputs/outputs inside the bundle (checked like every file path)."""
+        return _reference_file(self.raw)
 
     def formats(self) -> list[str]:
         """Formats with both a `model` and a `features` artifact, in the order of `FORMATS`."""
@@ -123,7 +130,7 @@ class Manifest:
             return _parse(raw)
         except BundleError:
             raise
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise BundleError(f"malformed manifest.json: {type(exc).__name__}: {exc}") from exc
 
     @classmethod
@@ -154,8 +161,8 @@ def _artifact(a: dict[str, Any]) -> Artifact:
         role=a["role"],
         file=_relative(a["file"]),
         sha256=str(a["sha256"]),
-        bytes=int(a["bytes"]),
-        batch=None if batch in ("dynamic", None, -1) else int(batch),
+        bytes=_bounded(a["bytes"], "artifact bytes", 0, MAX_FILE_BYTES),
+        batch=None if batch in ("dynamic", None, -1) else _bounded(batch, "batch", 1, MAX_BATCH),
         inputs=tuple(_tensor(s) for s in a.get("inputs", [])),
         outputs=tuple(_tensor(s) for s in a.get("outputs", [])),
     )
@@ -179,9 +186,39 @@ def _input_shape(raw: dict[str, Any], artifacts: tuple[Artifact, ...]) -> tuple[
         shape = list(artifacts[0].inputs[0].shape[1:])
     else:
         raise BundleError("manifest names no input shape")
-    if not all(isinstance(d, int) and d > 0 for d in shape):
+    if not shape or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape
+    ):
         raise BundleError(f"input shape {shape} must be positive integers")
+    if math.prod(shape) > MAX_INPUT_ELEMENTS:
+        raise BundleError(f"input shape {shape} holds more than {MAX_INPUT_ELEMENTS} values")
     return tuple(shape)
+
+
+def _bounded(value: Any, what: str, low: int, high: int) -> int:
+    """An integer manifest value in [low, high] (a whole float such as 10.0 too); BundleError if not."""
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not whole or not low <= value <= high:
+        raise BundleError(f"manifest {what} {value!r} is not an integer in [{low}, {high}]")
+    return int(value)
+
+
+def _reference_file(raw: dict[str, Any]) -> str:
+    ref = raw.get("reference")
+    return _relative(
+        str(ref.get("file", "reference.npz")) if isinstance(ref, dict) else "reference.npz"
+    )
+
+
+def _check_tree(files: Iterable[str]) -> None:
+    """Refuse a file table in which one path is also a directory of another (`a` and `a/b`)."""
+    paths = set(files)
+    for path in paths:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent in paths:
+                raise BundleError(f"bundle lists {parent!r} as a file and {path!r} inside it")
 
 
 def _parse(raw: dict[str, Any]) -> Manifest:
@@ -192,18 +229,32 @@ def _parse(raw: dict[str, Any]) -> Manifest:
         if files.get(a.file, own) != own:
             raise BundleError(f"manifest disagrees with itself about {a.file}'s hash or size")
         files.setdefault(a.file, own)
-    ft = raw["fine_tuning"]
-    fine = FineTuning(
-        _relative(ft.get("head_file", "head.npz")),
-        int(ft["feature_dim"]),
-        int(ft["num_classes"]),
-        dict(ft.get("hyperparameters") or {}),
-    )
+    for path, entry in files.items():
+        _bounded(entry.bytes, f"size of {path}", 0, MAX_FILE_BYTES)
+    _check_tree(files)
+    fine = _fine_tuning(raw["fine_tuning"])
+    for what, path in (("reference file", _reference_file(raw)), ("head file", fine.head_file)):
+        if path not in files:
+            raise BundleError(f"the {what} {path!r} is not listed in the manifest's files")
     labels = raw.get("label_names") or (raw.get("dataset") or {}).get("label_names") or []
     labels = tuple(str(n) for n in labels) or tuple(str(i) for i in range(fine.num_classes))
     if len(labels) != fine.num_classes:
         raise BundleError(f"{len(labels)} label names for {fine.num_classes} classes")
     return Manifest(raw, artifacts, files, fine, _input_shape(raw, artifacts), labels)
+
+
+def _fine_tuning(ft: dict[str, Any]) -> FineTuning:
+    hyperparameters = dict(ft.get("hyperparameters") or {})
+    try:
+        HeadHyperparameters.from_mapping(hyperparameters)  # bounded now, not at the first fine-tune
+    except InvalidInputError as exc:
+        raise BundleError(f"fine_tuning.hyperparameters: {exc}") from exc
+    return FineTuning(
+        _relative(ft.get("head_file", "head.npz")),
+        _bounded(ft["feature_dim"], "fine_tuning.feature_dim", 1, MAX_FEATURE_DIM),
+        _bounded(ft["num_classes"], "fine_tuning.num_classes", 1, MAX_CLASSES),
+        hyperparameters,
+    )
 
 
 def verify_files(bundle_dir: Path, manifest: Manifest, paths: Iterable[str]) -> None:

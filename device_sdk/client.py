@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import ipaddress
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
@@ -22,9 +23,10 @@ from autohas_edge.device_sdk._serde import (
     tensor_to_proto,
 )
 from autohas_edge.device_sdk._validate import as_examples, as_labels
-from autohas_edge.device_sdk.download import download_bundle
+from autohas_edge.device_sdk.download import DownloadLimits, download_bundle
 from autohas_edge.device_sdk.errors import (
     AuthenticationError,
+    ClientConfigError,
     ConsentRequiredError,
     InvalidInputError,
     ModelNotFoundError,
@@ -64,7 +66,15 @@ class FetchResult:
 
 
 class ServerClient:
-    """One app's connection for one user; its durable state lives in `state_dir` (survives restarts)."""
+    """One app's connection for one user; its durable state lives in `state_dir` (survives restarts).
+
+    The connection uses TLS unless the server is on this machine (a loopback address, `localhost`
+    or a `unix:` socket): `root_certificates` (PEM bytes) pins the CA that signed the server's
+    certificate, else gRPC's default roots are used; `credentials` replaces both (client
+    certificates, say). `tls=True` forces TLS on loopback too; `tls=False` is an explicit opt-out
+    to plaintext, for a trusted network only. `download_limits` caps what a model download may
+    store (see `DownloadLimits`: 256 MiB a file, 1 GiB a bundle, 64 MiB kept free by default).
+    """
 
     def __init__(
         self,
@@ -76,15 +86,21 @@ class ServerClient:
         device_name: str = "",
         timeout: float = 10.0,
         credentials: grpc.ChannelCredentials | None = None,
+        root_certificates: bytes | None = None,
+        tls: bool | None = None,
+        download_limits: DownloadLimits | None = None,
     ) -> None:
         self.address, self.app_id, self.user_id = address, app_id, user_id
         self.device_name, self.timeout = device_name, timeout
+        self.download_limits = download_limits or DownloadLimits()
+        secure = channel_credentials(address, tls, root_certificates, credentials)
+        self.tls = secure is not None
         key = hashlib.sha256(f"{app_id}\0{user_id}".encode()).hexdigest()[:16]
         self.outbox = Outbox(Path(state_dir) / f"device-{key}.sqlite")
         options = [("grpc.max_receive_message_length", 16 << 20)]
         self._channel = (
-            grpc.secure_channel(address, credentials, options)
-            if credentials
+            grpc.secure_channel(address, secure, options)
+            if secure is not None
             else grpc.insecure_channel(address, options)
         )
         self._stub = pb_grpc.DeviceServiceStub(self._channel)
@@ -315,7 +331,9 @@ class ServerClient:
             pb.DownloadModelRequest(model_id=model_id, path=path, offset=offset),
             stream=True,
         )
-        directory, chosen = download_bundle(hub, reply, fetch, formats, on_chunk)
+        directory, chosen = download_bundle(
+            hub, reply, fetch, formats, on_chunk, self.download_limits
+        )
         hub.install(directory, task_id, app_id=app_id, formats=chosen, model_id=model_id)
         shutil.rmtree(directory, ignore_errors=True)
         return FetchResult(model_id, True)
@@ -352,6 +370,47 @@ class ServerClient:
                 "this device is not registered: call register() first", "UNAUTHENTICATED"
             )
         return [("authorization", f"Bearer {token}")]
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a gRPC target names this machine: a loopback IP, `localhost`, or a `unix:` socket."""
+    target = address.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:")
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    if target.startswith("["):
+        host = target[1 : target.find("]")]
+    elif target.count(":") == 1:
+        host = target.split(":", 1)[0]
+    else:
+        host = target  # no port, or a bare IPv6 address
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve anywhere
+
+
+def channel_credentials(
+    address: str,
+    tls: bool | None,
+    root_certificates: bytes | None,
+    credentials: grpc.ChannelCredentials | None,
+) -> grpc.ChannelCredentials | None:
+    """The channel's TLS credentials (None: plaintext), by the rules `ServerClient` documents."""
+    if tls is None:
+        tls = credentials is not None or root_certificates is not None or not is_loopback(address)
+    if not tls:
+        if credentials is not None or root_certificates is not None:
+            raise ClientConfigError(
+                "tls=False contradicts the credentials / root certificates given"
+            )
+        return None
+    if credentials is not None:
+        if root_certificates is not None:
+            raise ClientConfigError("give credentials or root_certificates, not both")
+        return credentials
+    return grpc.ssl_channel_credentials(root_certificates=root_certificates)
 
 
 def _to_proto(batch: QueuedBatch) -> pb.ExampleBatch:

@@ -15,12 +15,33 @@ class LabelError(InvalidInputError):
     """A label is not an integer in `[0, num_classes)`."""
 
 
+class InvalidIdError(InvalidInputError):
+    """A task, app or model id is not of the id grammar (e.g. `../..`)."""
+
+
+class StateDirError(SDKError):
+    """The directory given for the SDK's state (it holds the device token) is shared with others."""
+
+
 class BundleError(SDKError):
     """A model bundle is malformed: missing file, unreadable manifest, unsupported artifact."""
 
 
 class BundleVerificationError(BundleError):
     """A bundle failed verification: a file's sha256/size or a reference output does not match."""
+
+
+class BundleSignatureError(BundleVerificationError):
+    """A bundle is unsigned (and the app did not opt out), signed by a key the app does not trust,
+    or its signature does not match its files."""
+
+
+class SigningKeyError(SDKError, ValueError):
+    """A key given to the SDK (`Hub(trusted_keys=...)`) is not an Ed25519 public key in PEM."""
+
+
+class ClientConfigError(SDKError, ValueError):
+    """Options given to `ServerClient` contradict each other (e.g. `tls=False` with credentials)."""
 
 
 class ModelNotFoundError(SDKError, LookupError):

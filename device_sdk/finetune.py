@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -18,6 +19,11 @@ MOMENTUM = 0.9
 ADAM_BETAS = (0.9, 0.999)
 RMSPROP_ALPHA = 0.99
 EPS = 1e-8
+#: bounds on the sizes a manifest (or an app) may ask for: a head trains in seconds, so `epochs=1e12`
+#: from a hostile manifest is refused rather than run forever (rates only need to be finite: a
+#: diverging head is rolled back)
+MAX_EPOCHS = 1000
+MAX_BATCH_SIZE = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -33,25 +39,50 @@ class HeadHyperparameters:
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer {self.optimizer!r} is not one of {OPTIMIZERS}")
-        if not (self.learning_rate > 0 and self.epochs >= 1 and self.batch_size >= 1):
-            raise ValueError(f"invalid fine-tuning hyper-parameters: {self}")
-        if not (0.0 <= self.label_smoothing < 1.0 and self.weight_decay >= 0.0):
-            raise ValueError(f"invalid label_smoothing/weight_decay: {self}")
+            raise InvalidInputError(f"optimizer {self.optimizer!r} is not one of {OPTIMIZERS}")
+        _check_range("epochs", self.epochs, 1, MAX_EPOCHS)
+        _check_range("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        if not self.learning_rate > 0.0:
+            raise InvalidInputError(f"learning_rate {self.learning_rate!r} is not positive")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise InvalidInputError(f"label_smoothing {self.label_smoothing!r} is not in [0, 1)")
+        if not self.weight_decay >= 0.0:
+            raise InvalidInputError(f"weight_decay {self.weight_decay!r} is negative")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> HeadHyperparameters:
-        """Build from the manifest's mapping, ignoring keys this trainer does not use."""
+        """Build from the manifest's mapping, ignoring keys this trainer does not use;
+        InvalidInputError naming a value of the wrong type or out of bounds."""
         known = {k: values[k] for k in cls.__dataclass_fields__ if k in values}
         if "optimizer" in known:
             known["optimizer"] = _optimizer_name(str(known["optimizer"]))
         for key in ("epochs", "batch_size"):
             if key in known:
-                known[key] = int(known[key])
+                known[key] = _integer(key, known[key])
         for key in ("learning_rate", "weight_decay", "label_smoothing"):
             if key in known:
-                known[key] = float(known[key])
+                known[key] = _real(key, known[key])
         return cls(**known)
+
+
+def _integer(name: str, value: Any) -> int:
+    """An integral number (an int, or a float such as 20.0) as an int; not a bool or a string."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInputError(f"{name} {value!r} is not a number")
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise InvalidInputError(f"{name} {value!r} is not a whole number")
+    return int(value)
+
+
+def _real(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidInputError(f"{name} {value!r} is not a finite number")
+    return float(value)
+
+
+def _check_range(name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise InvalidInputError(f"{name} {value!r} is not in [{low}, {high}]")
 
 
 def _optimizer_name(name: str) -> str:

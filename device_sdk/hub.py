@@ -11,11 +11,12 @@ from pathlib import Path
 
 from autohas_edge.common.filetable import MANIFEST
 from autohas_edge.common.fs import atomic_write_json, fsync_dir, sha256_file
-from autohas_edge.common.ids import check_id, id_to_component
 from autohas_edge.common.proc import is_alive
+from autohas_edge.device_sdk._validate import as_id, id_component
 from autohas_edge.device_sdk.bundle import Manifest
 from autohas_edge.device_sdk.errors import BundleError
 from autohas_edge.device_sdk.model import Model
+from autohas_edge.device_sdk.signing import SIGNATURE_FILE, TrustPolicy
 from autohas_edge.device_sdk.store import VERIFIED, ModelStore
 from autohas_edge.device_sdk.verify import verify_bundle
 
@@ -26,14 +27,25 @@ class Hub:
     Layout: `bundles/<model_id>__<formats>__<manifest hash>/` holds verified, never-modified bundles;
     `tasks/<task>/` holds pointers to them (`shared.json`, `apps/<app_id>.json`); `heads/` holds the
     personalised heads (see `store.ModelStore`).
+
+    Only bundles signed by one of `trusted_keys` (Ed25519 public keys in PEM, as `autohas keygen`
+    writes them) are installed; `allow_unsigned=True` opts out and also takes unsigned bundles
+    (a signed one is still checked when keys are given).
     """
 
     def __init__(
-        self, root: str | os.PathLike[str], *, format: str = "auto", threads: int | None = None
+        self,
+        root: str | os.PathLike[str],
+        *,
+        format: str = "auto",
+        threads: int | None = None,
+        trusted_keys: Iterable[str | bytes] = (),
+        allow_unsigned: bool = False,
     ) -> None:
         self.root = Path(root)
         self.default_format = format
         self.threads = threads
+        self.trust = TrustPolicy.of(trusted_keys, allow_unsigned)
         self._store = ModelStore(self.root, threads)
         self._clean_staging()
 
@@ -50,14 +62,14 @@ class Hub:
     ) -> str:
         """Verify a bundle and make it the task's model (the app's own one if `app_id`); returns its id.
 
-        The bundle is copied, the copy verified (hashes + reference outputs), then switched in by
-        renames: a failure at any point leaves the previously installed model in use.
+        The bundle is copied, the copy verified (signature, hashes, reference outputs), then switched
+        in by renames: a failure at any point leaves the previously installed model in use.
         """
         source = Path(bundle_dir)
         manifest = Manifest.load(source)
-        task = check_id(task_id or manifest.raw.get("task_id") or _missing_task(source), "task_id")
-        model = check_id(model_id or _model_id(source, manifest), "model_id")
-        owner = check_id(app_id, "app_id") if app_id else None  # "" and None: the shared model
+        task = as_id(task_id or manifest.raw.get("task_id") or _missing_task(source), "task_id")
+        model = as_id(model_id or _model_id(source, manifest), "model_id")
+        owner = as_id(app_id, "app_id") if app_id else None  # "" and None: the shared model
         wanted = None if formats is None else list(dict.fromkeys(formats))
         with self._store.exclusive():
             name = self._ensure_bundle(source, manifest, model, wanted)
@@ -69,12 +81,14 @@ class Hub:
     def _ensure_bundle(
         self, source: Path, manifest: Manifest, model: str, formats: list[str] | None
     ) -> str:
-        prefix = id_to_component(model, "model_id")
+        prefix = id_component(model, "model_id")
         staging = self.root / "staging" / f"{prefix}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         try:
             staging.mkdir(parents=True)
-            for rel in [MANIFEST, *manifest.required_files(formats)]:
+            signed = [SIGNATURE_FILE] if (source / SIGNATURE_FILE).is_file() else []
+            for rel in [MANIFEST, *signed, *manifest.required_files(formats)]:
                 _copy_durably(source / rel, staging / rel)
+            self.trust.check(staging)  # the copy, not the source: it cannot change after the check
             report = verify_bundle(staging, formats, self.threads)
             digest = sha256_file(staging / MANIFEST)[:12]
             name = f"{prefix}__{'+'.join(report.formats)}__{digest}"  # same name = same content
@@ -92,6 +106,8 @@ class Hub:
             return name
         except FileNotFoundError as exc:
             raise BundleError(f"bundle file missing: {exc.filename}") from exc
+        except OSError as exc:  # a listed "file" that is a directory, an unreadable one, ...
+            raise BundleError(f"cannot copy the bundle's {exc.filename}: {exc.strerror}") from exc
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -105,7 +121,7 @@ class Hub:
         `private=True` gives the app its own copy (starting from the shared model) so that its
         fine-tuning does not change what other apps see.
         """
-        task, app = check_id(task_id, "task_id"), check_id(app_id, "app_id")
+        task, app = as_id(task_id, "task_id"), as_id(app_id, "app_id")
         own = self._store.has_own(task, app)
         if private and not own:
             with self._store.exclusive():

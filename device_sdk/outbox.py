@@ -7,7 +7,9 @@ crash or SIGKILL, and a batch is removed only after the server confirmed it stor
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import stat
 import threading
 import time
 import uuid
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from autohas_edge.device_sdk.errors import StateDirError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -38,6 +42,24 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+def private_directory(path: Path) -> None:
+    """Create `path` 0700, or tighten an existing one of this user's to 0700.
+
+    StateDirError for a directory other users may share (world-writable with the sticky bit, like
+    /tmp, or owned by someone else): the SDK's state needs a directory of its own.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if not info.st_mode & 0o077:
+        return
+    if info.st_mode & stat.S_ISVTX or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
+        raise StateDirError(
+            f"state_dir {path} is shared (mode {stat.S_IMODE(info.st_mode):o}, owner uid "
+            f"{info.st_uid}): give the SDK a directory of its own for the device token"
+        )
+    os.chmod(path, 0o700)
+
+
 @dataclass(frozen=True)
 class QueuedBatch:
     """One batch waiting for upload; `batch_id` is fixed at enqueue time and reused on every retry."""
@@ -55,7 +77,11 @@ class Outbox:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_directory(self.path.parent)
+        # the device token lives here: the owner alone may read it (SQLite gives the WAL and SHM
+        # files the database file's mode)
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(self.path, 0o600)
         self._db = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=30.0
         )

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from autohas_edge.device_sdk._telemetry import disable_events
 from autohas_edge.device_sdk.bundle import AUTO_ORDER, Artifact
 from autohas_edge.device_sdk.errors import BundleError, RuntimeUnavailableError
 
@@ -93,6 +94,7 @@ class TfliteRuntime(Runtime):
 def onnx_session(path: Path, threads: int | None) -> Any:
     """An onnxruntime CPU session of `path` (BundleError when the file does not load)."""
     ort = _import("onnxruntime", "onnxruntime")
+    disable_events(ort)
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads

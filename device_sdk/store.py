@@ -16,6 +16,7 @@ from typing import Any
 
 from autohas_edge.common.fs import atomic_write_json, file_stamp, read_json
 from autohas_edge.common.ids import component_to_id, id_to_component, is_id
+from autohas_edge.device_sdk._validate import id_component
 from autohas_edge.device_sdk.engine import Engine
 from autohas_edge.device_sdk.errors import ModelNotFoundError
 
@@ -45,10 +46,10 @@ class ModelStore:
 
     def pointer_path(self, task_id: str, app_id: str | None) -> Path:
         """Where the pointer of a task's shared model (`app_id` None) or of an app's own one lives."""
-        base = self.root / "tasks" / id_to_component(task_id, "task_id")
+        base = self.root / "tasks" / id_component(task_id, "task_id")
         if app_id is None:
             return base / f"{SHARED}.json"
-        return base / "apps" / f"{id_to_component(app_id, 'app_id')}.json"
+        return base / "apps" / f"{id_component(app_id, 'app_id')}.json"
 
     def has_own(self, task_id: str, app_id: str) -> bool:
         """True when the app has its own model of the task."""
@@ -105,9 +106,9 @@ class ModelStore:
 
     def heads_dir(self, task_id: str, app_id: str | None, model_id: str) -> Path:
         """Where the personalised heads of one model for a task (shared, or an app's own) live."""
-        who = SHARED if app_id is None else f"app.{id_to_component(app_id, 'app_id')}"
-        task = id_to_component(task_id, "task_id")
-        return self.root / "heads" / task / who / id_to_component(model_id, "model_id")
+        who = SHARED if app_id is None else f"app.{id_component(app_id, 'app_id')}"
+        task = id_component(task_id, "task_id")
+        return self.root / "heads" / task / who / id_component(model_id, "model_id")
 
     def engine(self, bundle: str, fmt: str) -> Engine:
         """The bundle loaded in `fmt`, loaded once per store."""

@@ -7,9 +7,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autohas_edge.export.errors import ExportError, one_line
 from autohas_edge.export.formats import ALL_FORMATS, FORMATS, Format, parse_formats
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 
 @dataclass
@@ -44,16 +48,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="test",
         help="reference.npz inputs: real test examples, or synthetic ones when the data is personal",
     )
+    parser.add_argument(
+        "--signing-key",
+        type=Path,
+        help="Ed25519 private key PEM (`autohas keygen`): sign each bundle (signature.json); "
+        "devices refuse unsigned bundles unless the app opts out",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Export every run; one failure does not stop the others; exit 1 if any failed (2 on bad options)."""
+    from autohas_edge.export.signing import SigningKeyFileError, load_private_key
+
     try:
         formats = parse_formats(args.formats)
-    except ExportError as err:
+        key = None if args.signing_key is None else load_private_key(args.signing_key)
+    except (ExportError, SigningKeyFileError) as err:
         print(f"autohas export: {err}", file=sys.stderr)
         return 2
-    rows = export_all(list(args.runs), args.out, formats, args.reference)
+    rows = export_all(list(args.runs), args.out, formats, args.reference, key)
     print(summary_table(rows))
     failed = sum(not r.ok for r in rows)
     print(
@@ -64,9 +77,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def export_all(
-    runs: list[Path], out: Path, formats: tuple[Format, ...], reference: str = "test"
+    runs: list[Path],
+    out: Path,
+    formats: tuple[Format, ...],
+    reference: str = "test",
+    signing_key: Ed25519PrivateKey | None = None,
 ) -> list[Row]:
-    """Export `runs` one after the other under a tqdm bar, each failure caught and reported."""
+    """Export `runs` one after the other under a tqdm bar, each failure caught and reported; each
+    bundle is signed with `signing_key` when one is given."""
     from tqdm import tqdm
 
     rows: list[Row] = []
@@ -75,7 +93,9 @@ def export_all(
         for run_dir in runs:
             bar.set_description(f"export {run_dir}")
             bar.set_postfix_str("")
-            row = _export_one(run_dir, out, formats, names, bar.set_postfix_str, reference)
+            row = _export_one(
+                run_dir, out, formats, names, bar.set_postfix_str, reference, signing_key
+            )
             if not row.ok:
                 bar.write(f"error: {row.error}", file=sys.stderr)
             rows.append(row)
@@ -90,6 +110,7 @@ def _export_one(
     names: dict[str, Path],
     stage: Callable[[str], None],
     reference: str = "test",
+    signing_key: Ed25519PrivateKey | None = None,
 ) -> Row:
     name = run_dir.resolve().name
     if name in names:
@@ -100,6 +121,10 @@ def _export_one(
         from autohas_edge.export.run import export_run
 
         report = export_run(run_dir, out, formats, on_stage=stage, reference=reference)
+        if signing_key is not None:
+            from autohas_edge.export.signing import sign_bundle
+
+            sign_bundle(report.bundle, signing_key)
     except ExportError as err:
         return Row(str(run_dir), False, error=str(err))
     except (

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from autohas_edge.common.filetable import MANIFEST, FileEntry, file_problem
+from autohas_edge.device_sdk.signing import SIGNATURE_FILE
 from autohas_edge.export.errors import ExportError, VerificationError
 from autohas_edge.export.manifest import HEAD_FILE, REFERENCE_FILE, read_manifest
 from autohas_edge.export.runtimes import load_runner
@@ -184,7 +185,7 @@ def check_files(bundle: Path, manifest: dict[str, Any]) -> list[str]:
     extra = [
         p
         for p in sorted(bundle.iterdir())
-        if p.is_file() and p.name not in listed and p.name != MANIFEST
+        if p.is_file() and p.name not in listed and p.name not in (MANIFEST, SIGNATURE_FILE)
     ]
     problems += [
         f"{path}: not listed in manifest.json" for path in extra if not path.name.startswith(".")

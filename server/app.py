@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from autohas_edge.export.signing import load_private_key
 from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
 from autohas_edge.proto.autohas.v1 import personalization_pb2_grpc as pb_grpc
 from autohas_edge.server import enrollment
@@ -100,6 +101,7 @@ def build_app(config: ServerConfig) -> App:
             "open registration: no enrollment keys, so anyone knowing a user id can register as "
             "that user (give --enrollment-keys in production)"
         )
+    signing_key = None if config.signing_key is None else load_private_key(config.signing_key)
     lock = _lock_data_dir(config.data_dir)
     try:
         store = open_store(config.store, config.data_dir)
@@ -123,7 +125,11 @@ def build_app(config: ServerConfig) -> App:
         executor=executor,
     )
     models = ModelRegistry(
-        store, config.data_dir / "models", config.engine, config.download_chunk_bytes
+        store,
+        config.data_dir / "models",
+        config.engine,
+        config.download_chunk_bytes,
+        signing_key=signing_key,
     )
     return App(
         config,

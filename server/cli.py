@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "autohas_edge.export.verify_cli",
         "re-check an exported bundle's hashes and reference outputs",
     ),
+    "keygen": (
+        "autohas_edge.export.keygen_cli",
+        "make an Ed25519 key pair for signing bundles (apps pin the public key)",
+    ),
     "server": ("autohas_edge.server.serve_cli", "run the personalization gRPC server"),
     "demo": (
         "autohas_edge.server.demo.cli",

@@ -50,6 +50,9 @@ class ServerConfig:
     # (server/enrollment.py). None: open registration, for development (anyone knowing a user id can
     # register as that user).
     enrollment_keys: Path | None = None
+    # Ed25519 private key PEM (`autohas keygen`, chmod 600): every exported bundle is signed with it
+    # (signature.json); devices pin its public key and refuse unsigned bundles. None: bundles unsigned.
+    signing_key: Path | None = None
     # the module implementing `run_job` / `export_bundle` (see server/engine.py)
     engine: str = "autohas_edge.server.engine"
     store: str = "sqlite"
@@ -65,7 +68,7 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
-        for name in ("tls_cert", "tls_key", "tls_client_ca", "enrollment_keys"):
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "enrollment_keys", "signing_key"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))

@@ -14,10 +14,12 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autohas_edge.common.filetable import MANIFEST, files_table
 from autohas_edge.common.fs import fsync_dir
 from autohas_edge.common.proc import exit_when_gone
+from autohas_edge.export.signing import sign_bundle
 from autohas_edge.server.accounts import Principal
 from autohas_edge.server.domain import EXPORT_FORMATS, JobState, ModelFile, ModelInfo, now
 from autohas_edge.server.errors import (
@@ -30,6 +32,9 @@ from autohas_edge.server.errors import (
 from autohas_edge.server.jobs import JobManager, worker
 from autohas_edge.server.store import Store
 from autohas_edge.server.tokens import new_id
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 log = logging.getLogger(__name__)
 MAX_EXPORT_JOBS = 64
@@ -56,12 +61,23 @@ def bundle_files(bundle: Path) -> tuple[ModelFile, ...]:
 class ModelRegistry:
     """Records bundles, checks who may read them, and streams their files."""
 
-    def __init__(self, store: Store, models_dir: Path, engine: str, chunk_bytes: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        models_dir: Path,
+        engine: str,
+        chunk_bytes: int,
+        *,
+        signing_key: Ed25519PrivateKey | None = None,
+    ) -> None:
         self._store, self._dir, self._engine, self._chunk_bytes = (
             store,
             Path(models_dir),
             engine,
             chunk_bytes,
+        )
+        self._signing_key = (
+            signing_key  # every registered bundle is signed with it (signature.json)
         )
         self._staging = (
             self._dir / ".staging"
@@ -95,6 +111,8 @@ class ModelRegistry:
         formats = tuple(
             sorted({str(a.get("format", "")) for a in manifest.get("artifacts", [])} - {""})
         )
+        if self._signing_key is not None:
+            sign_bundle(tmp, self._signing_key)  # before the rename: a served bundle is signed
         dest = self.bundle_dir(model_id)
         os.replace(tmp, dest)
         fsync_dir(self._dir)  # the rename must be on disk before the store, fsynced, names it

@@ -70,6 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "their app's backend (server/enrollment.py); without it registration is open",
     )
     parser.add_argument(
+        "--signing-key",
+        type=Path,
+        help="Ed25519 private key PEM (`autohas keygen`, chmod 600): sign every exported bundle; "
+        "devices pin its public key and refuse unsigned bundles",
+    )
+    parser.add_argument(
         "--search-workers",
         type=int,
         default=1,
@@ -140,6 +146,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[ServerConfig, str]:
         search_device=args.device,
         search_workers=args.search_workers,
         enrollment_keys=args.enrollment_keys,
+        signing_key=args.signing_key,
         engine=args.engine,
         executor=args.executor,
         ray_address=args.ray_address,

@@ -31,7 +31,14 @@ from tools.build_device_wheel import (
 ROOT = Path(__file__).resolve().parents[1]
 TASK = "signals"
 #: the only distributions the device wheel may require
-DEVICE_DEPENDENCIES = {"numpy", "grpcio", "protobuf", "onnxruntime", "ai-edge-litert"}
+DEVICE_DEPENDENCIES = {
+    "numpy",
+    "grpcio",
+    "protobuf",
+    "onnxruntime",
+    "ai-edge-litert",
+    "cryptography",
+}
 #: repository folder -> installed folder, for everything the device wheel ships
 SHIPPED = {
     "device_sdk": "autohas_edge/device_sdk",
@@ -50,12 +57,12 @@ DEVICE_SCRIPT = textwrap.dedent("""
     import autohas_edge.device_sdk as sdk
     from autohas_edge.device_sdk import Hub
 
-    bundle, data_path, hub_dir, task = sys.argv[1:5]
+    bundle, data_path, hub_dir, task, key = sys.argv[1:6]
     data = np.load(data_path)
     x, y, x_eval = data["x"], data["y"], data["x_eval"]
     out = {"sdk_file": sdk.__file__, "namespace": list(autohas_edge.__path__),
            "has_init": getattr(autohas_edge, "__file__", None) is not None}
-    hub = Hub(hub_dir)
+    hub = Hub(hub_dir, trusted_keys=[open(key).read()])
     hub.install(bundle, task)
     out["formats"] = hub.installed_formats(task)
     for fmt in ("onnx", "tflite"):
@@ -191,8 +198,10 @@ def test_the_wheel_ships_only_the_device_packages(device_wheel: Path) -> None:
 @slow
 @pytest.mark.timeout(900)
 def test_a_fresh_venv_installs_predicts_and_fine_tunes_without_torch(
-    device_venv: Path, tiny_bundle: Path, tmp_path: Path
+    device_venv: Path, tiny_bundle: Path, tmp_path: Path, signing_key_file: Path
 ) -> None:
+    from autohas_edge.export.signing import public_key_path
+
     manifest = json.loads((Path(tiny_bundle) / "manifest.json").read_text())
     x, y = global_test_split(manifest["dataset"]["name"])
     user = make_user(x, y, 3, "reverse", favourite_classes=2, skew=0.9)
@@ -200,7 +209,16 @@ def test_a_fresh_venv_installs_predicts_and_fine_tunes_without_torch(
     np.savez(data, x=user.x_tune, y=user.y_tune, x_eval=user.x_eval)
     script = [str(_venv_python(device_venv)), "-I", "-c", DEVICE_SCRIPT]
     run = _run(
-        [*script, str(tiny_bundle), str(data), str(tmp_path / "hub"), TASK], tmp_path, timeout=300
+        [
+            *script,
+            str(tiny_bundle),
+            str(data),
+            str(tmp_path / "hub"),
+            TASK,
+            str(public_key_path(signing_key_file)),
+        ],
+        tmp_path,
+        timeout=300,
     )
     out = _last_json(run)
     site = device_venv.resolve()

@@ -23,7 +23,11 @@ def sdk_example() -> str:
 
 
 def test_readme_sdk_example_runs(
-    server_factory: Callable[..., RunningServer], tiny_bundle: Path, tmp_path: Path, capsys
+    server_factory: Callable[..., RunningServer],
+    tiny_bundle: Path,
+    tmp_path: Path,
+    capsys,
+    trusted_key: str,
 ) -> None:
     server = server_factory(data_dir=tmp_path / "server")
     server.create_task(
@@ -36,7 +40,13 @@ def test_readme_sdk_example_runs(
     model_id = server.handle.app.models.import_bundle("gestures", "readme", tiny_bundle).model_id
     x_train, y_train, _, _ = mnist1d_arrays(seed=1)
     x, y = x_train[:120], y_train[:120]
-    namespace = {"ROOT": tmp_path / "device", "ADDRESS": server.address, "x": x, "y": y}
+    namespace = {
+        "ROOT": tmp_path / "device",
+        "ADDRESS": server.address,
+        "PUBLIC_KEY": trusted_key,
+        "x": x,
+        "y": y,
+    }
     exec(compile(sdk_example(), str(README), "exec"), namespace)
     assert namespace["model"].model_id == namespace["fitness"].model_id == model_id
     assert namespace["probabilities"].shape == (5, 10)

@@ -11,9 +11,9 @@ version, Python requirement and licence read from the root one) and builds a pur
     python -m tools.build_device_wheel --out dist/
 
 Its dependencies are the root project's base dependencies plus its `device` extra (numpy, grpcio,
-protobuf, onnxruntime, ai-edge-litert); the build fails if either ever names anything else, so the
-device wheel can never pull in torch or a server-only package by accident. `proto/generate.py` is
-left out: it needs grpcio-tools and only regenerates the committed code.
+protobuf, onnxruntime, ai-edge-litert, cryptography); the build fails if either ever names anything
+else, so the device wheel can never pull in torch or a server-only package by accident.
+`proto/generate.py` is left out: it needs grpcio-tools and only regenerates the committed code.
 """
 
 from __future__ import annotations
@@ -44,7 +44,10 @@ PACKAGES: Mapping[str, str] = {"device_sdk": "device_sdk", "proto": "proto", "co
 #: repository files inside those folders that a device never needs
 EXCLUDED_FILES = frozenset({"proto/generate.py"})  # needs grpcio-tools; `make proto` only
 #: the only distributions the device wheel may depend on (PEP 503 normalised names)
-ALLOWED_DEPENDENCIES = frozenset({"numpy", "grpcio", "protobuf", "onnxruntime", "ai-edge-litert"})
+#: (cryptography: Ed25519 verification of bundle signatures, device_sdk/signing.py)
+ALLOWED_DEPENDENCIES = frozenset(
+    {"numpy", "grpcio", "protobuf", "onnxruntime", "ai-edge-litert", "cryptography"}
+)
 #: path components that must never appear in the device wheel
 FORBIDDEN_PARTS = frozenset({"server", "export", "torch"})
 #: an import of torch or of the server or exporter, in any shipped module
@@ -61,8 +64,8 @@ ONNX / TFLite bundles with numpy, onnxruntime and ai-edge-litert), the generated
 
     from autohas_edge.device_sdk import Hub
 
-    hub = Hub("/data/autohas")
-    hub.install("path/to/bundle", "gestures")
+    hub = Hub("/data/autohas", trusted_keys=[open("bundles.pub.pem").read()])
+    hub.install("path/to/bundle", "gestures")  # signed by the key the app pins
     model = hub.model("gestures", app_id="com.example.keyboard")
     probs = model.predict(x)
     model.fine_tune(x_user, y_user)

@@ -44,9 +44,11 @@ def make_device(
     address: str,
     consents: bool,
     app_backend: AppBackend,
+    trusted_key: str,
 ) -> Device:
     """Set up a device for `user`: state on disk under `root/<user_id>`, registered with the server
-    with an enrollment ticket from its app's backend."""
+    with an enrollment ticket from its app's backend; its hub installs only bundles signed by the key
+    whose public half is `trusted_key` (PEM)."""
     app = APPS[index % len(APPS)]
     home = root / user.user_id
     client = ServerClient(
@@ -60,7 +62,7 @@ def make_device(
         user,
         app,
         client,
-        Hub(home / "hub", format=runtime, threads=1),
+        Hub(home / "hub", format=runtime, threads=1, trusted_keys=[trusted_key]),
         runtime,
         outcome,
         slice(0, n_local),

@@ -11,6 +11,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from autohas_edge.export.signing import generate_key
 from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
 from autohas_edge.server.app import make_server
 from autohas_edge.server.config import ServerConfig
@@ -87,11 +88,15 @@ def run_demo(config: DemoConfig) -> DemoOutcome:
     }  # each app's backend shares one with the server
     keys_file = config.data_dir / "enrollment-keys.json"
     write_json_atomic(keys_file, keys)  # private: the server refuses readable keys
+    # the server signs every bundle with this key; every device's hub pins its public half
+    signing_key = config.data_dir / "bundle-signing.pem"
+    public_key, _ = generate_key(signing_key)
     server_config = ServerConfig(
         data_dir=config.data_dir / "server",
         operator_token=token,
         port=config.port,
         enrollment_keys=keys_file,
+        signing_key=signing_key,
         reflection=True,  # the demo's server is on loopback: let grpcurl look around
     )
     handle = make_server(server_config)  # OSError when the port is taken
@@ -99,13 +104,17 @@ def run_demo(config: DemoConfig) -> DemoOutcome:
     try:
         with OperatorClient(handle.address, token) as operator:
             backend = lambda app, user: mint_ticket(keys[app], app, user)  # noqa: E731
-            return _flow(config, handle.address, operator, backend)
+            return _flow(config, handle.address, operator, backend, public_key.read_text())
     finally:
         handle.stop(grace=2.0)
 
 
 def _flow(
-    config: DemoConfig, address: str, operator: OperatorClient, app_backend: AppBackend
+    config: DemoConfig,
+    address: str,
+    operator: OperatorClient,
+    app_backend: AppBackend,
+    trusted_key: str,
 ) -> DemoOutcome:
     seconds: dict[str, float] = {}
     t = time.perf_counter()
@@ -129,6 +138,7 @@ def _flow(
             address,
             decision(i, config.users) != "decline",
             app_backend,
+            trusted_key,
         )
         for i, u in enumerate(users)
     ]

@@ -33,9 +33,9 @@ def bundle_copy(bundle_dir: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def hub(tmp_path: Path, bundle_dir: Path) -> Hub:
-    """A hub with the bundle installed as task `TASK`."""
-    hub = Hub(tmp_path / "hub")
+def hub(tmp_path: Path, bundle_dir: Path, trusted_key: str) -> Hub:
+    """A hub that trusts the bundle's signer, with the bundle installed as task `TASK`."""
+    hub = Hub(tmp_path / "hub", trusted_keys=[trusted_key])
     hub.install(bundle_dir, TASK)
     return hub
 

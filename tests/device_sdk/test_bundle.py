@@ -63,11 +63,12 @@ def test_flipped_byte_in_an_artifact_is_refused_and_the_old_model_stays(
 def test_rehashed_substitution_is_caught_by_reference_outputs(
     bundle_copy: Path, tmp_path: Path
 ) -> None:
-    """An attacker who also rewrites the manifest's hashes still fails the reference-output check."""
+    """An attacker who also rewrites the manifest's hashes still fails the reference-output check
+    (on a hub that opted out of signatures: the check under them)."""
     shutil.copyfile(bundle_copy / "model.onnx", bundle_copy / "features.onnx")
     rehash(bundle_copy, "features.onnx")
     with pytest.raises(BundleVerificationError, match=r"features\.onnx"):
-        Hub(tmp_path / "hub").install(bundle_copy, TASK)
+        Hub(tmp_path / "hub", allow_unsigned=True).install(bundle_copy, TASK)
 
 
 def test_rehashed_head_is_caught(bundle_copy: Path, tmp_path: Path) -> None:
@@ -75,7 +76,7 @@ def test_rehashed_head_is_caught(bundle_copy: Path, tmp_path: Path) -> None:
         np.savez(bundle_copy / "head.npz", weight=head["weight"][::-1].copy(), bias=head["bias"])
     rehash(bundle_copy, "head.npz")
     with pytest.raises(BundleVerificationError, match=r"head\.npz"):
-        Hub(tmp_path / "hub").install(bundle_copy, TASK)
+        Hub(tmp_path / "hub", allow_unsigned=True).install(bundle_copy, TASK)
 
 
 def test_missing_file_is_refused(bundle_copy: Path, tmp_path: Path) -> None:
@@ -97,9 +98,9 @@ def test_malformed_manifest_names_the_problem() -> None:
 
 
 def test_installing_only_one_format_copies_only_its_files(
-    hub: Hub, bundle_dir: Path, tmp_path: Path
+    hub: Hub, bundle_dir: Path, tmp_path: Path, trusted_key: str
 ) -> None:
-    small = Hub(tmp_path / "small")
+    small = Hub(tmp_path / "small", trusted_keys=[trusted_key])
     small.install(bundle_dir, TASK, formats=["tflite"])
     (installed,) = (small.root / "bundles").iterdir()
     assert not list(installed.glob("*.onnx")) and list(installed.glob("*.tflite"))

@@ -230,9 +230,9 @@ def _import(server: RunningServer, bundle: Path) -> str:
 
 
 def test_fetch_model_installs_and_is_idempotent(
-    server: RunningServer, bundle_dir: Path, tmp_path: Path, reference: dict
+    server: RunningServer, bundle_dir: Path, tmp_path: Path, reference: dict, trusted_key: str
 ) -> None:
-    hub = Hub(tmp_path / "hub")
+    hub = Hub(tmp_path / "hub", trusted_keys=[trusted_key])
     with _client(server, tmp_path) as client:
         client.register()
         with pytest.raises(ModelNotFoundError):
@@ -256,8 +256,9 @@ def test_interrupted_download_keeps_the_old_model_and_resumes(
     bundle_dir: Path,
     tmp_path: Path,
     global_data: tuple,
+    trusted_key: str,
 ) -> None:
-    hub = Hub(tmp_path / "hub")
+    hub = Hub(tmp_path / "hub", trusted_keys=[trusted_key])
     x = global_data[0][:20]
     with _client(server, tmp_path) as client:
         client.register()
@@ -296,7 +297,8 @@ def test_interrupted_download_keeps_the_old_model_and_resumes(
 def test_a_tampered_bundle_on_the_server_is_refused(
     server: RunningServer, bundle_copy: Path, bundle_dir: Path, tmp_path: Path
 ) -> None:
-    hub = Hub(tmp_path / "hub")
+    """The hash and reference-output checks under the signature (this hub pins no key)."""
+    hub = Hub(tmp_path / "hub", allow_unsigned=True)
     with _client(server, tmp_path) as client:
         client.register()
         good = _import(server, bundle_dir)

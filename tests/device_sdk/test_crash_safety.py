@@ -22,8 +22,8 @@ WORKER = textwrap.dedent("""
     import numpy as np
     from autohas_edge.device_sdk import Hub
 
-    root, bundle, data, task = sys.argv[1:5]
-    hub = Hub(root)
+    root, bundle, data, task, key = sys.argv[1:6]
+    hub = Hub(root, trusted_keys=[key])
     xy = np.load(data)
     print("ready", flush=True)
     for i in range(1000):
@@ -35,16 +35,25 @@ WORKER = textwrap.dedent("""
 
 
 def test_sigkill_during_install_and_fine_tune(
-    bundle_dir: Path, skewed_user, tmp_path: Path
+    bundle_dir: Path, skewed_user, tmp_path: Path, trusted_key: str
 ) -> None:
     root = tmp_path / "hub"
-    Hub(root).install(bundle_dir, TASK, model_id="m0")
+    Hub(root, trusted_keys=[trusted_key]).install(bundle_dir, TASK, model_id="m0")
     user = skewed_user
     data = tmp_path / "user.npz"
     np.savez(data, x=user.x_tune, y=user.y_tune)
     for delay in (0.3, 0.9, 1.7):
         child = subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(root), str(bundle_dir), str(data), TASK],
+            [
+                sys.executable,
+                "-c",
+                WORKER,
+                str(root),
+                str(bundle_dir),
+                str(data),
+                TASK,
+                trusted_key,
+            ],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             text=True,

@@ -125,7 +125,9 @@ def test_a_new_install_reaches_open_handles_and_old_bundles_can_be_pruned(
 ) -> None:
     model = hub.model(TASK, app_id="com.a")
     old = model.model_id
-    Hub(hub.root).install(bundle_dir, TASK, model_id="v2")  # e.g. another process
+    Hub(hub.root, allow_unsigned=True).install(
+        bundle_dir, TASK, model_id="v2"
+    )  # e.g. another process
     assert model.model_id == "v2"
     assert [name.split("__")[0] for name in hub.prune()] == [old]
     assert hub.prune() == [] and model.predict(np.zeros(model.input_shape, np.float32)).shape == (

@@ -43,7 +43,8 @@ SCRIPT = textwrap.dedent("""
     data = np.load(data_path)
     x, y = data["x"], data["y"]
     out = {"common": common_modules}
-    hub = Hub(state + "/hub")
+    key = open(sys.argv[7]).read()
+    hub = Hub(state + "/hub", trusted_keys=[key])
     hub.install(bundle, task)
     for fmt in ("onnx", "tflite"):
         model = hub.model(task, app_id=f"com.{fmt}", private=True, format=fmt)
@@ -54,7 +55,7 @@ SCRIPT = textwrap.dedent("""
         client.register()
         client.grant_consent()
         out["stored"] = len(client.upload(task, x[:8], y[:8]).stored)
-        out["fetched"] = client.fetch_model(task, Hub(state + "/hub2")).updated
+        out["fetched"] = client.fetch_model(task, Hub(state + "/hub2", trusted_keys=[key])).updated
     out["torch_loaded"] = sys.modules.get("torch") is not None or any(
         m.startswith("torch.") for m in sys.modules)
     print(json.dumps(out))
@@ -67,7 +68,10 @@ def test_the_sdk_runs_with_torch_blocked(
     manifest_json: dict,
     skewed_user,
     tmp_path: Path,
+    signing_key_file: Path,
 ) -> None:
+    from autohas_edge.export.signing import public_key_path
+
     server = server_factory(data_dir=tmp_path / "server")
     server.create_task(
         TASK,
@@ -92,6 +96,7 @@ def test_the_sdk_runs_with_torch_blocked(
             str(data),
             TASK,
             APP,
+            str(public_key_path(signing_key_file)),
         ],
         cwd=ROOT,
         capture_output=True,

@@ -28,6 +28,7 @@ def test_bundle_holds_every_artifact_head_and_reference(tiny_bundle: Path) -> No
         "head.npz",
         "reference.npz",
         "manifest.json",
+        "signature.json",  # the fixture signs the bundle (export/signing.py)
         "train_step.onnx",
         "train_step.tflite",
     }
@@ -81,7 +82,11 @@ def test_manifest_follows_the_contract(tiny_bundle: Path, tiny_run: Path) -> Non
 
 def test_manifest_hashes_match_the_files(tiny_bundle: Path) -> None:
     manifest = manifest_of(tiny_bundle)
-    assert set(manifest["files"]) == {p.name for p in tiny_bundle.iterdir()} - {"manifest.json"}
+    unlisted = {
+        "manifest.json",
+        "signature.json",
+    }  # the signature lists the manifest, not vice versa
+    assert set(manifest["files"]) == {p.name for p in tiny_bundle.iterdir()} - unlisted
     for name, entry in manifest["files"].items():
         assert entry == {
             "sha256": sha256_file(tiny_bundle / name),

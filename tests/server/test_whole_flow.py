@@ -119,11 +119,12 @@ def check_bundle_download(device: Device, model_id: str) -> dict:
     )
     manifest = json.loads(reply.manifest_json)
     listed = {f.path: f for f in reply.files}
-    assert set(listed) == {*manifest["files"], "manifest.json"}
+    unlisted = {"manifest.json", *({"signature.json"} & set(listed))}  # a signed bundle's signature
+    assert set(listed) == {*manifest["files"], *unlisted}
     for path, file in listed.items():
         data, sha = download(device, model_id, path)
         assert hashlib.sha256(data).hexdigest() == sha == file.sha256 and len(data) == file.bytes
-        if path != "manifest.json":
+        if path not in unlisted:
             assert manifest["files"][path] == {"sha256": sha, "bytes": len(data)}
     return manifest
 
@@ -245,13 +246,18 @@ def test_a_real_bundle_is_served_byte_for_byte(
 
 @pytest.mark.slow
 def test_a_three_channel_sensor_task_runs_through_the_server_export_and_the_sdk(
-    server_factory: Callable[..., RunningServer], tmp_path: Path
+    server_factory: Callable[..., RunningServer],
+    tmp_path: Path,
+    signing_key_file: Path,
+    trusted_key: str,
 ) -> None:
-    """A 3-axis signal [3, 16], as the CLI takes it: search, export (ONNX and TFLite), download,
-    install and predict with the device SDK on both runtimes."""
+    """A 3-axis signal [3, 16], as the CLI takes it: search, export (ONNX and TFLite, signed by
+    the server), download, install and predict with the device SDK on both runtimes."""
     from autohas_edge.device_sdk.hub import Hub
 
-    s = real_server(server_factory)
+    s = server_factory(
+        engine="autohas_edge.server.engine", search_device="cpu", signing_key=signing_key_file
+    )
     devices = populate(s, channels=3)
     job, _ = run_job(s, mode=pb.SEARCH_MODE_JOINT, steps=4, retrain_steps=6, seed=0)
     assert job.state == pb.JOB_STATE_SUCCEEDED, job.error
@@ -264,12 +270,12 @@ def test_a_three_channel_sensor_task_runs_through_the_server_export_and_the_sdk(
     manifest = check_bundle_download(alice, result.model.model_id)
     assert manifest["input"]["shape"][1:] == [3, 16]
     bundle = tmp_path / "bundle"
-    for path in [*manifest["files"], "manifest.json"]:
+    for path in [*manifest["files"], "manifest.json", "signature.json"]:
         (bundle / path).parent.mkdir(parents=True, exist_ok=True)
         (bundle / path).write_bytes(download(alice, result.model.model_id, path)[0])
     x, _ = toy_examples(60, 3)
     for fmt in ("onnx", "tflite"):
-        hub = Hub(tmp_path / f"hub-{fmt}", format=fmt)
+        hub = Hub(tmp_path / f"hub-{fmt}", format=fmt, trusted_keys=[trusted_key])
         hub.install(bundle, TASK)
         probs = hub.model(TASK, app_id=APP_ID).predict(x)
         assert probs.shape == (60, 3) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
