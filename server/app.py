@@ -9,8 +9,9 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, NamedTuple
 
@@ -33,6 +34,7 @@ from autohas_edge.server.models import ModelRegistry
 from autohas_edge.server.store import Store, open_store
 
 log = logging.getLogger(__name__)
+HEALTH_PERIOD_S = 2.0  # how often the health status is checked against what the server can do
 SERVICE_NAMES = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
 
 
@@ -77,13 +79,45 @@ class App:
     models: ModelRegistry
     health: health.HealthServicer
     _lock: IO[str]
+    _closed: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
-        """Start the job manager (requeues jobs the last server left running)."""
+        """Start the job manager (requeues jobs the last server left running) and the health check."""
         self.jobs.start()
+        self.set_health(self.can_work())
+        threading.Thread(target=self._check_health, name="health-check", daemon=True).start()
+
+    def can_work(self) -> bool:
+        """Whether the server can do its work: the store answers reads and the job scheduler runs.
+
+        A full disk alone does not count: reads, downloads and the scheduler still work, and writes
+        answer RESOURCE_EXHAUSTED with a message, so health stays SERVING.
+        """
+        try:
+            self.store.get_task("")
+        except Exception as e:
+            log.error("health: the store cannot be read: %s", e)
+            return False
+        alive = self.jobs.scheduler_alive()
+        if not alive:
+            log.error("health: the job scheduler is not running")
+        return alive
+
+    def set_health(self, serving: bool) -> None:
+        """Report SERVING or NOT_SERVING for the server and each of its services."""
+        status = health_pb2.HealthCheckResponse.SERVING
+        if not serving:
+            status = health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, status)
+
+    def _check_health(self) -> None:
+        while not self._closed.wait(HEALTH_PERIOD_S):
+            self.set_health(self.can_work())
 
     def close(self, grace: float = 5.0) -> None:
         """Stop the workers, close the store, release the data dir."""
+        self._closed.set()
         self.health.enter_graceful_shutdown()
         self.jobs.close(grace)
         self.models.close()
@@ -187,8 +221,7 @@ def _add_services(server: grpc.Server, app: App) -> None:
     pb_grpc.add_DeviceServiceServicer_to_server(device, server)
     pb_grpc.add_OperatorServiceServicer_to_server(operator, server)
     health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
-    for name in ("", *SERVICE_NAMES):
-        app.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    app.set_health(True)
     if app.config.reflection:
         names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)

@@ -26,6 +26,7 @@ the store at once; this module does the same for the snapshots:
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -36,6 +37,9 @@ import numpy as np
 from autohas_edge.common.fs import atomic_write_npz, fsync_dir
 from autohas_edge.server.domain import StoredBatch, now
 from autohas_edge.server.jobs.files import write_json_atomic
+from autohas_edge.server.store.base import FULL_ERRNOS
+
+log = logging.getLogger(__name__)
 
 DATASET = "dataset.npz"
 PURGE_FILE = "purge.json"
@@ -135,5 +139,12 @@ def _remove_rows(dataset: Path, users: set[UserKey]) -> tuple[dict[UserKey, int]
         }
     )
     if keep.any():
-        atomic_write_npz(dataset, arrays)
+        try:
+            atomic_write_npz(dataset, arrays)
+        except OSError as e:
+            if e.errno not in FULL_ERRNOS:
+                raise
+            # no room for the snapshot without these rows: the rows must go, so the snapshot goes
+            log.warning("no room to rewrite %s without revoked rows; deleting it (%s)", dataset, e)
+            return removed, 0
     return removed, int(keep.sum())

@@ -6,6 +6,7 @@ for fast tests and `SqliteStore`, the durable default. Methods that must be atom
 
 from __future__ import annotations
 
+import errno
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Literal
@@ -20,10 +21,31 @@ from autohas_edge.server.domain import (
     StoredBatch,
     Task,
 )
+from autohas_edge.server.errors import ResourceExhausted
 
 #: Outcome of `Store.add_batch`.
 AddStatus = Literal["stored", "duplicate", "conflict", "no_consent"]
 UserKey = tuple[str, str]  # (app_id, user_id): user ids are the app's own, so only unique per app
+#: errno values of a write that failed for lack of room: a full disk, a quota, a file size limit
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+class StorageFull(ResourceExhausted):
+    """The server's disk (or a quota or file size limit on it) refused a write; nothing was stored."""
+
+    def __init__(self, what: str, detail: str = "") -> None:
+        suffix = f" ({detail})" if detail else ""
+        super().__init__(
+            f"storage: the server's disk is full, so {what} could not be stored{suffix}; "
+            "nothing was lost, retry later"
+        )
+
+
+def is_full_disk(error: BaseException) -> bool:
+    """Whether `error` is a write refused for lack of room (OSError ENOSPC/EDQUOT/EFBIG or StorageFull)."""
+    return isinstance(error, StorageFull) or (
+        isinstance(error, OSError) and error.errno in FULL_ERRNOS
+    )
 
 
 @dataclass(frozen=True)

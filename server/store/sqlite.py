@@ -23,7 +23,7 @@ from autohas_edge.server.domain import (
     Task,
     UserCount,
 )
-from autohas_edge.server.store.base import AddStatus, Snapshot, Store
+from autohas_edge.server.store.base import AddStatus, Snapshot, StorageFull, Store
 from autohas_edge.server.store.schema import migrate
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,11 @@ _BATCH_COLUMNS = (
     "device_id, batch_id, task_id, app_id, user_id, count, dtype, shape, features, labels, "
     "digest, created_at"
 )
+
+
+def _full(error: sqlite3.Error) -> bool:
+    """Whether SQLite failed for lack of room (SQLITE_FULL: the disk or a quota is full)."""
+    return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
 
 
 def _consent(row: sqlite3.Row) -> Consent:
@@ -98,13 +103,19 @@ class SqliteStore(Store):
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that takes the write lock up front, so it never fails on upgrade."""
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
         try:
+            conn.execute("BEGIN IMMEDIATE")
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute("COMMIT")
+        except BaseException as e:
+            # SQLite rolls some failures back itself (a full disk mid-statement) and leaves others open
+            # (a full disk at COMMIT): end the transaction either way, or this thread's connection could
+            # never start another one.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(e, sqlite3.Error) and _full(e):
+                raise StorageFull("the change", str(e)) from e
             raise
-        conn.execute("COMMIT")
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
