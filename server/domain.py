@@ -30,6 +30,7 @@ class Device:
     name: str
     token_hash: str
     created_at: float
+    revoked_at: float | None = None  # set once its token was revoked (RevokeDevice)
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,11 @@ def tensor_from_proto(msg: pb.Tensor, field: str) -> np.ndarray:
         return decode_tensor(msg.dtype, msg.shape, msg.data)
     except TensorError as e:
         raise InvalidArgument(f"{field}.{e.part}", str(e)) from None
+    except (
+        ValueError
+    ):  # numpy refuses the shape itself: sizes whose product overflows (`[0, 2**62]`)
+        shape = list(msg.shape)[:8]
+        raise InvalidArgument(f"{field}.shape", f"{shape} is too large for any tensor") from None
 
 
 def task_to_proto(task: Task) -> pb.Task:

@@ -272,10 +272,16 @@ class JobManager:
 
     def _save(self, job: Job, persist: bool = True, **changes: Any) -> Job:
         """Apply changes to a job, store them (unless only progress moved) and publish; holds the lock."""
+        old_state = self._hub.latest(job.job_id)[1]
         job = dataclasses.replace(job, **changes)
         if persist:
             self._store.put_job(job)
         self._hub.publish(job)
+        if old_state is None or old_state.state is not job.state:
+            error = f": {job.error}" if job.error and job.state is JobState.FAILED else ""
+            log.info(
+                "job %s of task %s: %s%s", job.job_id, job.spec.task_id, job.state.value, error
+            )
         return job
 
     def scheduler_alive(self) -> bool:
@@ -316,6 +322,7 @@ class JobManager:
             return
         try:
             dataset = self._dataset(job)
+            self._private_run_files(job_id)
             stop, messages = self._ctx.Event(), self._ctx.Queue()
             args = worker.WorkerArgs(
                 job_id,
@@ -343,6 +350,16 @@ class JobManager:
         self._save_soft(
             job, state=JobState.RUNNING, started_at=job.started_at or now(), progress=progress
         )
+
+    def _private_run_files(self, job_id: str) -> None:
+        """Make the run dir (0700) and the worker's log (0600) before the worker does, with their
+        default modes (a checkpoint is trained on people's data; a log may quote it)."""
+        run = self.run_dir(job_id)
+        run.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(run, 0o700)
+        log_file = run.parent / "worker.log"
+        os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        os.chmod(log_file, 0o600)
 
     def _dataset(self, job: Job) -> Path:
         """The job's snapshot `.npz`, taken now unless an earlier start already took it."""

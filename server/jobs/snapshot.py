@@ -41,7 +41,7 @@ def take_snapshot(store: Store, task: Task, job_id: str, dataset: Path) -> JobAu
         raise FailedPrecondition(
             f"spec.task_id: task {task.task_id!r} has no examples with active consent"
         )
-    dataset.parent.mkdir(parents=True, exist_ok=True)
+    dataset.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     arrays = _arrays(snap.batches, task)
     atomic_write_npz(dataset, arrays)
     counts = Counter[tuple[str, str]]()

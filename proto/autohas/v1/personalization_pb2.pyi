@@ -123,6 +123,20 @@ class ListConsentsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class RevokeDeviceRequest(_message.Message):
+    __slots__ = ("device_id",)
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    def __init__(self, device_id: _Optional[str] = ...) -> None: ...
+
+class RevokeDeviceResponse(_message.Message):
+    __slots__ = ("device_id", "revoked_at")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    revoked_at: _timestamp_pb2.Timestamp
+    def __init__(self, device_id: _Optional[str] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class ListConsentsResponse(_message.Message):
     __slots__ = ("consents",)
     CONSENTS_FIELD_NUMBER: _ClassVar[int]
