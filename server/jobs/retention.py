@@ -16,6 +16,9 @@ the store at once; this module does the same for the snapshots:
 - **Empty**: a snapshot with no rows left is deleted. Its job cannot be exported again (export reads the
   snapshot for int8 calibration and reference inputs) and says so; an unfinished one fails on its next
   start with that reason instead of resuming.
+- **Full disk**: a snapshot that cannot be rewritten without the user's rows for lack of room is
+  deleted instead (the rows must go), as if it were empty; temp files of interrupted writes are swept
+  at every revocation and at start.
 - **Unfinished jobs restart**: an unfinished job whose snapshot lost rows drops its run directory, so its
   search starts again on the remaining data instead of resuming a checkpoint trained on the removed rows.
 - **Kept**: the audit (which users, how many examples, which consent text) and `audit.json`'s batch list
