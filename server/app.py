@@ -181,6 +181,7 @@ def build_app(config: ServerConfig) -> App:
         config.max_running_jobs,
         config.max_watch_streams,
         config.search_workers,
+        config.min_cohort_users,
     )
     models = ModelRegistry(
         store, config.data_dir / "models", config.engine, config.download_chunk_bytes

@@ -94,6 +94,9 @@ class ServerConfig:
     auth_lockout_s: float = 30.0
     # Of the `open_streams` stream slots, how many one device may hold (0 = a quarter, at least 1)
     max_streams_per_device: int = 0
+    # A job needs examples of at least this many distinct consented users, unless its task sets its
+    # own `min_users` (1 keeps single-user jobs possible; production: 5 or more, see the README)
+    min_cohort_users: int = 1
     # Serve on a non-loopback address without TLS or without enrollment keys (development only)
     insecure: bool = False
 
@@ -153,6 +156,8 @@ class ServerConfig:
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be 0 (no limit) or more")
+        if self.min_cohort_users < 1:
+            raise ValueError("min_cohort_users: must be at least 1")
         if not (math.isfinite(self.auth_lockout_s) and self.auth_lockout_s > 0):
             raise ValueError("auth_lockout_s: must be a positive number of seconds")
         self._check_exposure()

@@ -98,6 +98,12 @@ def add_security_arguments(parser: argparse.ArgumentParser) -> None:
             help=f"stored example MiB allowed per {scope} (0: no limit; default {default})",
         )
     parser.add_argument(
+        "--min-cohort-users",
+        type=int,
+        default=1,
+        help="distinct consented users a job needs unless its task sets min_users (production: 5+)",
+    )
+    parser.add_argument(
         "--registrations-per-minute",
         type=int,
         default=120,
@@ -115,6 +121,7 @@ def security_settings(args: argparse.Namespace) -> dict[str, object]:
     """The ServerConfig fields of `add_security_arguments`."""
     return {
         "insecure": args.insecure,
+        "min_cohort_users": args.min_cohort_users,
         "device_quota_bytes": int(args.device_quota_mb * MIB),
         "user_quota_bytes": int(args.user_quota_mb * MIB),
         "app_quota_bytes": int(args.app_quota_mb * MIB),

@@ -38,7 +38,7 @@ from autohas_edge.server.errors import (
 from autohas_edge.server.jobs import retention, worker
 from autohas_edge.server.jobs.files import sweep_temp_files
 from autohas_edge.server.jobs.hub import ProgressHub
-from autohas_edge.server.jobs.snapshot import take_snapshot
+from autohas_edge.server.jobs.snapshot import check_cohort, take_snapshot
 from autohas_edge.server.store import Store
 from autohas_edge.server.store.base import is_full_disk
 from autohas_edge.server.tokens import new_id
@@ -80,6 +80,7 @@ class JobManager:
         max_running: int,
         max_watchers: int = 8,
         workers: int = 1,
+        min_users: int = 1,
     ) -> None:
         self._store, self._jobs_dir, self._engine, self._device = (
             store,
@@ -88,6 +89,7 @@ class JobManager:
             device,
         )
         self._workers = workers
+        self._min_users = min_users  # the minimum cohort of tasks that set none
         self._max_running = max_running
         self._watch_slots = threading.BoundedSemaphore(max_watchers)
         self._hub = ProgressHub()
@@ -137,12 +139,14 @@ class JobManager:
         except ValueError as e:
             field, _, detail = str(e).partition(": ")
             raise InvalidArgument(field, detail) from e
-        if self._store.get_task(spec.task_id) is None:
+        task = self._store.get_task(spec.task_id)
+        if task is None:
             raise NotFound(f"spec.task_id: no task {spec.task_id!r}")
         if self._store.count_examples(spec.task_id) == 0:
             raise FailedPrecondition(
                 f"spec.task_id: task {spec.task_id!r} has no consented examples yet"
             )
+        check_cohort(self._store, task, self._min_users)
         t = now()
         job = Job(new_id("job"), spec, JobState.QUEUED, t, JobProgress(stage="queued", time=t))
         with self._lock:
@@ -172,7 +176,7 @@ class JobManager:
             raise FailedPrecondition(
                 f"job_id: job {job_id!r} has not started, so it has used no data yet"
             )
-        return audit
+        return retention.with_revocations(self._store, audit)
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a job: at once when queued; a running one stops at its next step (see WatchJob)."""
@@ -376,6 +380,7 @@ class JobManager:
         task = self._store.get_task(job.spec.task_id)
         if task is None:
             raise NotFound(f"spec.task_id: no task {job.spec.task_id!r}")
+        check_cohort(self._store, task, self._min_users)  # users may have revoked since submit
         self._store.put_audit(take_snapshot(self._store, task, job.job_id, path))
         return path
 

@@ -157,6 +157,10 @@ class Store(ABC):
         """Stored examples of a task, optionally only one app's or one user's."""
 
     @abstractmethod
+    def count_users(self, task_id: str, purpose: str) -> int:
+        """Distinct users with examples in the task and active consent for `purpose`."""
+
+    @abstractmethod
     def snapshot(self, task_id: str, purpose: str) -> Snapshot:
         """A task's batches whose users hold active consent for `purpose`, read in one transaction."""
 

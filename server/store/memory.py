@@ -142,6 +142,9 @@ class MemoryStore(Store):
                 and user_id in (None, b.user_id)
             )
 
+    def count_users(self, task_id: str, purpose: str) -> int:
+        return len({(b.app_id, b.user_id) for b in self.snapshot(task_id, purpose).batches})
+
     def snapshot(self, task_id: str, purpose: str) -> Snapshot:
         with self._lock:
             versions = {

@@ -333,6 +333,16 @@ class SqliteStore(Store):
                 sql, args = f"{sql} AND {column} = ?", [*args, value]
         return int(self._conn().execute(sql, args).fetchone()[0])
 
+    def count_users(self, task_id: str, purpose: str) -> int:
+        row = self._one(
+            "SELECT COUNT(*) FROM (SELECT DISTINCT e.app_id, e.user_id FROM examples e JOIN consents c "
+            "ON c.app_id = e.app_id AND c.user_id = e.user_id AND c.purpose = ? "
+            "AND c.revoked_at IS NULL WHERE e.task_id = ?)",
+            purpose,
+            task_id,
+        )
+        return 0 if row is None else int(row[0])
+
     def snapshot(self, task_id: str, purpose: str) -> Snapshot:
         with self._read() as c:
             rows = c.execute(
