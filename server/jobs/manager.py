@@ -343,7 +343,9 @@ class JobManager:
             )
             process.start()
         except Exception as e:
-            if not isinstance(e, ServerError):
+            if is_full_disk(e):
+                log.warning("could not start job %s: %s", job_id, _reason(e))
+            elif not isinstance(e, ServerError):
                 log.exception("could not start job %s", job_id)
             self._save(job, state=JobState.FAILED, error=_reason(e), finished_at=now())
             return
