@@ -313,7 +313,7 @@ class JobManager:
         """Requeue a job the store could not record and wait `RETRY_S`; GetJob says why meanwhile."""
         log.warning("could not start job %s (%s); retrying in %.0f s", job_id, error, RETRY_S)
         self._queue.appendleft(job_id)
-        job = self._store.get_job(job_id)
+        job = self._hub.latest(job_id)[1]  # not the store: it may be what failed
         if job is not None:
             reason = f"waiting to start: {_reason(error)}"
             self._save(job, persist=False, error=reason)
