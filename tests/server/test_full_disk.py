@@ -117,3 +117,15 @@ def test_start_up_and_revocation_sweep_stale_temp_files(
     s.stop()
     server_factory(data_dir=tmp_path / "data")
     assert not stale.exists()
+
+
+def test_health_turns_not_serving_when_jobs_can_no_longer_run(
+    server_factory: Callable[..., RunningServer],
+) -> None:
+    s = server_factory()
+    assert _health(s) == health_pb2.HealthCheckResponse.SERVING
+    s.handle.app.jobs.close(grace=1.0)  # the scheduler thread ends: queued jobs would never start
+    wait_for(
+        lambda: _health(s) == health_pb2.HealthCheckResponse.NOT_SERVING,
+        timeout=10,
+    )
