@@ -60,6 +60,9 @@ def start_server(data_dir: Path) -> Server:
         "0",
         "--device",
         "cpu",
+        # a throughput bench stores far more than any device's quota, from one address
+        *("--device-quota-mb", "0", "--user-quota-mb", "0", "--app-quota-mb", "0"),
+        *("--registrations-per-minute", "0"),
     ]
     process = subprocess.Popen(
         command,

@@ -144,6 +144,16 @@ class ServerClient:
         device_id: str = reply.device_id
         return device_id
 
+    def revoke_device(self) -> None:
+        """Revoke this device's token on the server (a lost or retired device) and forget it here.
+
+        The token authenticates no more; the user's consents and stored examples stay (revoke_consent
+        deletes examples). `register()` gives this device a new token afterwards.
+        """
+        self._call("RevokeDevice", pb.RevokeDeviceRequest())
+        self.outbox.set("device_token", "")
+        self.outbox.set("device_id", "")
+
     def grant_consent(self, purpose: str = DEFAULT_PURPOSE, text_version: str = "1") -> ConsentInfo:
         """Record the user's consent to upload examples for `purpose`."""
         reply = self._call(

@@ -47,8 +47,11 @@ REFERENCE_COUNT = 32
 #: (the server's choice: every device of an app downloads the bundle, so it must not hold user examples)
 REFERENCE_SOURCES = {
     "test": "first examples of the test split",
-    "synthetic": "random inputs with the calibration set's per-feature mean and std (no real example)",
+    "synthetic": "random inputs drawn through the model's own input normalisation, independent of "
+    "the data (no real example, no statistic of it)",
 }
+#: seeds the synthetic reference inputs (not 0: data made with seed 0 would share their rows)
+REFERENCE_SEED = 0x5EED_4EF5
 #: training examples used to calibrate int8 activations
 CALIBRATION_COUNT = 512
 
@@ -147,7 +150,7 @@ def export_model(
     staging.mkdir(parents=True)
     try:
         stage("reference")
-        x_ref = reference_inputs(reference, calibration_x, test_x)
+        x_ref = reference_inputs(reference, calibration_x, test_x, model)
         ctx = _prepare(model, spec, staging, final, x_ref, calibration_x, test_x, test_y)
         ctx.reference_source = reference
         ctx.stage = stage
@@ -193,16 +196,34 @@ def _no_stage(_: str) -> None:
     return None
 
 
-def reference_inputs(source: str, calibration_x: np.ndarray, test_x: np.ndarray) -> np.ndarray:
-    """The reference inputs for `source` ("test" or "synthetic"), float32 and contiguous."""
+def reference_inputs(
+    source: str,
+    calibration_x: np.ndarray,
+    test_x: np.ndarray,
+    model: torch.nn.Module | None = None,
+) -> np.ndarray:
+    """The reference inputs for `source` ("test" or "synthetic"), float32 and contiguous.
+
+    "synthetic" inputs depend on nothing but the data's shape and the model: seeded standard normal
+    noise mapped through the model's own input normalisation (`norm_mean + z * norm_std`, buffers
+    every artifact already carries), or left standard normal for a model without them. So they
+    reveal nothing the model does not, unlike statistics of the calibration rows (a constant feature
+    was copied into them exactly).
+    """
     if source == "test":
-        x = test_x[:REFERENCE_COUNT]
-    else:
-        calib = np.asarray(calibration_x, dtype=np.float64)
-        rng = np.random.default_rng(0)
-        noise = rng.standard_normal((REFERENCE_COUNT, *calib.shape[1:]))
-        x = calib.mean(axis=0) + noise * calib.std(axis=0)
-    return np.ascontiguousarray(x, dtype=np.float32)
+        return np.ascontiguousarray(test_x[:REFERENCE_COUNT], dtype=np.float32)
+    shape = np.asarray(calibration_x).shape[1:]
+    z = np.random.default_rng(REFERENCE_SEED).standard_normal((REFERENCE_COUNT, *shape))
+    mean, std = _input_norm(model)
+    return np.ascontiguousarray(mean + z * std, dtype=np.float32)
+
+
+def _input_norm(model: torch.nn.Module | None) -> tuple[np.ndarray, np.ndarray]:
+    """The model's input normalisation buffers as numpy (0 and 1 when it has none)."""
+    mean, std = getattr(model, "norm_mean", None), getattr(model, "norm_std", None)
+    if not isinstance(mean, torch.Tensor) or not isinstance(std, torch.Tensor):
+        return np.zeros(()), np.ones(())
+    return mean.detach().cpu().double().numpy(), std.detach().cpu().double().numpy()
 
 
 def _prepare(

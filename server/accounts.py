@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -9,9 +10,17 @@ from autohas_edge.server.domain import Consent, Device, Task, now
 from autohas_edge.server.enrollment import TicketError, check_ticket
 from autohas_edge.server.errors import NotFound, PermissionDenied, Unauthenticated
 from autohas_edge.server.store import Store
-from autohas_edge.server.tokens import device_id_of, hash_token, matches, new_device_token, new_id
+from autohas_edge.server.tokens import (
+    device_id_of,
+    hash_token,
+    matches,
+    new_device_token,
+    new_id,
+    user_ref,
+)
 from autohas_edge.server.validate import check_id, check_text
 
+log = logging.getLogger(__name__)
 MAX_TOKEN_CHARS = 512
 # Compared against when a token names no device, so an unknown id costs the same time as a wrong secret.
 _NO_DEVICE_HASH = hash_token("no device")
@@ -89,6 +98,13 @@ class Accounts:
         token = new_device_token(device_id)
         device = Device(device_id, app_id, user_id, name, hash_token(token), now())
         self._store.add_device(device)
+        log.info(
+            "registered device %s of app %s for %s (%s)",
+            device_id,
+            app_id,
+            user_ref(app_id, user_id),
+            "open registration" if self.open_registration else "enrollment ticket",
+        )
         return device, token
 
     def _check_enrollment(self, app_id: str, user_id: str, ticket: str) -> None:
@@ -98,9 +114,13 @@ class Accounts:
         if secret is None:
             raise PermissionDenied(f"app_id: {app_id!r} has no enrollment key on this server")
         try:
-            check_ticket(secret, ticket, app_id, user_id)
+            expires = check_ticket(secret, ticket, app_id, user_id)
         except TicketError as e:
             raise (PermissionDenied if e.wrong_subject else Unauthenticated)(str(e)) from e
+        if not self._store.use_ticket(hash_token(ticket), expires, now()):
+            raise Unauthenticated(
+                "enrollment_ticket: already used (a ticket registers one device; mint another)"
+            )
 
     def authenticate(self, token: str) -> Principal:
         """The principal a bearer token belongs to; Unauthenticated if it belongs to no one."""
@@ -112,15 +132,45 @@ class Accounts:
         device = self._store.get_device(device_id) if device_id else None
         if not matches(token, device.token_hash if device else _NO_DEVICE_HASH) or device is None:
             raise Unauthenticated("invalid token")
+        if device.revoked_at is not None:
+            raise Unauthenticated("invalid token (revoked)")
         return Principal(device)
+
+    def revoke_device(self, principal: Principal, device_id: str) -> Device:
+        """Revoke a device's token: a device its own (`device_id` empty or its id), the operator any.
+
+        Another device's id answers as an unknown one. The device's examples and consents stay (revoke
+        consent to delete examples); its token authenticates no more.
+        """
+        own = principal.device
+        if own is None:
+            check_id("device_id", device_id)
+        elif device_id in ("", own.device_id):
+            device_id = own.device_id
+        else:
+            device_id = ""  # another device: answered as an unknown one
+        device = self._store.revoke_device(device_id, now()) if device_id else None
+        if device is None:
+            raise NotFound("device_id: no such device")
+        by = "the device itself" if own else "the operator"
+        log.info("revoked the token of device %s (by %s)", device_id, by)
+        return device
 
     def grant_consent(self, device: Device, purpose: str, consent_text_version: str) -> Consent:
         """Record the device's user's consent for a purpose (idempotent for the same text version)."""
         check_id("purpose", purpose)
         check_id("consent_text_version", consent_text_version)
-        return self._store.grant_consent(
+        consent = self._store.grant_consent(
             Consent(device.app_id, device.user_id, purpose, consent_text_version, now())
         )
+        log.info(
+            "consent granted: %s of app %s, purpose %s, text %s",
+            user_ref(device.app_id, device.user_id),
+            device.app_id,
+            purpose,
+            consent.consent_text_version,
+        )
+        return consent
 
     def revoke_consent(self, device: Device, purpose: str) -> tuple[Consent, int]:
         """Revoke the user's consent for a purpose and delete their examples for it at once (from the store,
@@ -134,6 +184,13 @@ class Accounts:
         consent, deleted = self._revoke_hook(app_id, user_id, purpose, commit)
         if consent is None:
             raise NotFound(f"purpose: user {device.user_id!r} never consented to {purpose!r}")
+        log.info(
+            "consent revoked: %s of app %s, purpose %s; %d examples deleted",
+            user_ref(app_id, user_id),
+            app_id,
+            purpose,
+            deleted,
+        )
         return consent, deleted
 
     def list_consents(self, device: Device) -> list[Consent]:

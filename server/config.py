@@ -3,13 +3,41 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 MIN_OPERATOR_TOKEN_CHARS = 16
+#: bits a configured operator token must carry by `token_bits` (`secrets.token_urlsafe(32)`: ~200)
+MIN_OPERATOR_TOKEN_BITS = 64
 MIB = 2**20
+GIB = 2**30
+LOOPBACK_NAMES = ("localhost", "ip6-localhost")
+
+
+def token_bits(token: str) -> float:
+    """An upper estimate of a token's entropy: its length times the Shannon entropy of its characters.
+
+    `'a' * 16` has 0 bits, a random 16-character hex string ~42 (32 of them: ~120),
+    `secrets.token_urlsafe(32)` ~200;
+    a token picked by a person scores high only if it is long and varied (a passphrase).
+    """
+    counts = Counter(token)
+    n = len(token)
+    return max(0.0, -sum(c * math.log2(c / n) for c in counts.values()))
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names only this machine (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
 
 
 @dataclass(frozen=True)
@@ -65,6 +93,24 @@ class ServerConfig:
     ray_cpus_per_worker: float = 1.0
     ray_gpus_per_worker: float = -1.0
     ray_scratch_dir: str = ""
+    # Stored example bytes (features + labels) allowed per device, per user and per app; an upload
+    # that would go over answers RESOURCE_EXHAUSTED naming the quota. 0 = no limit.
+    device_quota_bytes: int = 64 * MIB
+    user_quota_bytes: int = 256 * MIB
+    app_quota_bytes: int = 8 * GIB
+    # RegisterDevice calls allowed per client address a minute (0 = no limit)
+    registrations_per_minute: int = 120
+    # Failed authentications from one address within a minute that lock it out for auth_lockout_s,
+    # doubled at each further lockout up to an hour (0 = never lock out)
+    auth_failures_per_minute: int = 20
+    auth_lockout_s: float = 30.0
+    # Of the `open_streams` stream slots, how many one device may hold (0 = a quarter, at least 1)
+    max_streams_per_device: int = 0
+    # A job needs examples of at least this many distinct consented users, unless its task sets its
+    # own `min_users` (1 keeps single-user jobs possible; production: 5 or more, see the README)
+    min_cohort_users: int = 1
+    # Serve on a non-loopback address without TLS or without enrollment keys (development only)
+    insecure: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -75,6 +121,12 @@ class ServerConfig:
         if len(self.operator_token) < MIN_OPERATOR_TOKEN_CHARS:
             raise ValueError(
                 f"operator_token: needs at least {MIN_OPERATOR_TOKEN_CHARS} characters"
+            )
+        if token_bits(self.operator_token) < MIN_OPERATOR_TOKEN_BITS:
+            raise ValueError(
+                f"operator_token: too predictable ({token_bits(self.operator_token):.0f} bits by "
+                f"its character frequencies, at least {MIN_OPERATOR_TOKEN_BITS} needed); make one "
+                "with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key: give both or neither")
@@ -112,11 +164,49 @@ class ServerConfig:
             raise ValueError("ray_gpus_per_worker: must be 0 or more (or -1: 1 with CUDA, else 0)")
         if self.search_device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"search_device: {self.search_device!r} is not auto, cpu or cuda")
+        for name in (
+            "device_quota_bytes",
+            "user_quota_bytes",
+            "app_quota_bytes",
+            "registrations_per_minute",
+            "auth_failures_per_minute",
+            "max_streams_per_device",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be 0 (no limit) or more")
+        if self.min_cohort_users < 1:
+            raise ValueError("min_cohort_users: must be at least 1")
+        if not (math.isfinite(self.auth_lockout_s) and self.auth_lockout_s > 0):
+            raise ValueError("auth_lockout_s: must be a positive number of seconds")
+        self._check_exposure()
+
+    def _check_exposure(self) -> None:
+        """Refuse to serve beyond this machine without TLS and enrollment keys, unless `insecure`."""
+        if self.insecure or is_loopback(self.host):
+            return
+        missing = [
+            what
+            for what, absent in (
+                ("TLS (--tls-cert/--tls-key)", not self.tls),
+                ("enrollment keys (--enrollment-keys)", self.enrollment_keys is None),
+            )
+            if absent
+        ]
+        if missing:
+            raise ValueError(
+                f"host: {self.host} is reachable from other machines, so it needs "
+                f"{' and '.join(missing)}; pass --insecure to serve without them anyway"
+            )
 
     @property
     def open_streams(self) -> int:
         """How many streams may wait on their peers at once (see `max_streams`)."""
         return self.max_streams or max(1, self.rpc_threads - max(2, self.rpc_threads // 4))
+
+    @property
+    def streams_per_device(self) -> int:
+        """How many stream slots one device may hold (see `max_streams_per_device`)."""
+        return min(self.max_streams_per_device or max(1, self.open_streams // 4), self.open_streams)
 
     @property
     def tls(self) -> bool:

@@ -30,6 +30,7 @@ class Device:
     name: str
     token_hash: str
     created_at: float
+    revoked_at: float | None = None  # set once its token was revoked (RevokeDevice)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class Task:
     num_classes: int
     label_names: tuple[str, ...] = ()
     created_at: float = 0.0
+    min_users: int = 0  # a job needs this many distinct consented users (0: the server's default)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -78,6 +80,7 @@ class Task:
             int(d["num_classes"]),
             tuple(d["label_names"]),
             float(d["created_at"]),
+            int(d.get("min_users", 0)),
         )
 
 
@@ -279,6 +282,7 @@ class UserCount:
     user_id: str
     examples: int
     consent_text_version: str = ""
+    revoked_at: float | None = None  # when the user revoked that consent after the snapshot
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,10 @@ def checkpoint_every(steps: int) -> int:
     return max(1, min(MAX_CHECKPOINT_EVERY, math.ceil(steps / CHECKPOINTS_PER_SEARCH)))
 
 
+#: noise on the normalisation statistics of models trained on people's data (`runner.norm_stats`)
+NORM_NOISE = 0.05
+
+
 def search_config(spec: Mapping[str, Any], dataset: str, device: str) -> Any:
     """The engine's `SearchConfig` for a job spec over a snapshot `.npz` (ValueError if invalid)."""
     from autohas_edge.server.search import SearchConfig
@@ -75,7 +79,7 @@ def search_config(spec: Mapping[str, Any], dataset: str, device: str) -> Any:
         value = spec.get(spec_name)
         if value or (spec_name == "seed" and value is not None):
             kwargs[config_name] = value
-    config = SearchConfig(**kwargs)
+    config = SearchConfig(norm_noise=NORM_NOISE, **kwargs)
     return config.replace(checkpoint_every=checkpoint_every(config.steps))
 
 

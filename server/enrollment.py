@@ -5,11 +5,13 @@ as that user and upload in their name. With an enrollment key per app (a JSON fi
 given to the server, each secret at least 32 characters), the app's backend, which has signed its user in,
 mints a short-lived ticket for (app, user) with `mint_ticket`, the app passes it to the SDK's
 `register(enrollment_ticket=...)`, and the server accepts the registration only with a valid ticket. Every
-app then needs a key: an app missing from the file cannot register devices. A ticket binds a user, not a
-device: until it expires (at most `MAX_TTL_S` after it is checked) it registers any device of that user
-(a phone and a tablet), so mint one per sign-in and keep them short-lived.
+app then needs a key: an app missing from the file cannot register devices. A ticket is single-use: the
+server records each accepted ticket (its SHA-256, until it expires) and refuses it a second time, so a
+leaked or replayed ticket registers no second device; mint one per device sign-in (a phone and a tablet
+each get their own).
 
-Ticket: ``v1.<base64url JSON {"app", "user", "exp"}>.<base64url HMAC-SHA256(secret, "v1." + payload)>``.
+Ticket: ``v1.<base64url JSON {"app", "user", "exp", "nonce"}>.<base64url HMAC-SHA256(secret, "v1." +
+payload)>``.
 This module needs the standard library only, so an app backend can vendor it.
 """
 
@@ -20,6 +22,7 @@ import hashlib
 import hmac
 import json
 import os
+import secrets
 import stat
 import time
 from pathlib import Path
@@ -60,15 +63,17 @@ def mint_ticket(
     if not 0 < ttl_s <= MAX_TTL_S:
         raise ValueError(f"ttl_s: must be in (0, {MAX_TTL_S}], got {ttl_s}")
     expires = int((time.time() if now is None else now) + ttl_s)
-    claims = {"app": app_id, "user": user_id, "exp": expires}
+    # a nonce: two tickets for one user minted in the same second must differ (each is single-use)
+    claims = {"app": app_id, "user": user_id, "exp": expires, "nonce": secrets.token_urlsafe(9)}
     payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
     return f"{VERSION}.{payload}.{_signature(secret, payload)}"
 
 
 def check_ticket(
     secret: str, ticket: str, app_id: str, user_id: str, now: float | None = None
-) -> None:
-    """Raise `TicketError` unless `ticket` is a valid, unexpired ticket for exactly (app_id, user_id)."""
+) -> int:
+    """Raise `TicketError` unless `ticket` is a valid, unexpired ticket for exactly (app_id, user_id);
+    returns its expiry (Unix seconds)."""
     if not ticket:
         raise TicketError(f"enrollment_ticket: app {app_id!r} requires one from its backend")
     parts = ticket.split(".")
@@ -99,6 +104,7 @@ def check_ticket(
         )
     if subject != (app_id, user_id):
         raise TicketError("enrollment_ticket: issued for another app or user", wrong_subject=True)
+    return expires
 
 
 def load_keys(path: Path) -> dict[str, str]:

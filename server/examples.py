@@ -16,9 +16,10 @@ from autohas_edge.server.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    PermissionDenied,
+    ResourceExhausted,
 )
-from autohas_edge.server.store import Store
+from autohas_edge.server.store import NO_QUOTA, Quota, Store
+from autohas_edge.server.store.base import stored_bytes
 from autohas_edge.server.validate import check_batch, check_task
 
 
@@ -42,12 +43,25 @@ def batch_digest(batch: ExampleBatch) -> str:
     return h.hexdigest()
 
 
+_QUOTA_NAMES = {"device_quota": "the device", "user_quota": "the user", "app_quota": "the app"}
+
+
+def _limit(quota: Quota, status: str) -> str:
+    limit = {
+        "device_quota": quota.device_bytes,
+        "user_quota": quota.user_bytes,
+        "app_quota": quota.app_bytes,
+    }[status]
+    return f"quota of {limit} bytes"
+
+
 class Examples:
     """Creates and reads tasks; validates and durably stores uploaded example batches."""
 
-    def __init__(self, store: Store, max_batch_examples: int) -> None:
+    def __init__(self, store: Store, max_batch_examples: int, quota: Quota = NO_QUOTA) -> None:
         self._store = store
         self._max_batch_examples = max_batch_examples
+        self._quota = quota
 
     def create_task(self, task: Task) -> Task:
         """Create a task (operator only); its id must be new."""
@@ -61,10 +75,9 @@ class Examples:
         if not task_id:
             raise InvalidArgument("task_id", "required")
         task = self._store.get_task(task_id)
-        if task is None:
+        # another app's task answers exactly as an unknown one: no oracle of which ids exist
+        if task is None or not principal.can_read(task):
             raise NotFound(f"task_id: no task {task_id[:128]!r}")
-        if not principal.can_read(task):
-            raise PermissionDenied(f"task_id: {principal.describe()} may not use task {task_id!r}")
         return task
 
     def list_tasks(self) -> list[Task]:
@@ -102,7 +115,13 @@ class Examples:
             batch_digest(batch),
             now(),
         )
-        status = self._store.add_batch(stored, task.purpose)
+        status = self._store.add_batch(stored, task.purpose, self._quota)
+        if status.endswith("_quota"):
+            raise ResourceExhausted(
+                f"quota: batch {batch.batch_id!r} ({stored_bytes(stored)} bytes) would take "
+                f"{_QUOTA_NAMES[status]} over its {_limit(self._quota, status)} of stored examples; "
+                "nothing was stored"
+            )
         if status == "no_consent":
             raise FailedPrecondition(
                 f"consent: user {device.user_id!r} has no active consent for purpose "

@@ -27,7 +27,6 @@ from autohas_edge.server.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    PermissionDenied,
 )
 from autohas_edge.server.jobs import JobManager, worker
 from autohas_edge.server.store import Store
@@ -121,21 +120,20 @@ class ModelRegistry:
         return info
 
     def _readable(self, principal: Principal, task_id: str) -> None:
-        task = self._store.get_task(task_id)
-        if task is None:
+        # another app's task answers exactly as an unknown one: no oracle of which ids exist
+        if not self._can_read(principal, task_id):
             raise NotFound(f"task_id: no task {task_id[:128]!r}")
-        if not principal.can_read(task):
-            raise PermissionDenied(
-                f"task_id: {principal.describe()} may not read models of task {task_id!r}"
-            )
+
+    def _can_read(self, principal: Principal, task_id: str) -> bool:
+        task = self._store.get_task(task_id)
+        return task is not None and principal.can_read(task)
 
     def _model(
         self, principal: Principal, model_id: str
     ) -> tuple[ModelInfo, tuple[ModelFile, ...]]:
         found = self._store.get_model(model_id) if model_id else None
-        if found is None:
+        if found is None or not self._can_read(principal, found[0].task_id):
             raise NotFound(f"model_id: no model {model_id[:128]!r}")
-        self._readable(principal, found[0].task_id)
         return found
 
     def list(self, principal: Principal, task_id: str) -> list[ModelInfo]:

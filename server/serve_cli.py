@@ -113,6 +113,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="autohas_edge.server.engine",
         help="module adapting the search engine and exporter (tests name a fast fake)",
     )
+    add_security_arguments(parser)
+
+
+def add_security_arguments(parser: argparse.ArgumentParser) -> None:
+    """Exposure, quotas and rate limits (defaults: `ServerConfig`'s)."""
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve on a non-loopback --host without TLS or enrollment keys (development only)",
+    )
+    for scope, default in (("device", 64), ("user", 256), ("app", 8192)):
+        parser.add_argument(
+            f"--{scope}-quota-mb",
+            type=float,
+            default=float(default),
+            help=f"stored example MiB allowed per {scope} (0: no limit; default {default})",
+        )
+    parser.add_argument(
+        "--min-cohort-users",
+        type=int,
+        default=1,
+        help="distinct consented users a job needs unless its task sets min_users (production: 5+)",
+    )
+    parser.add_argument(
+        "--registrations-per-minute",
+        type=int,
+        default=120,
+        help="RegisterDevice calls allowed per client address a minute (0: no limit)",
+    )
+    parser.add_argument(
+        "--auth-failures-per-minute",
+        type=int,
+        default=20,
+        help="failed authentications from one address that lock it out (0: never)",
+    )
+
+
+def security_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The ServerConfig fields of `add_security_arguments`."""
+    return {
+        "insecure": args.insecure,
+        "min_cohort_users": args.min_cohort_users,
+        "device_quota_bytes": int(args.device_quota_mb * MIB),
+        "user_quota_bytes": int(args.user_quota_mb * MIB),
+        "app_quota_bytes": int(args.app_quota_mb * MIB),
+        "registrations_per_minute": args.registrations_per_minute,
+        "auth_failures_per_minute": args.auth_failures_per_minute,
+    }
 
 
 def operator_token(args: argparse.Namespace) -> tuple[str, str]:
@@ -156,6 +204,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[ServerConfig, str]:
         rpc_threads=args.rpc_threads,
         max_streams=args.max_streams,
         reflection=args.reflection,
+        **security_settings(args),  # type: ignore[arg-type]
     )
     return config, source
 

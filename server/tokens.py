@@ -35,3 +35,13 @@ def device_id_of(token: str) -> str:
 def matches(token: str, expected_hash: str) -> bool:
     """Whether `token` hashes to `expected_hash`, compared in constant time."""
     return hmac.compare_digest(hash_token(token), expected_hash)
+
+
+def user_ref(app_id: str, user_id: str) -> str:
+    """A user's name in logs: `user#` + 12 hex digits of SHA-256(app_id NUL user_id), never the id.
+
+    It lets one follow a user across log lines; it is a pseudonym, not anonymous: whoever can guess
+    user ids can hash them and compare.
+    """
+    digest = hashlib.sha256(f"{app_id}\0{user_id}".encode("utf-8", "surrogatepass")).hexdigest()
+    return f"user#{digest[:12]}"

@@ -18,6 +18,7 @@ MAX_INPUT_ELEMENTS = 2**24
 MAX_CHANNELS = 64  # signals [C, L] and images [C, H, W]: e.g. a 3-axis accelerometer, RGB
 MAX_SEED = 2**63 - 1  # the search seeds numpy's generator, which refuses negative seeds
 MAX_LATENCY_MS = 1e6
+MAX_COHORT = 1_000_000
 
 
 def check_id(field: str, value: str) -> str:
@@ -73,6 +74,8 @@ def check_task(task: Task) -> Task:
         )
     for i, name in enumerate(task.label_names):
         check_text(f"task.label_names[{i}]", name)
+    if not 0 <= task.min_users <= MAX_COHORT:
+        raise InvalidArgument("task.min_users", f"{task.min_users} is not in [0, {MAX_COHORT}]")
     return task
 
 

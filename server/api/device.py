@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import grpc
@@ -15,6 +16,7 @@ from autohas_edge.server.examples import Examples
 from autohas_edge.server.models import ModelRegistry
 
 Ctx = grpc.ServicerContext
+log = logging.getLogger(__name__)
 
 
 class DeviceServicer(pb_grpc.DeviceServiceServicer):
@@ -52,14 +54,32 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
         consents = self._accounts.list_consents(device_of(context))
         return pb.ListConsentsResponse(consents=[serde.consent_to_proto(c) for c in consents])
 
+    def RevokeDevice(
+        self, request: pb.RevokeDeviceRequest, context: Ctx
+    ) -> pb.RevokeDeviceResponse:
+        device = self._accounts.revoke_device(principal_of(context), request.device_id)
+        assert device.revoked_at is not None
+        return pb.RevokeDeviceResponse(
+            device_id=device.device_id, revoked_at=serde.timestamp_to_proto(device.revoked_at)
+        )
+
     def GetTask(self, request: pb.GetTaskRequest, context: Ctx) -> pb.Task:
         return serde.task_to_proto(self._examples.get_task(principal_of(context), request.task_id))
 
     def UploadExamples(
         self, request_iterator: Iterator[pb.ExampleBatch], context: Ctx
     ) -> pb.UploadSummary:
+        device = device_of(context)
         batches = (serde.batch_from_proto(message) for message in request_iterator)
-        return serde.upload_result_to_proto(self._examples.upload(device_of(context), batches))
+        result = self._examples.upload(device, batches)
+        log.info(
+            "upload from device %s: %d batches stored (%d examples), %d duplicates",
+            device.device_id,
+            len(result.stored_batch_ids),
+            result.examples_stored,
+            len(result.duplicate_batch_ids),
+        )
+        return serde.upload_result_to_proto(result)
 
     def ListModels(self, request: pb.ListModelsRequest, context: Ctx) -> pb.ListModelsResponse:
         models = self._models.list(principal_of(context), request.task_id)

@@ -91,6 +91,9 @@ class _Watched:
         self.context, self.method = context, method
         self.waiting_since: float | None = None
         self.cancelled = False
+        principal = getattr(context, "principal", None)  # set by the auth interceptor
+        device = getattr(principal, "device", None)
+        self.owner: str | None = None if device is None else device.device_id
 
 
 class IdleWatchdog:
@@ -152,24 +155,32 @@ class IdleWatchdog:
 
 
 class _Slots:
-    """How many streams may wait on their peer at once; each stream holds at most one slot."""
+    """How many streams may wait on their peer at once, and how many of them one device may hold;
+    each stream holds at most one slot."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per_device: int | None = None) -> None:
         self.limit = limit
+        self.per_device = limit if per_device is None else per_device
         self.used = 0
         self._holders: set[_Watched] = set()
+        self._by_device: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def take(self, entry: _Watched) -> bool:
-        """Give `entry` a slot (True if it already holds one); False when all are taken."""
+    def take(self, entry: _Watched) -> str:
+        """Give `entry` a slot: "" when it has one (or had), else why not ("server" or "device")."""
         with self._lock:
             if entry in self._holders:
-                return True
+                return ""
             if self.used >= self.limit:
-                return False
+                return "server"
+            owner = entry.owner
+            if owner is not None and self._by_device.get(owner, 0) >= self.per_device:
+                return "device"
             self._holders.add(entry)
             self.used += 1
-            return True
+            if owner is not None:
+                self._by_device[owner] = self._by_device.get(owner, 0) + 1
+            return ""
 
     def give(self, entry: _Watched) -> None:
         """Return `entry`'s slot, if it holds one."""
@@ -177,6 +188,11 @@ class _Slots:
             if entry in self._holders:
                 self._holders.discard(entry)
                 self.used -= 1
+                owner = entry.owner
+                if owner is not None:
+                    self._by_device[owner] -= 1
+                    if not self._by_device[owner]:
+                        del self._by_device[owner]
 
 
 class StreamInterceptor(grpc.ServerInterceptor):
@@ -188,8 +204,10 @@ class StreamInterceptor(grpc.ServerInterceptor):
     can hold at most `open_streams` threads, and each for at most `idle_timeout` seconds.
     """
 
-    def __init__(self, open_streams: int, idle_timeout: float) -> None:
-        self.slots = _Slots(open_streams)
+    def __init__(
+        self, open_streams: int, idle_timeout: float, per_device: int | None = None
+    ) -> None:
+        self.slots = _Slots(open_streams, per_device)
         self.watchdog = IdleWatchdog(idle_timeout)
         self._methods = set(access_table())
 
@@ -222,11 +240,15 @@ class StreamInterceptor(grpc.ServerInterceptor):
 
     def _await_peer(self, entry: _Watched) -> None:
         """Take a slot before waiting on the peer; RESOURCE_EXHAUSTED when none is free."""
-        if not self.slots.take(entry):
+        refused = self.slots.take(entry)
+        if refused:
             name = entry.method.rsplit("/", 1)[-1]
             message = (
                 f"{name}: {self.slots.limit} streams are waiting on their peers, the "
                 "server's limit; retry later"
+                if refused == "server"
+                else f"{name}: this device already has {self.slots.per_device} streams waiting "
+                "on it, its share of the server's; finish or cancel one first"
             )
             if entry.method in self._methods:
                 raise ResourceExhausted(message)

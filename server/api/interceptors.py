@@ -15,8 +15,15 @@ import grpc
 
 from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
 from autohas_edge.server.accounts import Accounts, Principal
+from autohas_edge.server.api.throttle import AuthThrottle, RateLimit, peer_address, retry_after
 from autohas_edge.server.domain import Device
-from autohas_edge.server.errors import PermissionDenied, ServerError, Unauthenticated
+from autohas_edge.server.errors import (
+    PermissionDenied,
+    ResourceExhausted,
+    ServerError,
+    Unauthenticated,
+)
+from autohas_edge.server.store.base import StorageFull, is_full_disk
 
 log = logging.getLogger(__name__)
 Behavior = Callable[[Any, Any], Any]
@@ -34,6 +41,7 @@ class Access(enum.Enum):
 
 _PUBLIC = {"DeviceService.RegisterDevice"}
 _READER = {
+    "DeviceService.RevokeDevice",
     "DeviceService.GetTask",
     "DeviceService.ListModels",
     "DeviceService.GetModelManifest",
@@ -123,27 +131,78 @@ def wrap_handler(
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
-    """Checks each API call's token against its method's `Access` and hands servicers the principal."""
+    """Checks each API call's token against its method's `Access` and hands servicers the principal.
 
-    def __init__(self, accounts: Accounts) -> None:
+    With a `throttle`, an address that keeps failing to authenticate is locked out (see
+    `server.api.throttle`); with `registrations`, each address may register only so many devices a
+    minute.
+    """
+
+    def __init__(
+        self,
+        accounts: Accounts,
+        throttle: AuthThrottle | None = None,
+        registrations: RateLimit | None = None,
+    ) -> None:
         self._accounts = accounts
         self._table = access_table()
+        self._throttle, self._registrations = throttle, registrations
 
     def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
         access = self._table.get(details.method)
-        if handler is None or access is None or access is Access.PUBLIC:
-            return handler  # health, reflection and RegisterDevice need no token
+        if handler is None or access is None:
+            return handler  # health and reflection need no token
         method = details.method.rsplit("/", 1)[-1]
+        if access is Access.PUBLIC:
+            return handler if self._registrations is None else self._limited(handler, method)
 
         def around(behavior: Behavior, request: Any, context: grpc.ServicerContext) -> Any:
-            principal = self._accounts.authenticate(bearer_token(context.invocation_metadata()))
+            principal = self._authenticate(context)
             if (access is Access.OPERATOR and not principal.is_operator) or (
                 access is Access.DEVICE and principal.is_operator
             ):
                 who = principal.describe()
                 raise PermissionDenied(f"{method} needs {access.value}; the caller is the {who}")
             return behavior(request, AuthContext(context, principal))
+
+        return wrap_handler(handler, around)
+
+    def _authenticate(self, context: grpc.ServicerContext) -> Principal:
+        """The caller's principal; an address locked out for failing too often is refused first."""
+        if self._throttle is None:
+            return self._accounts.authenticate(bearer_token(context.invocation_metadata()))
+        address = peer_address(context.peer())
+        locked = self._throttle.locked_for(address)
+        if locked:
+            raise ResourceExhausted(
+                f"authorization: too many failed authentications from {address}; "
+                f"{retry_after(locked)}"
+            )
+        try:
+            principal = self._accounts.authenticate(bearer_token(context.invocation_metadata()))
+        except Unauthenticated:
+            self._throttle.failed(address)
+            raise
+        self._throttle.succeeded(address)
+        return principal
+
+    def _limited(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """A public handler counted against the per-address rate limit."""
+        assert self._registrations is not None
+        limit = self._registrations
+
+        def around(behavior: Behavior, request: Any, context: grpc.ServicerContext) -> Any:
+            address = peer_address(context.peer())
+            wait = limit.try_acquire(address)
+            if wait:
+                raise ResourceExhausted(
+                    f"{method}: more than {limit.limit} calls a minute from {address}; "
+                    f"{retry_after(wait)}"
+                )
+            return behavior(request, context)
 
         return wrap_handler(handler, around)
 
@@ -181,6 +240,12 @@ def _abort(context: grpc.ServicerContext, error: Exception) -> None:
     """Fail the call with the error's status; re-raises when the call already has one (abort, cancel)."""
     if isinstance(error, ServerError):
         context.abort(getattr(grpc.StatusCode, error.code), error.message)
+    if is_full_disk(
+        error
+    ):  # a file write the core did not expect to fail: still the caller's answer
+        log.warning("a write failed for lack of room: %s", error)
+        full = StorageFull("the request's data", str(error))
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, full.message)
     # ServicerContext.code() exists since grpc 1.38 but is missing from types-grpcio
     if context.code() is not None or not context.is_active():  # type: ignore[attr-defined]
         raise error

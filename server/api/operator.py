@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import grpc
@@ -14,6 +15,7 @@ from autohas_edge.server.jobs import JobManager
 from autohas_edge.server.models import ModelRegistry
 
 Ctx = grpc.ServicerContext
+log = logging.getLogger(__name__)
 
 
 class OperatorServicer(pb_grpc.OperatorServiceServicer):
@@ -54,4 +56,10 @@ class OperatorServicer(pb_grpc.OperatorServiceServicer):
         self, request: pb.ExportModelsRequest, context: Ctx
     ) -> pb.ExportModelsResponse:
         outcomes = self._models.export(self._jobs, list(request.job_ids), list(request.formats))
+        for o in outcomes:
+            if o.model is not None:
+                formats = ",".join(o.model.formats)
+                log.info("export: job %s -> model %s (%s)", o.job_id, o.model.model_id, formats)
+            else:
+                log.info("export of job %s failed: %s", o.job_id, o.error)
         return pb.ExportModelsResponse(results=[serde.export_outcome_to_proto(o) for o in outcomes])

@@ -96,6 +96,10 @@ def tensor_from_proto(msg: pb.Tensor, field: str) -> np.ndarray:
         return decode_tensor(msg.dtype, msg.shape, msg.data)
     except TensorError as e:
         raise InvalidArgument(f"{field}.{e.part}", str(e)) from None
+    # numpy refuses the shape itself: sizes whose product overflows (`[0, 2**62]`)
+    except ValueError:
+        shape = list(msg.shape)[:8]
+        raise InvalidArgument(f"{field}.shape", f"{shape} is too large for any tensor") from None
 
 
 def task_to_proto(task: Task) -> pb.Task:
@@ -109,6 +113,7 @@ def task_to_proto(task: Task) -> pb.Task:
         num_classes=task.num_classes,
         label_names=task.label_names,
         created_at=timestamp_to_proto(task.created_at),
+        min_users=task.min_users,
     )
 
 
@@ -123,6 +128,7 @@ def task_from_proto(msg: pb.Task) -> Task:
         msg.num_classes,
         tuple(msg.label_names),
         timestamp_from_proto(msg, "created_at") or 0.0,
+        msg.min_users,
     )
 
 
@@ -340,6 +346,7 @@ def audit_to_proto(audit: JobAudit) -> pb.JobAudit:
             user_id=u.user_id,
             examples=u.examples,
             consent_text_version=u.consent_text_version,
+            consent_revoked_at=timestamp_to_proto(u.revoked_at),
         )
         for u in audit.users
     ]
@@ -356,7 +363,14 @@ def audit_to_proto(audit: JobAudit) -> pb.JobAudit:
 def audit_from_proto(msg: pb.JobAudit) -> JobAudit:
     """A JobAudit message as a JobAudit."""
     users = tuple(
-        UserCount(u.app_id, u.user_id, u.examples, u.consent_text_version) for u in msg.users
+        UserCount(
+            u.app_id,
+            u.user_id,
+            u.examples,
+            u.consent_text_version,
+            timestamp_from_proto(u, "consent_revoked_at"),
+        )
+        for u in msg.users
     )
     snapshot_at = timestamp_from_proto(msg, "snapshot_at") or 0.0
     return JobAudit(msg.job_id, msg.task_id, msg.purpose, snapshot_at, users)

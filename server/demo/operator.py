@@ -69,6 +69,16 @@ class OperatorClient:
         )
         return progress
 
+    def revoke_device(self, device_id: str) -> pb.RevokeDeviceResponse:
+        """Revoke a device's token (a lost or stolen phone): it authenticates no more."""
+        device = pb_grpc.DeviceServiceStub(self._channel)
+        reply: pb.RevokeDeviceResponse = device.RevokeDevice(
+            pb.RevokeDeviceRequest(device_id=device_id),
+            metadata=self._metadata,
+            timeout=self.timeout,
+        )
+        return reply
+
     def job(self, job_id: str) -> pb.Job:
         """The job as it is now."""
         job: pb.Job = self._stub.GetJob(

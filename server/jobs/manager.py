@@ -35,9 +35,11 @@ from autohas_edge.server.errors import (
 )
 from autohas_edge.server.jobs import retention, worker
 from autohas_edge.server.jobs.executor import Executor, LocalExecutor, WorkerHandle
+from autohas_edge.server.jobs.files import sweep_temp_files
 from autohas_edge.server.jobs.hub import ProgressHub
-from autohas_edge.server.jobs.snapshot import take_snapshot
+from autohas_edge.server.jobs.snapshot import check_cohort, take_snapshot
 from autohas_edge.server.store import Store
+from autohas_edge.server.store.base import is_full_disk
 from autohas_edge.server.tokens import new_id
 from autohas_edge.server.validate import check_spec
 
@@ -47,6 +49,7 @@ CANCEL_GRACE_S = 30.0  # a cancelled worker that has not stopped by then is term
 STORE_PERIOD_S = 1.0  # progress is written to the store at most this often (stage changes always)
 PUBLISH_PERIOD_S = 0.05  # and published to watchers at most this often
 WATCH_POLL_S = 1.0  # how often a watcher checks that its client is still there
+RETRY_S = 5.0  # a job whose state the store could not record (a full disk) is retried this often
 T = TypeVar("T")
 
 
@@ -76,6 +79,7 @@ class JobManager:
         max_running: int,
         max_watchers: int = 8,
         workers: int = 1,
+        min_users: int = 1,
         executor: Executor | None = None,
     ) -> None:
         self._store, self._jobs_dir, self._engine, self._device = (
@@ -85,6 +89,7 @@ class JobManager:
             device,
         )
         self._workers = workers
+        self._min_users = min_users  # the minimum cohort of tasks that set none
         self._max_running = max_running
         self._watch_slots = threading.BoundedSemaphore(max_watchers)
         self._hub = ProgressHub()
@@ -96,6 +101,7 @@ class JobManager:
         self._threads: list[threading.Thread] = []
         self._closing = False
         self._executor = executor or LocalExecutor()
+        self._scheduler: threading.Thread | None = None
 
     def job_dir(self, job_id: str) -> Path:
         """Where a job keeps its dataset snapshot, audit, log and run directory."""
@@ -113,6 +119,8 @@ class JobManager:
         """
         jobs = self._store.list_jobs()
         with self._lock:
+            # no worker runs yet: any temp file under jobs/ is a write a crash or a full disk cut short
+            sweep_temp_files(self._jobs_dir, recursive=True)
             for job in jobs:
                 self._tidy_snapshot(job)
             for state in (JobState.RUNNING, JobState.QUEUED):
@@ -121,6 +129,7 @@ class JobManager:
                 if not job.state.terminal:
                     self._hub.publish(job)
         self._spawn_thread(self._schedule, "job-scheduler")
+        self._scheduler = self._threads[-1]
 
     def submit(self, spec: JobSpec) -> Job:
         """Queue a new job over its task's consented examples (which are snapshotted when it starts)."""
@@ -130,12 +139,14 @@ class JobManager:
         except ValueError as e:
             field, _, detail = str(e).partition(": ")
             raise InvalidArgument(field, detail) from e
-        if self._store.get_task(spec.task_id) is None:
+        task = self._store.get_task(spec.task_id)
+        if task is None:
             raise NotFound(f"spec.task_id: no task {spec.task_id!r}")
         if self._store.count_examples(spec.task_id) == 0:
             raise FailedPrecondition(
                 f"spec.task_id: task {spec.task_id!r} has no consented examples yet"
             )
+        check_cohort(self._store, task, self._min_users)
         t = now()
         job = Job(new_id("job"), spec, JobState.QUEUED, t, JobProgress(stage="queued", time=t))
         with self._lock:
@@ -165,7 +176,7 @@ class JobManager:
             raise FailedPrecondition(
                 f"job_id: job {job_id!r} has not started, so it has used no data yet"
             )
-        return audit
+        return retention.with_revocations(self._store, audit)
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a job: at once when queued; a running one stops at its next step (see WatchJob)."""
@@ -198,7 +209,8 @@ class JobManager:
             result = commit(now())
             for job_id in affected:
                 if job_id not in self._running:
-                    self._apply_purges(job_id)
+                    self._apply_purges_logged(job_id)
+            self._sweep_job_temps()
             return result
 
     def export_blocker(self, job_id: str) -> str:
@@ -265,11 +277,21 @@ class JobManager:
 
     def _save(self, job: Job, persist: bool = True, **changes: Any) -> Job:
         """Apply changes to a job, store them (unless only progress moved) and publish; holds the lock."""
+        old_state = self._hub.latest(job.job_id)[1]
         job = dataclasses.replace(job, **changes)
         if persist:
             self._store.put_job(job)
         self._hub.publish(job)
+        if old_state is None or old_state.state is not job.state:
+            error = f": {job.error}" if job.error and job.state is JobState.FAILED else ""
+            log.info(
+                "job %s of task %s: %s%s", job.job_id, job.spec.task_id, job.state.value, error
+            )
         return job
+
+    def scheduler_alive(self) -> bool:
+        """Whether the scheduler thread runs (health reports NOT_SERVING when it does not)."""
+        return self._scheduler is not None and self._scheduler.is_alive()
 
     def _schedule(self) -> None:
         while True:
@@ -282,7 +304,21 @@ class JobManager:
                 )
                 if self._closing:
                     return
-                self._launch(self._queue.popleft())
+                job_id = self._queue.popleft()
+                try:
+                    self._launch(job_id)
+                except Exception as e:  # the store could not even record FAILED: keep it, retry
+                    self._retry_later(job_id, e)
+
+    def _retry_later(self, job_id: str, error: Exception) -> None:
+        """Requeue a job the store could not record and wait `RETRY_S`; GetJob says why meanwhile."""
+        log.warning("could not start job %s (%s); retrying in %.0f s", job_id, error, RETRY_S)
+        self._queue.appendleft(job_id)
+        job = self._hub.latest(job_id)[1]  # not the store: it may be what failed
+        if job is not None:
+            reason = f"waiting to start: {_reason(error)}"
+            self._save(job, persist=False, error=reason)
+        self._lock.wait(RETRY_S)
 
     def _launch(self, job_id: str) -> None:
         """Snapshot the job's data (first start only) and start its worker; holds the lock."""
@@ -291,6 +327,7 @@ class JobManager:
             return
         try:
             dataset = self._dataset(job)
+            self._private_run_files(job_id)
             args = worker.WorkerArgs(
                 job_id,
                 self._engine,
@@ -303,17 +340,29 @@ class JobManager:
             )
             process, messages, stop = self._executor.start(args)
         except Exception as e:
-            if not isinstance(e, ServerError):
+            if is_full_disk(e):
+                log.warning("could not start job %s: %s", job_id, _reason(e))
+            elif not isinstance(e, ServerError):
                 log.exception("could not start job %s", job_id)
-            self._save(job, state=JobState.FAILED, error=str(e), finished_at=now())
+            self._save(job, state=JobState.FAILED, error=_reason(e), finished_at=now())
             return
         w = _Worker(job_id, process, messages, stop)
         self._running[job_id] = w
+        self._spawn_thread(self._monitor, f"job-monitor-{job_id}", w)
         progress = job.progress if job.started_at else JobProgress(stage="load", time=now())
-        self._save(
+        self._save_soft(
             job, state=JobState.RUNNING, started_at=job.started_at or now(), progress=progress
         )
-        self._spawn_thread(self._monitor, f"job-monitor-{job_id}", w)
+
+    def _private_run_files(self, job_id: str) -> None:
+        """Make the run dir (0700) and the worker's log (0600) before the worker does, with their
+        default modes (a checkpoint is trained on people's data; a log may quote it)."""
+        run = self.run_dir(job_id)
+        run.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(run, 0o700)
+        log_file = run.parent / "worker.log"
+        os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        os.chmod(log_file, 0o600)
 
     def _dataset(self, job: Job) -> Path:
         """The job's snapshot `.npz`, taken now unless an earlier start already took it."""
@@ -330,6 +379,7 @@ class JobManager:
         task = self._store.get_task(job.spec.task_id)
         if task is None:
             raise NotFound(f"spec.task_id: no task {job.spec.task_id!r}")
+        check_cohort(self._store, task, self._min_users)  # users may have revoked since submit
         self._store.put_audit(take_snapshot(self._store, task, job.job_id, path))
         return path
 
@@ -374,8 +424,51 @@ class JobManager:
         else:
             self._apply_purges(job.job_id)
 
+    def _save_soft(self, job: Job, **changes: Any) -> Job:
+        """`_save`, but a store that cannot write (a full disk) only delays the record: watchers still
+        hear the change, and the next write of the job stores it. Holds the lock."""
+        try:
+            return self._save(job, **changes)
+        except Exception as e:
+            log.warning("could not record job %s (%s); it keeps running", job.job_id, e)
+            return self._save(job, persist=False, **changes)
+
+    def _record_final(self, job: Job) -> None:
+        """Store a job's final state, retrying every `RETRY_S` while the store cannot write; holds the
+        lock (released while it waits)."""
+        while True:
+            try:
+                self._save(job)
+                return
+            except Exception as e:
+                log.warning(
+                    "could not record job %s as %s (%s); retrying", job.job_id, job.state.value, e
+                )
+                self._hub.publish(job)  # GetJob and watchers know the outcome meanwhile
+                if self._closing:
+                    return  # the next start requeues it (still RUNNING in the store)
+                self._lock.wait(RETRY_S)
+
+    def _apply_purges_logged(self, job_id: str, finished: bool | None = None) -> None:
+        """`_apply_purges`; a failure is logged and the removal stays pending (applied at next start)."""
+        try:
+            self._apply_purges(job_id, finished)
+        except Exception:
+            log.exception("could not apply the removals recorded for job %s yet", job_id)
+
+    def _sweep_job_temps(self) -> None:
+        """Delete temp files left in job dirs (the server's own files; not running jobs' run dirs)."""
+        for job_dir in self._jobs_dir.glob("*/"):
+            running = job_dir.name in self._running
+            sweep_temp_files(job_dir, recursive=not running)
+
     def _monitor(self, w: _Worker) -> None:
-        outcome = self._pump(w)
+        try:
+            outcome = self._pump(w)
+        except Exception as e:  # never leave a worker unreaped and its job RUNNING
+            log.exception("lost track of job %s's worker", w.job_id)
+            w.process.terminate()
+            outcome = ("failed", f"the server lost track of the worker: {e}")
         w.process.join(timeout=10)
         if w.process.is_alive():
             w.process.kill()
@@ -421,7 +514,10 @@ class JobManager:
                 w.pending = progress
                 return
             persist = new_stage or t - w.stored_at >= STORE_PERIOD_S
-            self._save(job, persist=persist, progress=progress)
+            if persist:
+                self._save_soft(job, progress=progress)
+            else:
+                self._save(job, persist=False, progress=progress)
             w.pending, w.published_at = None, t
             if persist:
                 w.stored_at = t
@@ -435,8 +531,8 @@ class JobManager:
                 job = dataclasses.replace(job, progress=w.pending)
             changes = self._outcome(w, job, kind, payload)
             # Revocations recorded while the worker ran, before watchers hear that the job ended.
-            self._apply_purges(w.job_id, finished=changes.get("state", job.state).terminal)
-            self._save(job, **changes)
+            self._apply_purges_logged(w.job_id, finished=changes.get("state", job.state).terminal)
+            self._record_final(dataclasses.replace(job, **changes))
 
     def _outcome(self, w: _Worker, job: Job, kind: str, payload: Any) -> dict[str, Any]:
         """The changes to a job whose worker exited with the message `(kind, payload)`."""
@@ -459,3 +555,10 @@ class JobManager:
             "error": f"worker process exited with code {payload}",
             **done,
         }
+
+
+def _reason(error: Exception) -> str:
+    """Why a job could not start, for its `error` field."""
+    if is_full_disk(error) and not isinstance(error, ServerError):
+        return f"the server's disk is full: could not write the job's data snapshot ({error})"
+    return str(error)

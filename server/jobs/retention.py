@@ -16,8 +16,15 @@ the store at once; this module does the same for the snapshots:
 - **Empty**: a snapshot with no rows left is deleted. Its job cannot be exported again (export reads the
   snapshot for int8 calibration and reference inputs) and says so; an unfinished one fails on its next
   start with that reason instead of resuming.
+- **Full disk**: a snapshot that cannot be rewritten without the user's rows for lack of room is
+  deleted instead (the rows must go), as if it were empty; temp files of interrupted writes are swept
+  at every revocation and at start.
 - **Unfinished jobs restart**: an unfinished job whose snapshot lost rows drops its run directory, so its
   search starts again on the remaining data instead of resuming a checkpoint trained on the removed rows.
+- **Models are retained** (the `retain` policy): a model trained or exported from the job before a
+  user revoked stays and is served, since consent was valid when it was trained; the job's audit
+  records the revocation (`consent_revoked_at` of that user, `with_revocations`). A new job (a new
+  export) no longer sees the user's data.
 - **Kept**: the audit (which users, how many examples, which consent text) and `audit.json`'s batch list
   (ids and digests, no example values) stay as the record of what the job used with consent; `purge.json`
   records each removal. Models already trained or exported from the job are not retrained.
@@ -25,7 +32,9 @@ the store at once; this module does the same for the snapshots:
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -34,12 +43,29 @@ from typing import Any
 import numpy as np
 
 from autohas_edge.common.fs import atomic_write_npz, fsync_dir
-from autohas_edge.server.domain import StoredBatch, now
+from autohas_edge.server.domain import JobAudit, StoredBatch, now
 from autohas_edge.server.jobs.files import write_json_atomic
+from autohas_edge.server.store.base import FULL_ERRNOS, Store
+
+log = logging.getLogger(__name__)
 
 DATASET = "dataset.npz"
 PURGE_FILE = "purge.json"
 UserKey = tuple[str, str]  # (app_id, user_id)
+
+
+def with_revocations(store: Store, audit: JobAudit) -> JobAudit:
+    """The audit with each user's revocation (after the snapshot) of the consent the job used."""
+    users = []
+    for u in audit.users:
+        used = [
+            c
+            for c in store.list_consents(u.app_id, u.user_id)
+            if c.purpose == audit.purpose and c.granted_at <= audit.snapshot_at
+        ]  # newest first: the first is the consent in force at the snapshot
+        revoked = used[0].revoked_at if used else None
+        users.append(dataclasses.replace(u, revoked_at=revoked))
+    return dataclasses.replace(audit, users=tuple(users))
 
 
 def owner_arrays(batches: Sequence[StoredBatch]) -> dict[str, np.ndarray]:
@@ -135,5 +161,12 @@ def _remove_rows(dataset: Path, users: set[UserKey]) -> tuple[dict[UserKey, int]
         }
     )
     if keep.any():
-        atomic_write_npz(dataset, arrays)
+        try:
+            atomic_write_npz(dataset, arrays)
+        except OSError as e:
+            if e.errno not in FULL_ERRNOS:
+                raise
+            # no room for the snapshot without these rows: the rows must go, so the snapshot goes
+            log.warning("no room to rewrite %s without revoked rows; deleting it (%s)", dataset, e)
+            return removed, 0
     return removed, int(keep.sum())

@@ -29,6 +29,19 @@ def _arrays(batches: list[StoredBatch], task: Task) -> dict[str, np.ndarray]:
     return arrays
 
 
+def check_cohort(store: Store, task: Task, default_min_users: int) -> None:
+    """FailedPrecondition unless the task has consented examples of at least its minimum cohort of
+    distinct users (`task.min_users`, else the server's default)."""
+    needed = task.min_users or default_min_users
+    users = store.count_users(task.task_id, task.purpose)
+    if users < needed:
+        raise FailedPrecondition(
+            f"spec.task_id: task {task.task_id!r} has consented examples of {users} distinct "
+            f"user(s); a job needs at least {needed} (its minimum cohort), so that no model is "
+            "trained on, or carries statistics of, fewer people"
+        )
+
+
 def take_snapshot(store: Store, task: Task, job_id: str, dataset: Path) -> JobAudit:
     """Write the task's consented examples to `dataset` (x float32, y int64, label_names, row owners) and
     audit them.
@@ -41,7 +54,7 @@ def take_snapshot(store: Store, task: Task, job_id: str, dataset: Path) -> JobAu
         raise FailedPrecondition(
             f"spec.task_id: task {task.task_id!r} has no examples with active consent"
         )
-    dataset.parent.mkdir(parents=True, exist_ok=True)
+    dataset.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     arrays = _arrays(snap.batches, task)
     atomic_write_npz(dataset, arrays)
     counts = Counter[tuple[str, str]]()

@@ -77,6 +77,9 @@ class SearchConfig:
     )
     plot: bool = True  # draw search.png (about a CPU second)
     max_skips: int = 2  # a cap on skipped blocks in the derived model (guards against collapse)
+    #: relative Gaussian noise on the input normalisation statistics every artifact carries (see
+    #: `runner.norm_stats`): 0 keeps them exact; the server uses `engine.NORM_NOISE` on people's data
+    norm_noise: float = 0.0
     encoding_tol: float = (
         1e-3  # stop when no probability moved more than this over `check_every` steps
     )
@@ -134,6 +137,7 @@ class SearchConfig:
             "max_latency_ms",
             "max_race_seconds",
             "within_points",
+            "norm_noise",
         ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):

@@ -131,15 +131,31 @@ def _tensors(
     return torch.as_tensor(x, device=device), torch.as_tensor(y, device=device)
 
 
-def norm_stats(x: np.ndarray, family: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (per-feature for tabular data) mean and standard deviation of the training inputs."""
+def norm_stats(
+    x: np.ndarray, family: str, noise: float = 0.0, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (per-feature for tabular data) mean and standard deviation of the training inputs.
+
+    With `noise` > 0 each statistic is perturbed, seeded by `seed` (the same for every model of a
+    search): the mean by Gaussian noise of `noise` times the channel's scale sqrt(mean^2 + std^2),
+    the std by a factor exp(noise * N(0, 1)). Every artifact carries these buffers, so they then
+    reveal no exact statistic of the training rows (a constant feature is no longer copied). This is
+    obfuscation, not a differential-privacy guarantee; the server's minimum cohort makes them
+    statistics over at least k users in the first place.
+    """
     axes = (0,) if family == "mlp" else (0, *range(2, x.ndim))
-    return x.mean(axis=axes, keepdims=True), x.std(axis=axes, keepdims=True) + 1e-6
+    mean, std = x.mean(axis=axes, keepdims=True), x.std(axis=axes, keepdims=True)
+    if noise > 0:
+        rng = np.random.default_rng([seed, 0x4E0F])
+        scale = np.sqrt(mean.astype(np.float64) ** 2 + std.astype(np.float64) ** 2)
+        mean = (mean + noise * scale * rng.standard_normal(mean.shape)).astype(x.dtype)
+        std = (std * np.exp(noise * rng.standard_normal(std.shape))).astype(x.dtype)
+    return mean, std + 1e-6
 
 
-def _set_norm(model: SuperNet | ChildNet, data: Dataset) -> None:
+def _set_norm(model: SuperNet | ChildNet, data: Dataset, config: SearchConfig) -> None:
     """Normalisation lives inside the model as buffers, so a device feeds raw data."""
-    mean, std = norm_stats(data.x_train, data.family)
+    mean, std = norm_stats(data.x_train, data.family, config.norm_noise, config.seed)
     model.norm_mean.copy_(torch.as_tensor(mean.reshape(model.norm_mean.shape)))
     model.norm_std.copy_(torch.as_tensor(std.reshape(model.norm_std.shape)))
 
@@ -163,7 +179,7 @@ class _Run:
         torch.manual_seed(self.config.seed)
         data = self.data
         net = SuperNet(LAYOUTS[data.family], self.space.arch, data.input_shape, data.num_classes)
-        _set_norm(net, data)
+        _set_norm(net, data, self.config)
         gen = torch.Generator(self.device).manual_seed(self.comm.rank_seed(self.config.seed))
         batches = Batches(
             *_tensors(data.x_train, data.y_train, self.device),
@@ -337,7 +353,7 @@ class _Run:
     def fresh(self, args: dict[str, Any]) -> nn.Module:
         """An untrained derived model on the device, normalising by the training data."""
         model = build_model(args).to(self.device)
-        _set_norm(model, self.data)
+        _set_norm(model, self.data, self.config)
         return model
 
     def race(

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autohas_edge.server.store.base import AddStatus, Snapshot, Store, UserKey
+from autohas_edge.server.store.base import NO_QUOTA, AddStatus, Quota, Snapshot, Store, UserKey
 
 DB_FILE = "autohas.sqlite3"
 
-__all__ = ["DB_FILE", "AddStatus", "Snapshot", "Store", "UserKey", "open_store"]
+__all__ = [
+    "DB_FILE",
+    "NO_QUOTA",
+    "AddStatus",
+    "Quota",
+    "Snapshot",
+    "Store",
+    "UserKey",
+    "open_store",
+]
 
 
 def open_store(kind: str, data_dir: Path) -> Store:

@@ -15,7 +15,7 @@ from autohas_edge.server.domain import (
     StoredBatch,
     Task,
 )
-from autohas_edge.server.store.base import AddStatus, Snapshot, Store
+from autohas_edge.server.store.base import NO_QUOTA, AddStatus, Quota, Snapshot, Store, stored_bytes
 
 
 class MemoryStore(Store):
@@ -24,6 +24,7 @@ class MemoryStore(Store):
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._devices: dict[str, Device] = {}
+        self._tickets: dict[str, float] = {}  # used enrollment tickets' digests -> expiry
         self._consents: list[Consent] = []  # in grant order
         self._tasks: dict[str, Task] = {}
         self._batches: dict[tuple[str, str], StoredBatch] = {}  # (device_id, batch_id) -> batch
@@ -40,6 +41,21 @@ class MemoryStore(Store):
     def get_device(self, device_id: str) -> Device | None:
         with self._lock:
             return self._devices.get(device_id)
+
+    def revoke_device(self, device_id: str, at: float) -> Device | None:
+        with self._lock:
+            device = self._devices.get(device_id)
+            if device is not None and device.revoked_at is None:
+                device = self._devices[device_id] = dataclasses.replace(device, revoked_at=at)
+            return device
+
+    def use_ticket(self, digest: str, expires_at: float, now: float) -> bool:
+        with self._lock:
+            self._tickets = {d: exp for d, exp in self._tickets.items() if exp > now}
+            if digest in self._tickets:
+                return False
+            self._tickets[digest] = expires_at
+            return True
 
     def _active(self, app_id: str, user_id: str, purpose: str) -> int | None:
         for i, c in enumerate(self._consents):
@@ -96,13 +112,21 @@ class MemoryStore(Store):
         with self._lock:
             return sorted(self._tasks.values(), key=lambda t: (t.created_at, t.task_id))
 
-    def add_batch(self, batch: StoredBatch, purpose: str) -> AddStatus:
+    def add_batch(self, batch: StoredBatch, purpose: str, quota: Quota = NO_QUOTA) -> AddStatus:
         with self._lock:
             if self._active(batch.app_id, batch.user_id, purpose) is None:
                 return "no_consent"
             old = self._batches.get((batch.device_id, batch.batch_id))
             if old is not None:
                 return "duplicate" if old.digest == batch.digest else "conflict"
+            for status, limit, columns in quota.scopes(batch):
+                used = sum(
+                    stored_bytes(b)
+                    for b in self._batches.values()
+                    if all(getattr(b, k) == v for k, v in columns.items())
+                )
+                if used + stored_bytes(batch) > limit:
+                    return status
             self._batches[(batch.device_id, batch.batch_id)] = batch
             return "stored"
 
@@ -117,6 +141,9 @@ class MemoryStore(Store):
                 and app_id in (None, b.app_id)
                 and user_id in (None, b.user_id)
             )
+
+    def count_users(self, task_id: str, purpose: str) -> int:
+        return len({(b.app_id, b.user_id) for b in self.snapshot(task_id, purpose).batches})
 
     def snapshot(self, task_id: str, purpose: str) -> Snapshot:
         with self._lock:

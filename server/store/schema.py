@@ -44,6 +44,14 @@ MIGRATIONS: list[str] = [
         model_id TEXT NOT NULL REFERENCES models, path TEXT NOT NULL, sha256 TEXT NOT NULL,
         bytes INTEGER NOT NULL, PRIMARY KEY (model_id, path));
     """,
+    # 2: stored bytes per batch (quotas), device token revocation, single-use enrollment tickets
+    """
+    ALTER TABLE examples ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
+    UPDATE examples SET bytes = length(features) + length(labels);
+    CREATE INDEX examples_by_app ON examples (app_id);
+    ALTER TABLE devices ADD COLUMN revoked_at REAL;
+    CREATE TABLE used_tickets (digest TEXT PRIMARY KEY, expires_at REAL NOT NULL);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

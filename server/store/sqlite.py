@@ -23,14 +23,40 @@ from autohas_edge.server.domain import (
     Task,
     UserCount,
 )
-from autohas_edge.server.store.base import AddStatus, Snapshot, Store
+from autohas_edge.server.store.base import (
+    NO_QUOTA,
+    AddStatus,
+    Quota,
+    Snapshot,
+    StorageFull,
+    Store,
+    stored_bytes,
+)
 from autohas_edge.server.store.schema import migrate
 
 log = logging.getLogger(__name__)
 _BATCH_COLUMNS = (
     "device_id, batch_id, task_id, app_id, user_id, count, dtype, shape, features, labels, "
-    "digest, created_at"
+    "digest, created_at, bytes"
 )
+
+
+def _full(error: sqlite3.Error) -> bool:
+    """Whether SQLite failed for lack of room (SQLITE_FULL: the disk or a quota is full)."""
+    return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+
+
+def _over_quota(c: sqlite3.Connection, batch: StoredBatch, quota: Quota) -> AddStatus | None:
+    """The first quota that storing `batch` would exceed, if any."""
+    size = stored_bytes(batch)
+    for status, limit, columns in quota.scopes(batch):
+        where = " AND ".join(f"{column} = ?" for column in columns)
+        used = c.execute(
+            f"SELECT COALESCE(SUM(bytes), 0) FROM examples WHERE {where}", tuple(columns.values())
+        ).fetchone()[0]
+        if used + size > limit:
+            return status
+    return None
 
 
 def _consent(row: sqlite3.Row) -> Consent:
@@ -70,8 +96,15 @@ class SqliteStore(Store):
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
+        # people's data: readable by the server's user only. Created 0600 before SQLite opens it,
+        # since SQLite gives the -wal and -shm files it makes the database file's mode.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(self.path, 0o600)
         migrate(self._conn())
-        os.chmod(self.path, 0o600)  # people's data: readable by the server's user only
+        for suffix in ("-wal", "-shm"):  # made by an older server with the default mode
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                os.chmod(side, 0o600)
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -98,13 +131,19 @@ class SqliteStore(Store):
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that takes the write lock up front, so it never fails on upgrade."""
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
         try:
+            conn.execute("BEGIN IMMEDIATE")
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute("COMMIT")
+        except BaseException as e:
+            # SQLite rolls some failures back itself (a full disk mid-statement) and leaves others open
+            # (a full disk at COMMIT): end the transaction either way, or this thread's connection could
+            # never start another one.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(e, sqlite3.Error) and _full(e):
+                raise StorageFull("the change", str(e)) from e
             raise
-        conn.execute("COMMIT")
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -127,7 +166,7 @@ class SqliteStore(Store):
     def add_device(self, device: Device) -> None:
         with self._write() as c:
             c.execute(
-                "INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     device.device_id,
                     device.app_id,
@@ -135,12 +174,30 @@ class SqliteStore(Store):
                     device.name,
                     device.token_hash,
                     device.created_at,
+                    device.revoked_at,
                 ),
             )
 
     def get_device(self, device_id: str) -> Device | None:
         row = self._one("SELECT * FROM devices WHERE device_id = ?", device_id)
         return None if row is None else Device(*tuple(row))
+
+    def revoke_device(self, device_id: str, at: float) -> Device | None:
+        with self._write() as c:
+            c.execute(
+                "UPDATE devices SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
+                (at, device_id),
+            )
+            row = c.execute("SELECT * FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+        return None if row is None else Device(*tuple(row))
+
+    def use_ticket(self, digest: str, expires_at: float, now: float) -> bool:
+        with self._write() as c:
+            c.execute("DELETE FROM used_tickets WHERE expires_at <= ?", (now,))
+            cur = c.execute(
+                "INSERT OR IGNORE INTO used_tickets VALUES (?, ?)", (digest, expires_at)
+            )
+            return cur.rowcount == 1
 
     # consents ------------------------------------------------------------------------------------
     def grant_consent(self, consent: Consent) -> Consent:
@@ -229,7 +286,7 @@ class SqliteStore(Store):
         return [Task.from_dict(json.loads(r["record"])) for r in rows]
 
     # examples ------------------------------------------------------------------------------------
-    def add_batch(self, batch: StoredBatch, purpose: str) -> AddStatus:
+    def add_batch(self, batch: StoredBatch, purpose: str, quota: Quota = NO_QUOTA) -> AddStatus:
         with self._write() as c:
             consent = c.execute(
                 "SELECT 1 FROM consents WHERE app_id = ? AND user_id = ? AND purpose = ? "
@@ -244,8 +301,11 @@ class SqliteStore(Store):
             ).fetchone()
             if row is not None:
                 return "duplicate" if row["digest"] == batch.digest else "conflict"
+            over = _over_quota(c, batch, quota)
+            if over is not None:
+                return over
             c.execute(
-                f"INSERT INTO examples ({_BATCH_COLUMNS}) VALUES ({', '.join('?' * 12)})",
+                f"INSERT INTO examples ({_BATCH_COLUMNS}) VALUES ({', '.join('?' * 13)})",
                 (
                     batch.device_id,
                     batch.batch_id,
@@ -259,6 +319,7 @@ class SqliteStore(Store):
                     batch.labels,
                     batch.digest,
                     batch.created_at,
+                    stored_bytes(batch),
                 ),
             )
         return "stored"
@@ -271,6 +332,16 @@ class SqliteStore(Store):
             if value is not None:
                 sql, args = f"{sql} AND {column} = ?", [*args, value]
         return int(self._conn().execute(sql, args).fetchone()[0])
+
+    def count_users(self, task_id: str, purpose: str) -> int:
+        row = self._one(
+            "SELECT COUNT(*) FROM (SELECT DISTINCT e.app_id, e.user_id FROM examples e JOIN consents c "
+            "ON c.app_id = e.app_id AND c.user_id = e.user_id AND c.purpose = ? "
+            "AND c.revoked_at IS NULL WHERE e.task_id = ?)",
+            purpose,
+            task_id,
+        )
+        return 0 if row is None else int(row[0])
 
     def snapshot(self, task_id: str, purpose: str) -> Snapshot:
         with self._read() as c:

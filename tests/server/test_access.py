@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
 import secrets
 import stat
 from collections.abc import Callable, Iterator
@@ -22,6 +23,8 @@ import pytest
 from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
 from autohas_edge.proto.autohas.v1 import personalization_pb2_grpc as pb_grpc
 from autohas_edge.server import tokens
+from autohas_edge.server.app import make_server
+from autohas_edge.server.config import ServerConfig
 from autohas_edge.server.store import DB_FILE
 from tests.fixtures.server_fixtures import (
     APP_ID,
@@ -169,8 +172,29 @@ def test_tokens_are_stored_hashed_and_data_files_are_private(
         (stored_hash,) = conn.execute("SELECT token_hash FROM devices").fetchone()
     assert stored_hash == hashlib.sha256(device_token.encode()).hexdigest()
     assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
-    for name in (DB_FILE, f"jobs/{job.job_id}/dataset.npz", f"jobs/{job.job_id}/audit.json"):
+    job_dir = f"jobs/{job.job_id}"
+    private = (
+        DB_FILE,
+        f"{DB_FILE}-wal",
+        f"{DB_FILE}-shm",
+        f"{job_dir}/dataset.npz",
+        f"{job_dir}/audit.json",
+        f"{job_dir}/worker.log",
+    )
+    for name in private:
         assert stat.S_IMODE((data_dir / name).stat().st_mode) == 0o600, name
+    for name in ("jobs", "models", job_dir, f"{job_dir}/run"):
+        assert stat.S_IMODE((data_dir / name).stat().st_mode) == 0o700, name
+
+
+def test_a_shared_directory_is_refused_as_data_dir_not_chmodded(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)  # like /tmp
+    config = ServerConfig(data_dir=shared, operator_token=secrets.token_urlsafe(32))
+    with pytest.raises(ValueError, match=r"shared directory .*mode 1777"):
+        make_server(config)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777 and list(shared.iterdir()) == []
 
 
 def import_model(s: RunningServer, task_id: str, tmp_path: Path) -> str:
@@ -216,8 +240,8 @@ def test_a_device_sees_only_its_apps_models_and_its_own_users_data(
         (alice.stub.ListModels, pb.ListModelsRequest(task_id=OTHER_TASK)),
         (alice.stub.GetTask, pb.GetTaskRequest(task_id=OTHER_TASK)),
     )
-    for call, request in forbidden:
-        expect_error(grpc.StatusCode.PERMISSION_DENIED, call, request, metadata=alice.md)
+    for call, request in forbidden:  # answered as if they did not exist (no existence oracle)
+        expect_error(grpc.StatusCode.NOT_FOUND, call, request, metadata=alice.md)
     revoked = eve.stub.RevokeConsent(pb.RevokeConsentRequest(purpose=PURPOSE), metadata=eve.md)
     assert revoked.examples_deleted == 0  # alice of the other app is not this alice
     for user in ("alice", "bob"):

@@ -34,6 +34,8 @@ from tests.fixtures.server_fixtures import (
     start_server,
 )
 
+TOKEN = secrets.token_urlsafe(32)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -63,25 +65,23 @@ def test_config_is_validated() -> None:
     with pytest.raises(ValueError, match="operator_token"):
         ServerConfig(data_dir=Path("x"), operator_token="short")
     with pytest.raises(ValueError, match="tls_cert and tls_key"):
-        ServerConfig(data_dir=Path("x"), operator_token="x" * 32, tls_cert=Path("c.pem"))
+        ServerConfig(data_dir=Path("x"), operator_token=TOKEN, tls_cert=Path("c.pem"))
     with pytest.raises(ValueError, match="download_chunk_bytes"):
-        ServerConfig(data_dir=Path("x"), operator_token="x" * 32, max_message_bytes=1000)
+        ServerConfig(data_dir=Path("x"), operator_token=TOKEN, max_message_bytes=1000)
     with pytest.raises(ValueError, match="max_streams"):
         ServerConfig(
             data_dir=Path("x"),
-            operator_token="x" * 32,
+            operator_token=TOKEN,
             rpc_threads=8,
             max_watch_streams=2,
             max_streams=8,
         )
     with pytest.raises(ValueError, match="stream_idle_timeout_s"):
-        ServerConfig(
-            data_dir=Path("x"), operator_token="x" * 32, stream_idle_timeout_s=float("nan")
-        )
+        ServerConfig(data_dir=Path("x"), operator_token=TOKEN, stream_idle_timeout_s=float("nan"))
 
 
 def test_streams_leave_a_quarter_of_the_threads_to_unary_calls() -> None:
-    config = ServerConfig(data_dir=Path("x"), operator_token="x" * 32)
+    config = ServerConfig(data_dir=Path("x"), operator_token=TOKEN)
     assert (config.rpc_threads, config.open_streams) == (32, 24)
     assert config.replace(rpc_threads=4, max_watch_streams=1).open_streams == 2
     assert config.replace(max_streams=5).open_streams == 5

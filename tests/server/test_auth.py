@@ -113,26 +113,34 @@ def test_a_device_cannot_use_or_see_another_apps_tasks_and_models(
         )
     assert s.device.GetTask(pb.GetTaskRequest(task_id="task-a"), metadata=a.md).task_id == "task-a"
     expect_error(
-        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.NOT_FOUND,
         s.device.GetTask,
         pb.GetTaskRequest(task_id="task-a"),
         metadata=b.md,
     )
     details = expect_error(
-        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.NOT_FOUND,
         s.device.UploadExamples,
         iter([example_batch("b1", task_id="task-a")]),
         metadata=b.md,
     )
     assert details.startswith("task_id")
+    # another app's task answers exactly as an unknown one: no oracle of which ids exist
+    unknown = expect_error(
+        grpc.StatusCode.NOT_FOUND,
+        s.device.UploadExamples,
+        iter([example_batch("b1", task_id="task-z")]),
+        metadata=b.md,
+    )
+    assert details.replace("task-a", "task-z") == unknown
     expect_error(
-        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.NOT_FOUND,
         s.device.ListModels,
         pb.ListModelsRequest(task_id="task-a"),
         metadata=b.md,
     )
     expect_error(
-        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.NOT_FOUND,
         s.device.GetModelManifest,
         pb.GetModelManifestRequest(task_id="task-a"),
         metadata=b.md,
@@ -155,13 +163,13 @@ def test_models_of_another_app_are_invisible(seeded_server: SeededServer, tmp_pa
     listed = device.stub.ListModels(pb.ListModelsRequest(), metadata=device.md).models
     assert [m.model_id for m in listed] == [mine.model_id]
     expect_error(
-        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.NOT_FOUND,
         device.stub.GetModelManifest,
         pb.GetModelManifestRequest(model_id=theirs.model_id),
         metadata=device.md,
     )
     expect_error(
-        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.NOT_FOUND,
         device.stub.DownloadModel,
         pb.DownloadModelRequest(model_id=theirs.model_id, path="manifest.json"),
         metadata=device.md,

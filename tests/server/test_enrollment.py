@@ -161,3 +161,27 @@ def test_a_server_refuses_to_start_with_readable_keys(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="chmod 600"):
         make_server(config)
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+
+
+def test_a_ticket_registers_one_device_only(
+    tmp_path: Path, server_factory: Callable[..., RunningServer]
+) -> None:
+    s = server_factory(enrollment_keys=_keys_file(tmp_path, {APP_ID: SECRET}))
+
+    def register(ticket: str) -> pb.RegisterDeviceResponse:
+        request = pb.RegisterDeviceRequest(app_id=APP_ID, user_id="alice", enrollment_ticket=ticket)
+        return s.device.RegisterDevice(request)
+
+    ticket = mint_ticket(SECRET, APP_ID, "alice")
+    assert register(ticket).device_token
+    details = expect_error(grpc.StatusCode.UNAUTHENTICATED, register, ticket)  # a replay
+    assert "already used" in details
+    # the same user's second device gets its own ticket, even one minted in the same second
+    assert mint_ticket(SECRET, APP_ID, "alice") != mint_ticket(SECRET, APP_ID, "alice")
+    assert register(mint_ticket(SECRET, APP_ID, "alice")).device_token
+    s.stop()
+    restarted = server_factory(
+        data_dir=s.data_dir, enrollment_keys=_keys_file(tmp_path, {APP_ID: SECRET})
+    )
+    request = pb.RegisterDeviceRequest(app_id=APP_ID, user_id="alice", enrollment_ticket=ticket)
+    expect_error(grpc.StatusCode.UNAUTHENTICATED, restarted.device.RegisterDevice, request)

@@ -40,7 +40,13 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 30) -> None:
 def test_stalled_uploads_cannot_take_every_thread_and_are_cancelled(
     server_factory: Callable[..., RunningServer],
 ) -> None:
-    s = server_factory(rpc_threads=8, max_watch_streams=2, max_streams=3, stream_idle_timeout_s=1.5)
+    s = server_factory(
+        rpc_threads=8,
+        max_watch_streams=2,
+        max_streams=3,
+        max_streams_per_device=3,
+        stream_idle_timeout_s=1.5,
+    )
     guard = s.handle.streams
     assert guard is not None and guard.slots.limit == 3
     s.create_task()
@@ -79,6 +85,40 @@ def test_stalled_uploads_cannot_take_every_thread_and_are_cancelled(
     assert (
         s.handle.app.store.count_examples(TASK_ID) == 16
     )  # the stalled streams' first batches were kept
+
+
+def test_one_device_gets_only_its_share_of_the_stream_slots(
+    server_factory: Callable[..., RunningServer],
+) -> None:
+    """24 stalled uploads from one device (the default slots) leave every other device its slots."""
+    s = server_factory()
+    guard = s.handle.streams
+    assert guard is not None and (guard.slots.limit, guard.slots.per_device) == (24, 6)
+    s.create_task()
+    hog, other = s.register(user_id="hog"), s.register(user_id="other")
+    for device in (hog, other):
+        device.stub.GrantConsent(
+            pb.GrantConsentRequest(purpose=PURPOSE, consent_text_version="v1"), metadata=device.md
+        )
+    release = threading.Event()
+    try:
+        calls = [
+            hog.stub.UploadExamples.future(stalled(release), metadata=hog.md, timeout=60)
+            for _ in range(24)
+        ]
+        wait_for(lambda: sum(c.done() for c in calls) >= 18)  # 6 hold the device's share
+        refused = [c for c in calls if c.done()]
+        assert all(c.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for c in refused)
+        assert "this device already has 6 streams" in refused[0].details()
+        # another device still gets slots while the hog's streams stall
+        others = [
+            other.stub.UploadExamples.future(stalled(release), metadata=other.md, timeout=60)
+            for _ in range(3)
+        ]
+        time.sleep(0.5)
+        assert not any(c.done() for c in others) and guard.slots.used == 9
+    finally:
+        release.set()
 
 
 def test_a_slow_but_moving_upload_is_not_cancelled(

@@ -123,6 +123,20 @@ class ListConsentsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class RevokeDeviceRequest(_message.Message):
+    __slots__ = ("device_id",)
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    def __init__(self, device_id: _Optional[str] = ...) -> None: ...
+
+class RevokeDeviceResponse(_message.Message):
+    __slots__ = ("device_id", "revoked_at")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    revoked_at: _timestamp_pb2.Timestamp
+    def __init__(self, device_id: _Optional[str] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class ListConsentsResponse(_message.Message):
     __slots__ = ("consents",)
     CONSENTS_FIELD_NUMBER: _ClassVar[int]
@@ -130,7 +144,7 @@ class ListConsentsResponse(_message.Message):
     def __init__(self, consents: _Optional[_Iterable[_Union[Consent, _Mapping]]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("task_id", "app_ids", "purpose", "input_shape", "input_dtype", "num_classes", "label_names", "created_at")
+    __slots__ = ("task_id", "app_ids", "purpose", "input_shape", "input_dtype", "num_classes", "label_names", "created_at", "min_users")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     APP_IDS_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +153,7 @@ class Task(_message.Message):
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
     LABEL_NAMES_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    MIN_USERS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     app_ids: _containers.RepeatedScalarFieldContainer[str]
     purpose: str
@@ -147,7 +162,8 @@ class Task(_message.Message):
     num_classes: int
     label_names: _containers.RepeatedScalarFieldContainer[str]
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, task_id: _Optional[str] = ..., app_ids: _Optional[_Iterable[str]] = ..., purpose: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., input_dtype: _Optional[_Union[DType, str]] = ..., num_classes: _Optional[int] = ..., label_names: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    min_users: int
+    def __init__(self, task_id: _Optional[str] = ..., app_ids: _Optional[_Iterable[str]] = ..., purpose: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., input_dtype: _Optional[_Union[DType, str]] = ..., num_classes: _Optional[int] = ..., label_names: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., min_users: _Optional[int] = ...) -> None: ...
 
 class CreateTaskRequest(_message.Message):
     __slots__ = ("task",)
@@ -348,16 +364,18 @@ class WatchJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class UserExampleCount(_message.Message):
-    __slots__ = ("user_id", "examples", "app_id", "consent_text_version")
+    __slots__ = ("user_id", "examples", "app_id", "consent_text_version", "consent_revoked_at")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     APP_ID_FIELD_NUMBER: _ClassVar[int]
     CONSENT_TEXT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONSENT_REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     examples: int
     app_id: str
     consent_text_version: str
-    def __init__(self, user_id: _Optional[str] = ..., examples: _Optional[int] = ..., app_id: _Optional[str] = ..., consent_text_version: _Optional[str] = ...) -> None: ...
+    consent_revoked_at: _timestamp_pb2.Timestamp
+    def __init__(self, user_id: _Optional[str] = ..., examples: _Optional[int] = ..., app_id: _Optional[str] = ..., consent_text_version: _Optional[str] = ..., consent_revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class JobAudit(_message.Message):
     __slots__ = ("job_id", "task_id", "purpose", "snapshot_at", "users", "total_examples")

@@ -58,6 +58,11 @@ class DeviceServiceStub:
                 request_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListConsentsRequest.SerializeToString,
                 response_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListConsentsResponse.FromString,
                 _registered_method=True)
+        self.RevokeDevice = channel.unary_unary(
+                '/autohas.v1.DeviceService/RevokeDevice',
+                request_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.RevokeDeviceRequest.SerializeToString,
+                response_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.RevokeDeviceResponse.FromString,
+                _registered_method=True)
         self.GetTask = channel.unary_unary(
                 '/autohas.v1.DeviceService/GetTask',
                 request_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.GetTaskRequest.SerializeToString,
@@ -116,6 +121,12 @@ class DeviceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeDevice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetTask(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -168,6 +179,11 @@ def add_DeviceServiceServicer_to_server(servicer, server):
                     servicer.ListConsents,
                     request_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListConsentsRequest.FromString,
                     response_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListConsentsResponse.SerializeToString,
+            ),
+            'RevokeDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeDevice,
+                    request_deserializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.RevokeDeviceRequest.FromString,
+                    response_serializer=autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.RevokeDeviceResponse.SerializeToString,
             ),
             'GetTask': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTask,
@@ -307,6 +323,33 @@ class DeviceService:
             '/autohas.v1.DeviceService/ListConsents',
             autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListConsentsRequest.SerializeToString,
             autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.ListConsentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/autohas.v1.DeviceService/RevokeDevice',
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.RevokeDeviceRequest.SerializeToString,
+            autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2.RevokeDeviceResponse.FromString,
             options,
             channel_credentials,
             insecure,
