@@ -13,7 +13,7 @@ import pytest
 from autohas_edge.server.cli import main
 from autohas_edge.server.config import ServerConfig
 
-TOKEN = "t" * 32
+TOKEN = "ray-setup-test-token-Zq3x9Lw2Pr7Kt4Nv8Bm1Hy6"
 
 
 @pytest.mark.parametrize(
