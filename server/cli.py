@@ -32,6 +32,53 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: command -> usage examples, shown at the end of `autohas COMMAND --help`
+EXAMPLES: dict[str, str] = {
+    "search": """examples:
+  autohas search --dataset mnist1d --out runs/mnist1d
+  autohas search --dataset my_data.npz --layout signal --channels last --out runs/mine
+  autohas search --dataset digits --max-params 20000 --steps 600 --device cuda --out runs/digits
+  autohas search --dataset my_data.npz --out runs/mine --retrain --retrain-steps 3000""",
+    "export": """examples:
+  autohas export runs/mine --out dist/
+  autohas export runs/a runs/b --formats onnx,tflite-int8 --reference synthetic --out dist/""",
+    "verify": """examples:
+  autohas verify dist/mine
+  autohas verify dist/a dist/b --threads 1""",
+    "server": """examples:
+  autohas server --data-dir var/dev                      # loopback, plaintext, a token file in var/dev
+  AUTOHAS_OPERATOR_TOKEN=... autohas server --data-dir var/prod --host 0.0.0.0 \\
+      --tls-cert server.pem --tls-key server.key --enrollment-keys enrollment.json""",
+    "demo": """examples:
+  autohas demo
+  autohas demo --users 8 --steps 60 --retrain-steps 300 --report report/quick""",
+}
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples' line breaks and shows every option's default (unless its help does)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            "default" in text
+            or action.default in (None, argparse.SUPPRESS, False)
+            or action.option_strings == []
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def make_parser(name: str, description: str) -> argparse.ArgumentParser:
+    """The parser of `autohas NAME`, with the command's examples after its options."""
+    return argparse.ArgumentParser(
+        prog=f"autohas {name}",
+        description=description,
+        epilog=EXAMPLES.get(name),
+        formatter_class=HelpFormatter,
+    )
+
+
 def _usage() -> str:
     lines = ["usage: autohas COMMAND [options]", "", "commands:"]
     lines += [f"  {name:<8} {help_text}" for name, (_, help_text) in COMMANDS.items()]
@@ -54,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, help_text = COMMANDS[name]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"autohas {name}", description=help_text)
+    parser = make_parser(name, help_text)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     return int(module.run(args) or 0)

@@ -61,6 +61,7 @@ class Task:
     num_classes: int
     label_names: tuple[str, ...] = ()
     created_at: float = 0.0
+    layout: str = ""  # tabular, signal or image ("": by the rank of input_shape)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -78,6 +79,7 @@ class Task:
             int(d["num_classes"]),
             tuple(d["label_names"]),
             float(d["created_at"]),
+            str(d.get("layout", "")),  # tasks stored before layouts have none
         )
 
 

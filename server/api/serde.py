@@ -109,6 +109,7 @@ def task_to_proto(task: Task) -> pb.Task:
         num_classes=task.num_classes,
         label_names=task.label_names,
         created_at=timestamp_to_proto(task.created_at),
+        layout=task.layout,
     )
 
 
@@ -123,6 +124,7 @@ def task_from_proto(msg: pb.Task) -> Task:
         msg.num_classes,
         tuple(msg.label_names),
         timestamp_from_proto(msg, "created_at") or 0.0,
+        msg.layout,
     )
 
 
