@@ -42,7 +42,9 @@ def format_report(report: VerificationReport) -> str:
     lines = [f"{report.bundle}:"] + [f"  {_line(c)}" for c in report.checks]
     ran = sum(not c.skipped for c in report.checks)
     verdict = "OK" if report.passed else "FAILED"
-    lines.append(f"  {verdict}: {ran} artifacts run, {len(report.problems)} problems")
+    lines.append(
+        f"  {verdict}: {ran} artifacts run, {len(report.problems)} problem{'' if len(report.problems) == 1 else 's'}"
+    )
     return "\n".join(lines)
 
 
