@@ -10,6 +10,7 @@ from pathlib import Path
 
 from autohas_edge.export.errors import ExportError, one_line
 from autohas_edge.export.formats import ALL_FORMATS, FORMATS, Format, parse_formats
+from autohas_edge.export.quiet import native_log
 
 
 @dataclass
@@ -53,9 +54,12 @@ def run(args: argparse.Namespace) -> int:
     except ExportError as err:
         print(f"autohas export: {err}", file=sys.stderr)
         return 2
-    rows = export_all(list(args.runs), args.out, formats, args.reference)
+    with native_log() as log:  # TensorFlow / LiteRT / XNNPACK start-up lines go to a log file
+        rows = export_all(list(args.runs), args.out, formats, args.reference)
     print(summary_table(rows))
     failed = sum(not r.ok for r in rows)
+    if failed:
+        print(f"(the converters' own messages: {log})", file=sys.stderr)
     print(
         f"{len(rows) - failed} exported, {failed} failed"
         + (f" -> {args.out}" if failed < len(rows) else "")
