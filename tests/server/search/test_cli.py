@@ -56,7 +56,8 @@ def test_search_command_writes_result(
 
 
 @pytest.mark.parametrize(
-    "problem", ["missing", "malformed", "bad-option", "text", "directory", "negative", "out-file"]
+    "problem",
+    ["missing", "malformed", "bad-option", "text", "directory", "negative", "out-file", "workers"],
 )
 def test_bad_input_is_one_line_and_exit_code_2(
     tmp_path: Path, capsys: pytest.CaptureFixture, problem: str
@@ -76,6 +77,8 @@ def test_bad_input_is_one_line_and_exit_code_2(
     argv = ["search", "--dataset", str(path), "--out", str(out), "--quiet"]
     if problem == "bad-option":
         argv += ["--steps", "0"]
+    if problem == "workers":  # checked before torchrun starts: no rank tracebacks
+        argv += ["--workers", "2"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
