@@ -313,6 +313,7 @@ def test_bring_your_own_three_axis_data_from_the_cli_to_a_fine_tune_on_the_devic
     op = ["--address", s.address]
     task = ["create", TASK, "--app-id", APP_ID, "--purpose", PURPOSE, "--input-shape", "3,16"]
     assert main(["tasks", *op, *task, "--num-classes", "3", "--layout", "signal"]) == 0
+    assert "created task toy-signals: input [3, 16]" in capsys.readouterr().out
     for index, user in enumerate(("alice", "bob")):
         with ServerClient(s.address, tmp_path / user, app_id=APP_ID, user_id=user) as client:
             client.register()
