@@ -88,7 +88,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         text = action.help or ""
         if (
             "default" in text
-            or action.default in (None, argparse.SUPPRESS, False)
+            or any(action.default is none for none in (None, argparse.SUPPRESS, False))
+            or action.default == ""
             or action.option_strings == []
         ):
             return text

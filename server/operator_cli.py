@@ -42,6 +42,8 @@ class Command:
             return
         actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
         self.add_actions(actions)
+        for action_parser in actions.choices.values():  # defaults shown in each action's help
+            action_parser.formatter_class = parser.formatter_class
 
     def run(self, args: argparse.Namespace) -> int:
         """Run the chosen action; 0 ok, 1 a failed job or export, 2 bad input or a refused call."""
@@ -129,9 +131,14 @@ def _add_task_actions(actions: Any) -> None:
     create.add_argument(
         "--input-shape", required=True, help="one example, channels first: 6, 3,100 or 1,28,28"
     )
-    create.add_argument("--num-classes", type=int, required=True)
+    create.add_argument("--num-classes", type=int, required=True, help="classes 0..K-1")
     create.add_argument("--label-names", default="", help="comma-separated, one per class")
-    create.add_argument("--layout", default="", choices=("", "tabular", "signal", "image"))
+    create.add_argument(
+        "--layout",
+        default="",
+        choices=("", "tabular", "signal", "image"),
+        help="how input_shape reads (default: by its rank)",
+    )
     create.add_argument("--dtype", default="float32", help="float32, float16, int8, uint8, ...")
     create.set_defaults(func=_create_task)
     listing = actions.add_parser("list", help="every task")
@@ -177,8 +184,12 @@ def _list_tasks(client: Any, args: argparse.Namespace) -> int:
 def _add_job_actions(actions: Any) -> None:
     start = actions.add_parser("start", help="start a search over a task's consented data")
     start.add_argument("task_id")
-    start.add_argument("--mode", default="joint", choices=("joint", "nas", "hpo"))
-    start.add_argument("--strategy", default="", help="differentiable or reinforce")
+    start.add_argument(
+        "--mode", default="joint", choices=("joint", "nas", "hpo"), help="what is searched"
+    )
+    start.add_argument(
+        "--strategy", default="", help="differentiable or reinforce (default: the server's)"
+    )
     for name, kind in (
         ("steps", int),
         ("retrain-steps", int),
@@ -187,7 +198,7 @@ def _add_job_actions(actions: Any) -> None:
         ("max-latency-ms", float),
         ("seed", int),
     ):
-        start.add_argument(f"--{name}", type=kind, default=0, help="0: the server's default")
+        start.add_argument(f"--{name}", type=kind, default=0, help="(default 0: the server's own)")
     start.add_argument("--watch", action="store_true", help="then watch it with a progress bar")
     start.set_defaults(func=_start_job)
     listing = actions.add_parser("list", help="jobs, newest last")
@@ -272,7 +283,9 @@ def _add_model_actions(actions: Any) -> None:
     listing.set_defaults(func=_list_models)
     export = actions.add_parser("export", help="export finished jobs to verified bundles")
     export.add_argument("job_ids", nargs="+")
-    export.add_argument("--formats", default="onnx,tflite,onnx-int8,tflite-int8")
+    export.add_argument(
+        "--formats", default="onnx,tflite,onnx-int8,tflite-int8", help="comma-separated"
+    )
     export.set_defaults(func=_export)
     download = actions.add_parser("download", help="a bundle's files, hash-checked")
     download.add_argument("--model-id", default="", help="default: the task's latest")

@@ -95,12 +95,15 @@ def test_bad_input_is_one_line_and_exit_code_2(
 
 
 def test_every_subcommand_shows_examples_and_defaults(capsys: pytest.CaptureFixture) -> None:
-    for command in ("search", "export", "verify", "server", "demo"):
+    for command in ("search", "export", "verify", "server", "demo", "tasks", "jobs", "models"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         text = capsys.readouterr().out
-        assert f"examples:\n  autohas {command}" in text, command
+        assert "examples" in text and f"\n  autohas {command} " in text, command
         assert "--engine" not in text
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     assert "(default: 20)" in capsys.readouterr().out  # --users, whose help did not say it
+    with pytest.raises(SystemExit):
+        main(["jobs", "start", "--help"])  # an operator action: defaults shown there too
+    assert "(default: joint)" in capsys.readouterr().out
