@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from autohas_edge.export.errors import ExportError, one_line
 from autohas_edge.export.formats import ALL_FORMATS, FORMATS, Format, parse_formats
+from autohas_edge.export.quiet import native_log
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -66,9 +67,12 @@ def run(args: argparse.Namespace) -> int:
     except (ExportError, SigningKeyFileError) as err:
         print(f"autohas export: {err}", file=sys.stderr)
         return 2
-    rows = export_all(list(args.runs), args.out, formats, args.reference, key)
+    with native_log() as log:  # TensorFlow / LiteRT / XNNPACK start-up lines go to a log file
+        rows = export_all(list(args.runs), args.out, formats, args.reference, key)
     print(summary_table(rows))
     failed = sum(not r.ok for r in rows)
+    if failed:
+        print(f"(the converters' own messages: {log})", file=sys.stderr)
     print(
         f"{len(rows) - failed} exported, {failed} failed"
         + (f" -> {args.out}" if failed < len(rows) else "")

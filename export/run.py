@@ -95,8 +95,11 @@ def _load_dataset(run: Path, result: dict[str, Any]) -> Any:
     from autohas_edge.server.search import load_dataset
 
     spec = dataset_spec(result, run / "result.json")
-    try:
-        return load_dataset(spec)
+    config = result.get("config") or {}
+    try:  # read the examples as the search did (a run from before layouts has neither key)
+        return load_dataset(
+            spec, layout=config.get("layout", "auto"), channels=config.get("channels", "")
+        )
     except Exception as err:
         raise ExportError(run / "result.json", f"cannot load dataset {spec!r}: {err}") from err
 

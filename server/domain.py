@@ -63,6 +63,7 @@ class Task:
     label_names: tuple[str, ...] = ()
     created_at: float = 0.0
     min_users: int = 0  # a job needs this many distinct consented users (0: the server's default)
+    layout: str = ""  # tabular, signal or image ("": by the rank of input_shape)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -81,6 +82,7 @@ class Task:
             tuple(d["label_names"]),
             float(d["created_at"]),
             int(d.get("min_users", 0)),
+            str(d.get("layout", "")),  # tasks stored before layouts have none
         )
 
 

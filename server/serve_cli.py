@@ -111,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--engine",
         default="autohas_edge.server.engine",
-        help="module adapting the search engine and exporter (tests name a fast fake)",
+        help=argparse.SUPPRESS,  # a test hook: the module adapting the engine (tests name a fake)
     )
     add_security_arguments(parser)
 

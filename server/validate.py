@@ -15,6 +15,8 @@ MAX_TEXT = 256
 MAX_STEPS = 10_000_000
 MAX_CLASSES = 100_000
 MAX_INPUT_ELEMENTS = 2**24
+#: a task's layout -> the rank of its input_shape
+RANKS = {"tabular": 1, "signal": 2, "image": 3}
 MAX_CHANNELS = 64  # signals [C, L] and images [C, H, W]: e.g. a 3-axis accelerometer, RGB
 MAX_SEED = 2**63 - 1  # the search seeds numpy's generator, which refuses negative seeds
 MAX_LATENCY_MS = 1e6
@@ -61,6 +63,12 @@ def check_task(task: Task) -> Task:
             "task.input_shape",
             f"{list(shape)}: signals and images have their channels first, at most "
             f"{MAX_CHANNELS} (channels-last data: move the channel axis to the front)",
+        )
+    if task.layout and RANKS.get(task.layout) != len(shape):
+        raise InvalidArgument(
+            "task.layout",
+            f"{task.layout!r} with input_shape {list(shape)}: expected tabular [F], signal [C, L] "
+            "or image [C, H, W], channels first (a one-channel signal of length L is [1, L])",
         )
     if task.input_dtype not in DTYPES:
         raise InvalidArgument("task.input_dtype", "required (one of " + ", ".join(DTYPES) + ")")

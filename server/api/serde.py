@@ -114,6 +114,7 @@ def task_to_proto(task: Task) -> pb.Task:
         label_names=task.label_names,
         created_at=timestamp_to_proto(task.created_at),
         min_users=task.min_users,
+        layout=task.layout,
     )
 
 
@@ -129,6 +130,7 @@ def task_from_proto(msg: pb.Task) -> Task:
         tuple(msg.label_names),
         timestamp_from_proto(msg, "created_at") or 0.0,
         msg.min_users,
+        msg.layout,
     )
 
 

@@ -20,12 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--report", type=Path, default=Path("report"), help="Markdown + PNG report folder"
     )
-    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--users", type=int, default=20, help="simulated phones, one user each")
     parser.add_argument("--steps", type=int, default=150, help="search steps")
     parser.add_argument(
         "--retrain-steps", type=int, default=1000, help="training steps of the derived model"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the users' data and the search"
+    )
     parser.add_argument(
         "--port", type=int, default=0, help="loopback port of the server (0 = a free one)"
     )

@@ -26,11 +26,11 @@ from autohas_edge.server.demo.devices import (
     personalise,
     revoke,
 )
-from autohas_edge.server.demo.operator import OperatorClient
 from autohas_edge.server.demo.population import NUM_CLASSES, SIGNAL_LENGTH, make_population
 from autohas_edge.server.demo.report import EncodingHistory
 from autohas_edge.server.enrollment import mint_ticket
 from autohas_edge.server.jobs.files import write_json_atomic
+from autohas_edge.server.operator_client import OperatorClient
 
 FORMATS = ("onnx", "tflite", "onnx-int8", "tflite-int8")
 

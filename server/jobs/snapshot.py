@@ -24,6 +24,10 @@ def _arrays(batches: list[StoredBatch], task: Task) -> dict[str, np.ndarray]:
     ).astype(np.float32)
     y = np.concatenate([np.frombuffer(b.labels, dtype="<i8") for b in batches]).astype(np.int64)
     arrays: dict[str, np.ndarray] = {"x": x, "y": y, **owner_arrays(batches)}
+    # the task fixes its classes and layout: a job never renumbers classes or reguesses the layout
+    arrays["num_classes"] = np.array(task.num_classes)
+    if task.layout:
+        arrays["layout"] = np.array(task.layout)
     if task.label_names:
         arrays["label_names"] = np.array(task.label_names)
     return arrays

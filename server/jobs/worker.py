@@ -66,4 +66,8 @@ def run_job(args: WorkerArgs, messages: Any, stop: Any) -> None:
 
 def export_model(engine: str, run_dir: str, out_dir: str, formats: list[str]) -> None:
     """Export a run to a bundle directory (runs in the export worker process)."""
-    importlib.import_module(engine).export_bundle(run_dir, out_dir, formats)
+    from autohas_edge.export.quiet import native_log
+
+    # the converters' and runtimes' C++ lines go beside the job's worker.log, not the server's log
+    with native_log(Path(run_dir).parent / "native.log"):
+        importlib.import_module(engine).export_bundle(run_dir, out_dir, formats)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autohas_edge.server.search.config import DEVICES, MODES, STRATEGIES, SearchConfig
+from autohas_edge.server.search.layout import LAYOUTS, SHAPE_RULES
 from autohas_edge.server.search.progress import SearchCancelled
 
 if TYPE_CHECKING:
@@ -91,7 +92,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of `autohas search`."""
     defaults = SearchConfig()
     parser.add_argument(
-        "--dataset", default=defaults.dataset, help="mnist1d, digits, or a path to an .npz"
+        "--dataset",
+        default=defaults.dataset,
+        help="mnist1d, digits, or a path to an .npz with x and y (optionally x_test, y_test, "
+        "label_names, layout, channels)",
+    )
+    parser.add_argument(
+        "--layout",
+        default=defaults.layout,
+        choices=LAYOUTS,
+        help=f"how to read one example: {SHAPE_RULES} (auto: the .npz's `layout`, else by the "
+        "rank of x, with a warning when that is ambiguous)",
+    )
+    parser.add_argument(
+        "--channels",
+        default="",
+        choices=("first", "last"),
+        help="where the channel axis of a signal or image is (default: the .npz's `channels`, "
+        "else first)",
     )
     parser.add_argument(
         "--mode",
@@ -148,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     from autohas_edge.server.search.threads import prepare_environment
 
     prepare_environment()
-    parser = argparse.ArgumentParser(prog="autohas search", description=__doc__)
+    from autohas_edge.server.cli import make_parser
+
+    parser = make_parser("search", __doc__ or "")
     add_arguments(parser)
     return run(parser.parse_args(argv))
 
@@ -170,16 +190,19 @@ def run(args: argparse.Namespace) -> int:
     bar = _ProgressBar(disabled=args.quiet)
     try:
         config = _config(args)
+        _check_out(Path(args.out))
         finished = None if args.retrain else _finished(Path(args.out), config)
         if finished is not None:
             print(_summary(finished, args.out))
             print(f"{args.out} holds this finished run: left alone (--retrain retrains it)")
             return 0
+        _preview(config)
         search = _with_workers if args.workers > 1 and not launched_by_torchrun() else _in_process
         result = search(config, args, bar, lambda: interrupted["flag"])
     except _Exit as exc:
         bar.close()
-        print(f"autohas search: {exc}", file=sys.stderr)
+        if _is_main_rank():  # under torchrun every rank fails alike: one message
+            print(f"autohas search: {exc}", file=sys.stderr)
         return exc.code
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -195,6 +218,8 @@ def _config(args: argparse.Namespace) -> SearchConfig:
     try:
         return SearchConfig(
             dataset=args.dataset,
+            layout=args.layout,
+            channels=args.channels or "",
             mode=args.mode,
             strategy=args.strategy,
             device=args.device,
@@ -202,6 +227,31 @@ def _config(args: argparse.Namespace) -> SearchConfig:
         )
     except ValueError as exc:
         raise _Exit(2, f"error: {exc}") from exc
+
+
+def _is_main_rank() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise _Exit(2, f"error: --out {out} is a file, not a run directory")
+
+
+def _preview(config: SearchConfig) -> None:
+    """Load the dataset once before the search starts: bad data is a one-line error now, and an
+    ambiguous layout or remapped labels are said before the work, not after."""
+    from autohas_edge.server.search.data import load_dataset
+
+    try:
+        data = load_dataset(config.dataset, config.seed, config.layout, config.channels)
+    except ValueError as exc:
+        raise _Exit(2, f"error: {exc}") from exc
+    if _is_main_rank():
+        for note in data.notes:
+            print(f"autohas search: {note}", file=sys.stderr)
 
 
 def _finished(out: Path, config: SearchConfig) -> dict[str, Any] | None:
@@ -273,11 +323,24 @@ def _summary(result: dict[str, Any], out: str) -> str:
     if race.get("entries"):
         seconds += f", race {result.get('race_seconds', 0):.0f}s"
     return (
+        f"{_data_line(result)}"
         f"test accuracy {result['test_accuracy']:.4f} with {result['params']} parameters "
         f"({seconds}, retrain {result['retrain_seconds']:.0f}s)\n"
         f"architecture: {arch}\nhyper-parameters: {hps}\n{_rate_line(result)}{_race_line(race)}"
         f"{_compact_line(result.get('compact') or {}, result['params'])}{dropped}"
         f"\nwritten to {out}/result.json"
+    )
+
+
+def _data_line(result: dict[str, Any]) -> str:
+    """Which layout the data was read as and which model family that chose."""
+    data = result.get("dataset") or {}
+    if "layout" not in data:  # a run from before layouts were recorded
+        return ""
+    shape = "x".join(str(d) for d in data["input_shape"])
+    return (
+        f"data: {data['name']}, {data['layout']} [{shape}] ({data['layout_source']}), "
+        f"{data['num_classes']} classes -> {data['family']} models\n"
     )
 
 

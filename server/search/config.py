@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from autohas_edge.server.search.layout import check_layout
 from autohas_edge.server.search.space import SearchSpace
 from autohas_edge.server.search.strategies import REGISTRY
 
@@ -43,6 +44,8 @@ class SearchConfig:
     """One search: dataset, mode (`joint|nas|hpo`), strategy, budgets, seed and device."""
 
     dataset: str = "mnist1d"
+    layout: str = "auto"  # tabular, signal or image (auto: the .npz's, else guessed; see `layout`)
+    channels: str = ""  # first or last ("": the .npz's, else first)
     mode: str = "joint"
     strategy: str = "differentiable"
     weights_path: str = (
@@ -102,6 +105,7 @@ class SearchConfig:
         _one_of("hp_signal", self.hp_signal, HP_SIGNALS)
         _one_of("lr_derivation", self.lr_derivation, LR_DERIVATIONS)
         _one_of("retrain_schedule", self.retrain_schedule, SCHEDULES)
+        check_layout(self.layout, self.channels)
         if not self.dataset:
             raise ValueError("dataset must be 'mnist1d', 'digits' or a path to an .npz file")
         for name in (

@@ -1,12 +1,13 @@
 """Datasets, offline only: MNIST-1D, scikit-learn's digits, or your own arrays in an `.npz` file.
 
-The family of models follows from the rank of one example: `[F]` tabular (MLP), `[C, L]` 1-D signal
-(conv1d), `[C, H, W]` image (conv2d).
+The family of models follows from the layout of one example, channels first: `[F]` tabular (MLP),
+`[C, L]` 1-D signal (conv1d), `[C, H, W]` image (conv2d); the layout is given or guessed (see `layout`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import os
 from collections.abc import Mapping
@@ -16,11 +17,16 @@ from pathlib import Path
 import numpy as np
 
 from autohas_edge.common.fs import atomic_write_npz
+from autohas_edge.server.search.labels import check_label_array, check_sizes, class_labels
+from autohas_edge.server.search.layout import SHAPE_RULES, arrange, check_layout
 
 MODALITY_BY_RANK = {1: "tabular", 2: "signal", 3: "image"}
 FAMILY_BY_MODALITY = {"tabular": "mlp", "signal": "conv1d", "image": "conv2d"}
 VAL_FRACTION = 0.1
 TEST_FRACTION = 0.2  # only for an .npz without its own test split
+BUILTIN = ("mnist1d", "digits")
+#: larger inputs overflow batch norm's statistics in float32 (and are a unit mistake, not data)
+MAX_ABS_VALUE = 1e9
 
 
 @dataclass
@@ -36,6 +42,8 @@ class Dataset:
     y_test: np.ndarray
     num_classes: int
     label_names: list[str] = field(default_factory=list)
+    layout_source: str = "guessed from the shape"  # or "given", "the .npz's layout"
+    notes: list[str] = field(default_factory=list)  # ambiguous guesses, remapped labels
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -59,24 +67,64 @@ class Dataset:
             "input_shape": list(self.input_shape),
             "num_classes": self.num_classes,
             "label_names": list(self.label_names),
+            "layout": self.modality,
+            "layout_source": self.layout_source,
+            "family": self.family,
+            "notes": list(self.notes),
         }
 
 
-def load_dataset(spec: str, seed: int = 0) -> Dataset:
-    """Load "mnist1d", "digits" or an `.npz` path; the validation split is drawn with `seed`."""
-    if spec == "mnist1d":
-        x, y, x_test, y_test = mnist1d_arrays()
-        names = [str(i) for i in range(10)]
-    elif spec == "digits":
-        x, y, x_test, y_test = _digits()
-        names = [str(i) for i in range(10)]
+def load_dataset(spec: str, seed: int = 0, layout: str = "auto", channels: str = "") -> Dataset:
+    """Load "mnist1d", "digits" or an `.npz` path; the validation split is drawn with `seed`.
+
+    `layout` ("auto": the `.npz`'s `layout` array, else guessed from the shape) and `channels`
+    ("": the `.npz`'s `channels` array, else "first") say how to read the examples (see `layout`).
+    Raises ValueError naming the problem for data a search cannot learn from.
+    """
+    check_layout(layout, channels)
+    if spec in BUILTIN:
+        x, y, x_test, y_test = mnist1d_arrays() if spec == "mnist1d" else _digits()
+        raw = _Raw(x, y, x_test, y_test, [str(i) for i in range(10)])
+        name = spec
     else:
-        x, y, x_test, y_test, names = _npz(Path(spec))
-        spec = Path(spec).stem
-    num_classes = int(max(y.max(), y_test.max() if len(y_test) else 0)) + 1
-    names = names or [str(i) for i in range(num_classes)]
-    train, val = _split(len(x), VAL_FRACTION, seed)
-    return Dataset(spec, x[train], y[train], x[val], y[val], x_test, y_test, num_classes, names)
+        raw = _npz(_dataset_file(spec))
+        name = Path(spec).stem
+    return _prepared(name, raw, seed, layout or "auto", channels, spec)
+
+
+def _prepared(name: str, raw: _Raw, seed: int, layout: str, channels: str, spec: str) -> Dataset:
+    """Arrange, check and split the arrays of one dataset."""
+    where = "" if spec in BUILTIN else f"dataset file {spec}: "
+    try:
+        arranged = arrange(
+            raw.x, raw.layout if layout == "auto" else layout, channels or raw.channels
+        )
+        x_test = arrange(raw.x_test, arranged.layout, channels or raw.channels).x
+        labels = class_labels(raw.y, raw.y_test, raw.names, raw.num_classes)
+        num_classes = raw.num_classes or len(labels.names)
+        train, val = _split(len(raw.x), VAL_FRACTION, seed)
+        check_sizes(labels.y, num_classes, len(x_test), labels.names)
+    except ValueError as exc:
+        raise ValueError(f"{where}{exc}") from None
+    source = "the .npz's layout" if layout == "auto" and raw.layout != "auto" else arranged.source
+    x, y = arranged.x, labels.y
+    return Dataset(
+        name,
+        x[train],
+        y[train],
+        x[val],
+        y[val],
+        x_test,
+        labels.y_test,
+        num_classes,
+        labels.names,
+        layout_source=source,
+        notes=[
+            f"{kind}: {text}"
+            for kind, text in (("warning", arranged.warning), ("note", labels.note))
+            if text
+        ],
+    )
 
 
 def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -142,55 +190,105 @@ def _digits() -> tuple[np.ndarray, ...]:
     return x[rest], y[rest], x[test], y[test]
 
 
-def _npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    if not path.is_file():
-        raise ValueError(f"dataset file {path} does not exist")
+@dataclass
+class _Raw:
+    """A dataset's arrays as stored, before they are arranged, checked and split."""
+
+    x: np.ndarray
+    y: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    names: list[str]
+    layout: str = "auto"
+    channels: str = "first"
+    num_classes: int = 0  # fixed classes (a server task's); 0: from the labels
+
+
+def _dataset_file(spec: str) -> Path:
+    """The dataset file `spec` names, or a ValueError saying what it is instead."""
+    path = Path(spec)
+    if path.is_dir():
+        raise ValueError(f"dataset {spec} is a directory, not a file (an .npz with x and y)")
+    if path.is_file():
+        return path
+    close = difflib.get_close_matches(spec, BUILTIN, n=1, cutoff=0.5)
+    if close or (path.suffix != ".npz" and "/" not in spec):
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ValueError(
+            f"unknown dataset {spec!r}: {hint}the built-in datasets are {' and '.join(BUILTIN)}; "
+            "anything else is a path to an .npz file"
+        )
+    raise ValueError(f"dataset file {path} does not exist")
+
+
+def _npz(path: Path) -> _Raw:
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":  # an .npz is a zip archive
+        raise ValueError(
+            f"dataset file {path} is not an .npz (a zip of arrays, as numpy.savez writes it; "
+            f"this file starts with {magic!r})"
+        )
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except Exception as exc:  # zip, pickle and format errors all mean "not a usable .npz"
-        raise ValueError(f"dataset file {path} is not a readable .npz: {exc}") from None
+    except Exception as exc:  # zip and format errors, object arrays: not a usable .npz
+        raise ValueError(
+            f"dataset file {path} is not a readable .npz of numeric arrays: {exc}"
+        ) from None
+    try:
+        return _raw(arrays)
+    except ValueError as exc:
+        raise ValueError(f"dataset file {path}: {exc}") from None
+
+
+def _raw(arrays: dict[str, np.ndarray]) -> _Raw:
     for key in ("x", "y"):
         if key not in arrays:
-            raise ValueError(f"dataset file {path} has no array {key!r} (found {sorted(arrays)})")
-    x, y = _checked(path, arrays["x"], arrays["y"], "x", "y")
+            raise ValueError(f"has no array {key!r} (found {sorted(arrays)})")
+    x, y = _checked(arrays["x"], arrays["y"], "x", "y")
     if ("x_test" in arrays) != ("y_test" in arrays):
-        raise ValueError(f"dataset file {path} must hold both x_test and y_test or neither")
+        raise ValueError("must hold both x_test and y_test or neither")
     if "x_test" in arrays:
-        x_test, y_test = _checked(path, arrays["x_test"], arrays["y_test"], "x_test", "y_test")
+        x_test, y_test = _checked(arrays["x_test"], arrays["y_test"], "x_test", "y_test")
         if x_test.shape[1:] != x.shape[1:]:
-            raise ValueError(
-                f"dataset file {path}: x_test examples are {x_test.shape[1:]}, x are {x.shape[1:]}"
-            )
+            raise ValueError(f"x_test examples are {x_test.shape[1:]}, x are {x.shape[1:]}")
     else:
         rest, test = _split(len(x), TEST_FRACTION, seed=12345)
         x, y, x_test, y_test = x[rest], y[rest], x[test], y[test]
     names = [str(n) for n in arrays["label_names"].tolist()] if "label_names" in arrays else []
-    num_classes = int(max(y.max(), y_test.max())) + 1
-    if names and len(names) < num_classes:
-        raise ValueError(f"dataset file {path}: {len(names)} label_names for {num_classes} classes")
-    return x, y, x_test, y_test, names
+    layout, channels = _text(arrays, "layout", "auto"), _text(arrays, "channels", "first")
+    check_layout(layout, channels)
+    classes = int(arrays["num_classes"]) if "num_classes" in arrays else 0
+    return _Raw(x, y, x_test, y_test, names, layout, channels, classes)
 
 
-def _checked(
-    path: Path, x: np.ndarray, y: np.ndarray, xn: str, yn: str
-) -> tuple[np.ndarray, np.ndarray]:
+def _text(arrays: dict[str, np.ndarray], key: str, default: str) -> str:
+    """A string array's value (e.g. np.array("signal")), or `default` when absent."""
+    return str(arrays[key]) if key in arrays else default
+
+
+def _checked(x: np.ndarray, y: np.ndarray, xn: str, yn: str) -> tuple[np.ndarray, np.ndarray]:
+    if np.iscomplexobj(x):
+        raise ValueError(
+            f"{xn} is complex ({x.dtype}): take the magnitude or stack the real and imaginary "
+            "parts as channels"
+        )
     if x.ndim not in (2, 3, 4) or not np.issubdtype(x.dtype, np.number):
-        raise ValueError(
-            f"dataset file {path}: {xn} must be numeric [n, F], [n, C, L] or [n, C, H, W], "
-            f"got {x.dtype} {x.shape}"
-        )
+        raise ValueError(f"{xn} must be numeric [n, ...], {SHAPE_RULES}; got {x.dtype} {x.shape}")
     if y.ndim != 1 or len(y) != len(x):
-        raise ValueError(
-            f"dataset file {path}: {yn} must be 1-D with one label per row of {xn}, got {y.shape}"
-        )
-    if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
-        raise ValueError(
-            f"dataset file {path}: {yn} must hold integer labels 0..C-1, got {y.dtype}"
-        )
+        raise ValueError(f"{yn} must be 1-D with one label per row of {xn}, got {y.shape}")
+    check_label_array(y, yn)
     if len(x) < 10:
-        raise ValueError(f"dataset file {path}: {xn} has only {len(x)} examples (need at least 10)")
-    x = x.astype(np.float32)
-    if not np.isfinite(x).all():
-        raise ValueError(f"dataset file {path}: {xn} contains NaN or infinite values")
-    return x, y.astype(np.int64)
+        raise ValueError(f"{xn} has only {len(x)} examples (need at least 10)")
+    with np.errstate(over="ignore", invalid="ignore"):
+        x32 = x.astype(np.float32)
+    if not np.isfinite(x32).all():
+        raise ValueError(f"{xn} contains NaN or infinite values (or values beyond float32's range)")
+    largest = float(np.abs(x32).max())
+    if largest > MAX_ABS_VALUE:
+        raise ValueError(
+            f"{xn} holds values up to {largest:.3g} in magnitude (at most {MAX_ABS_VALUE:.0e}): "
+            "rescale the data (e.g. to SI units or standard scores)"
+        )
+    return x32, y.astype(np.int64)

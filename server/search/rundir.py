@@ -82,7 +82,7 @@ def write_run(
     # atomic: a reader (the server, export, a resumed run) never sees half a result.json
     atomic_write_json(out / RESULT, result, mode=0o644)
     if result["config"].get("plot", True):
-        plot_search(searcher.history.__dict__, space, out / PLOT)
+        plot_search(searcher.history.__dict__, space, out / PLOT, result)
 
 
 def load_model(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:

@@ -74,7 +74,7 @@ def run_search(
     try:
         emit = (on_progress or (lambda event: None)) if comm.is_main else (lambda event: None)
         emit(ProgressEvent("load"))
-        data = load_dataset(config.dataset, seed=config.seed)
+        data = load_dataset(config.dataset, config.seed, config.layout, config.channels)
         stop = (should_stop or (lambda: False)) if comm.is_main else (lambda: False)
         space, dropped = _space(config, data)
         run = _Run(config, data, space, device, Path(out_dir), emit, stop, comm, dropped)

@@ -8,8 +8,8 @@ import pytest
 
 from autohas_edge.device_sdk import ServerClient
 from autohas_edge.device_sdk.errors import AuthenticationError
-from autohas_edge.server.demo.operator import OperatorClient
 from autohas_edge.server.errors import Unauthenticated
+from autohas_edge.server.operator_client import OperatorClient
 from tests.fixtures.server_fixtures import RunningServer
 
 APP = "com.example.keyboard"

@@ -279,3 +279,66 @@ def test_a_three_channel_sensor_task_runs_through_the_server_export_and_the_sdk(
         hub.install(bundle, TASK)
         probs = hub.model(TASK, app_id=APP_ID).predict(x)
         assert probs.shape == (60, 3) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # two searches and two exports
+def test_bring_your_own_three_axis_data_from_the_cli_to_a_fine_tune_on_the_device(
+    server_factory: Callable[..., RunningServer],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """The README's path with a user's own 3-axis recordings, saved channels-last with labels 1..3:
+    `autohas search`, `export`, `verify`; then a server task of the same shape, uploads through the
+    SDK, a job and an export through the operator CLI, a download, and a fine-tune on the device."""
+    from autohas_edge.device_sdk import Hub, ServerClient
+    from autohas_edge.server.cli import main
+
+    x, y = toy_examples(240, 3)  # [n, 3, 16], classes 0..2
+    own = tmp_path / "accel.npz"
+    np.savez(own, x=np.moveaxis(x, 1, 2), y=y + 1, channels=np.array("last"))  # [n, 16, 3]
+    run, dist = tmp_path / "runs" / "accel", tmp_path / "dist"
+    tiny = ["--steps", "4", "--retrain-steps", "6", "--batch-size", "16", "--quiet"]
+    assert (
+        main(["search", "--dataset", str(own), "--layout", "signal", "--out", str(run), *tiny]) == 0
+    )
+    printed = capsys.readouterr()
+    assert "signal [3x16]" in printed.out and "remapped to classes 0..2" in printed.err
+    assert json.loads((run / "result.json").read_text())["dataset"]["label_names"] == [
+        "1",
+        "2",
+        "3",
+    ]
+    assert main(["export", str(run), "--formats", "onnx,tflite", "--out", str(dist)]) == 0
+    assert main(["verify", str(dist / "accel")]) == 0
+    capsys.readouterr()
+
+    s = real_server(server_factory)
+    monkeypatch.setenv("AUTOHAS_OPERATOR_TOKEN", s.operator_token)
+    op = ["--address", s.address]
+    task = ["create", TASK, "--app-id", APP_ID, "--purpose", PURPOSE, "--input-shape", "3,16"]
+    assert main(["tasks", *op, *task, "--num-classes", "3", "--layout", "signal"]) == 0
+    assert "created task toy-signals: input [3, 16]" in capsys.readouterr().out
+    for index, user in enumerate(("alice", "bob")):
+        with ServerClient(s.address, tmp_path / user, app_id=APP_ID, user_id=user) as client:
+            client.register()
+            client.grant_consent(PURPOSE, text_version="v3")
+            client.upload(
+                TASK, x[index * 120 : (index + 1) * 120], y[index * 120 : (index + 1) * 120]
+            )
+    assert (
+        main(["jobs", *op, "start", TASK, "--steps", "4", "--retrain-steps", "6", "--watch"]) == 0
+    )
+    job_id = capsys.readouterr().out.split()[2]
+    assert main(["models", *op, "export", job_id, "--formats", "onnx,tflite"]) == 0
+    bundle = tmp_path / "downloaded"
+    assert main(["models", *op, "download", "--task-id", TASK, "--out", str(bundle)]) == 0
+    assert main(["verify", str(bundle)]) == 0
+
+    hub = Hub(tmp_path / "hub")
+    hub.install(bundle, TASK)
+    model = hub.model(TASK, app_id=APP_ID)
+    assert model.predict(x[:5]).shape == (5, 3)
+    tuned = model.fine_tune(x[:80], y[:80])
+    assert tuned.heldout_accuracy_after >= 0 and tuned.accepted in (True, False)

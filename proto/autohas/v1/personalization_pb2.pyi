@@ -144,7 +144,7 @@ class ListConsentsResponse(_message.Message):
     def __init__(self, consents: _Optional[_Iterable[_Union[Consent, _Mapping]]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("task_id", "app_ids", "purpose", "input_shape", "input_dtype", "num_classes", "label_names", "created_at", "min_users")
+    __slots__ = ("task_id", "app_ids", "purpose", "input_shape", "input_dtype", "num_classes", "label_names", "created_at", "min_users", "layout")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     APP_IDS_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +154,7 @@ class Task(_message.Message):
     LABEL_NAMES_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     MIN_USERS_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     app_ids: _containers.RepeatedScalarFieldContainer[str]
     purpose: str
@@ -163,7 +164,8 @@ class Task(_message.Message):
     label_names: _containers.RepeatedScalarFieldContainer[str]
     created_at: _timestamp_pb2.Timestamp
     min_users: int
-    def __init__(self, task_id: _Optional[str] = ..., app_ids: _Optional[_Iterable[str]] = ..., purpose: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., input_dtype: _Optional[_Union[DType, str]] = ..., num_classes: _Optional[int] = ..., label_names: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., min_users: _Optional[int] = ...) -> None: ...
+    layout: str
+    def __init__(self, task_id: _Optional[str] = ..., app_ids: _Optional[_Iterable[str]] = ..., purpose: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., input_dtype: _Optional[_Union[DType, str]] = ..., num_classes: _Optional[int] = ..., label_names: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., min_users: _Optional[int] = ..., layout: _Optional[str] = ...) -> None: ...
 
 class CreateTaskRequest(_message.Message):
     __slots__ = ("task",)

@@ -47,6 +47,10 @@ def test_tiny_run_writes_the_run_directory_contract(tiny_run: Path) -> None:
         "input_shape": [1, 40],
         "num_classes": 10,
         "label_names": [str(i) for i in range(10)],
+        "layout": "signal",
+        "layout_source": "guessed from the shape",
+        "family": "conv1d",
+        "notes": [],
     }
     assert set(result["fine_tuning"]) == {
         "learning_rate",
