@@ -49,6 +49,7 @@ tasks = st.builds(
     i32,
     st.tuples(text, text),
     times,
+    st.integers(0, 1000),  # min_users
     st.sampled_from(["", "tabular", "signal", "image"]),
 )
 consents = st.builds(Consent, st.just(""), ids, ids, ids, times, maybe_time)
