@@ -22,12 +22,11 @@ from autohas_edge.device_sdk.finetune import (
     Head,
     HeadHyperparameters,
     StepFunction,
-    holdout_split,
     train_head,
 )
 from autohas_edge.device_sdk.train_graph import StepState, TrainStepGraph, open_train_step
 from autohas_edge.server.demo.population import User
-from tests.device_sdk.helpers import TASK
+from tests.device_sdk.helpers import TASK, fine_tune_inputs
 from tools import node_setup
 
 TOLERANCE = 1e-5
@@ -110,15 +109,12 @@ def test_node_fine_tune_reaches_the_python_sdks_weights(
     manifest = Manifest.load(bundle_dir)
     graph = open_train_step(bundle_dir, manifest, "onnx", threads=1)
     assert graph is not None
-    hp = HeadHyperparameters.from_mapping(manifest.fine_tuning.hyperparameters)
-    x, y = model.embed(skewed_user.x_tune), np.asarray(skewed_user.y_tune)
-    train, _ = holdout_split(y, 0.25, 0)  # Model.fine_tune's split (seed 0)
-    base = model._engine.base_head
+    base, x, y, hp = fine_tune_inputs(model, skewed_user.x_tune, skewed_user.y_tune)
     runs, heads = [_Run(setting, graph) for setting in _settings(hp)], []
     for run in runs:
-        heads.append(train_head(base, x[train], y[train], run.hp, 0, run)[0])
+        heads.append(train_head(base, x, y, run.hp, 0, run)[0])
     assert model.fine_tune(skewed_user.x_tune, skewed_user.y_tune).accepted
-    eval_features = model.embed(skewed_user.x_eval)
+    eval_features = model.embed(heads[0].align(skewed_user.x_eval))
     # the first run is the SDK's own fine-tune, bit for bit
     np.testing.assert_array_equal(model.logits(skewed_user.x_eval), heads[0].logits(eval_features))
 
