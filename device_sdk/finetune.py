@@ -32,6 +32,9 @@ TRAINABLE = ("head", "input+head")
 DEFAULT_TRAINABLE = "input+head"
 #: a user's channel whose spread is below this share of the training data's is only shifted
 MIN_SPREAD = 1e-3
+#: a fine-tune is kept only when it classifies at least this many more held-out examples right: one
+#: more is within the noise of a few dozen (bench/RESULTS.md, "device SDK: input alignment")
+MIN_HELDOUT_GAIN = 2
 
 
 @dataclass(frozen=True)
@@ -285,6 +288,11 @@ def _epoch(
         idx = order[start : start + batch_size]
         losses.append(step(features[idx], labels[idx]))
     return float(np.mean(losses))
+
+
+def improves(before: float, after: float, heldout: int) -> bool:
+    """True when accuracy `after` gets `MIN_HELDOUT_GAIN` or more of `heldout` examples more right."""
+    return round((after - before) * heldout) >= MIN_HELDOUT_GAIN
 
 
 def holdout_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -26,6 +26,7 @@ from autohas_edge.device_sdk.finetune import (
     HeadHyperparameters,
     InputAlignment,
     holdout_split,
+    improves,
     softmax,
     train_head,
 )
@@ -192,11 +193,12 @@ class Model:
         """Train the head on the user's examples; keep it only if held-out accuracy improves.
 
         `holdout` of the examples (stratified by label) are kept out of training and decide: the new
-        head is saved as a new version only if it classifies more of them correctly than the current
-        one. `hyperparameters` override the manifest's `fine_tuning.hyperparameters`; their
-        `trainable` says what is personalised: "head", or "input+head" (a per-channel input affine
-        fitted to the training part of the examples, `finetune.InputAlignment`, then the head on
-        the aligned examples; "head" where the bundle has no `input_statistics`). A head with
+        head is saved as a new version only if it classifies at least `finetune.MIN_HELDOUT_GAIN`
+        (2) more of them correctly than the current one (one more is within noise).
+        `hyperparameters` override the manifest's `fine_tuning.hyperparameters`; their
+        `trainable` says what is personalised: "head", or "input+head" (a per-channel input
+        affine fitted to the training part of the examples, `finetune.InputAlignment`, then the
+        head on the aligned examples; "head" where the bundle has no `input_statistics`). A head with
         classes added by `add_class` also trains on (and checks with) their stored examples, so that
         a fine-tune on the other classes does not make it forget them.
         """
@@ -218,7 +220,7 @@ class Model:
             before = current.accuracy(features[held], labels[held])
             diverged = not trained.finite() or not np.isfinite(losses[-1])
             after = -1.0 if diverged else trained.accuracy(tuned[held], labels[held])
-            accepted = after > before
+            accepted = improves(before, after, len(held))
             meta = _check_meta(before, after, len(train), len(held))
             version = self._save(trained, hp, meta, self._classes) if accepted else previous
         return FineTuneResult(
