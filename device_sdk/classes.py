@@ -121,7 +121,7 @@ def imprint(head: Head, features: np.ndarray) -> Head:
     row = (direction / length * scale).astype(np.float32)
     weight = np.vstack([head.weight, row[None]]).astype(np.float32)
     bias = np.append(head.bias, np.float32(head.bias.mean())).astype(np.float32)
-    return Head(weight, bias)
+    return Head(weight, bias, head.alignment)
 
 
 class FrozenRows:

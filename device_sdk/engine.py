@@ -8,7 +8,7 @@ import numpy as np
 
 from autohas_edge.device_sdk.bundle import Manifest, load_head, verify_files
 from autohas_edge.device_sdk.errors import BundleError
-from autohas_edge.device_sdk.finetune import Head
+from autohas_edge.device_sdk.finetune import Head, InputStatistics
 from autohas_edge.device_sdk.runtime import Runtime, open_runtime, runnable_formats
 from autohas_edge.device_sdk.train_graph import TrainStepGraph, open_train_step
 
@@ -25,6 +25,10 @@ class Engine:
         verify_files(directory, self.manifest, [artifact.file, self.manifest.fine_tuning.head_file])
         self.features: Runtime = open_runtime(directory, artifact, threads)
         self.base_head = Head(*load_head(directory, self.manifest))
+        # The training data's per-channel statistics, for trainable "input+head" (None: older bundle).
+        self.input_statistics = InputStatistics.from_manifest(
+            self.manifest.raw["fine_tuning"].get("input_statistics"), self.manifest.input_shape[0]
+        )
         # The head's train-step graph in this format's runtime; None for bundles without one (numpy).
         self.trainer: TrainStepGraph | None = open_train_step(
             directory, self.manifest, self.format, threads

@@ -1,4 +1,11 @@
-"""Train a linear classification head on extracted features, in numpy (no torch on the device)."""
+"""Train a linear classification head on extracted features, in numpy (no torch on the device).
+
+What a fine-tune personalises (`HeadHyperparameters.trainable`, named in the manifest's
+`fine_tuning.hyperparameters`): "head", the linear head alone, or "input+head", a per-channel affine
+on the raw input (`InputAlignment`, fitted to the user's examples in closed form: it maps their
+per-channel mean and standard deviation onto the training data's, undoing a sensor's gain and
+offset before the feature extractor) and then the head, trained on the aligned examples' features.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from autohas_edge.device_sdk.errors import InvalidInputError
+from autohas_edge.device_sdk.errors import BundleError, InvalidInputError
 
 #: The update conventions of the search engine (server/search/hparams.py, derive.fine_tuning), so that
 #: the manifest's hyper-parameters mean the same here: `learning_rate` is the optimizer's effective rate,
@@ -24,6 +31,16 @@ EPS = 1e-8
 #: diverging head is rolled back)
 MAX_EPOCHS = 1000
 MAX_BATCH_SIZE = 1 << 16
+#: what a fine-tune personalises; a bundle's manifest names one (bundles before it: "head")
+TRAINABLE = ("head", "input+head")
+#: what export writes into new bundles' manifests, picked by measurement (bench/RESULTS.md,
+#: "device SDK: input alignment")
+DEFAULT_TRAINABLE = "input+head"
+#: a user's channel whose spread is below this share of the training data's is only shifted
+MIN_SPREAD = 1e-3
+#: a fine-tune is kept only when it classifies at least this many more held-out examples right: one
+#: more is within the noise of a few dozen (bench/RESULTS.md, "device SDK: input alignment")
+MIN_HELDOUT_GAIN = 2
 
 
 @dataclass(frozen=True)
@@ -36,6 +53,7 @@ class HeadHyperparameters:
     batch_size: int = 32
     label_smoothing: float = 0.0
     optimizer: str = "sgd"
+    trainable: str = "head"  # one of TRAINABLE
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -48,6 +66,8 @@ class HeadHyperparameters:
             raise InvalidInputError(f"label_smoothing {self.label_smoothing!r} is not in [0, 1)")
         if not self.weight_decay >= 0.0:
             raise InvalidInputError(f"weight_decay {self.weight_decay!r} is negative")
+        if self.trainable not in TRAINABLE:
+            raise InvalidInputError(f"trainable {self.trainable!r} is not one of {TRAINABLE}")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> HeadHyperparameters:
@@ -62,6 +82,8 @@ class HeadHyperparameters:
         for key in ("learning_rate", "weight_decay", "label_smoothing"):
             if key in known:
                 known[key] = _real(key, known[key])
+        if "trainable" in known:
+            known["trainable"] = str(known["trainable"])
         return cls(**known)
 
 
@@ -91,17 +113,79 @@ def _optimizer_name(name: str) -> str:
     return aliases.get(lowered, lowered)
 
 
+@dataclass(frozen=True)
+class InputStatistics:
+    """The training data's per-channel mean and standard deviation (manifest `input_statistics`)."""
+
+    mean: np.ndarray  # [channels] float64 (signals, images: the first axis; tabular: each feature)
+    std: np.ndarray
+
+    @classmethod
+    def from_manifest(cls, value: Any, channels: int) -> InputStatistics | None:
+        """Parse `fine_tuning.input_statistics`; None when absent; BundleError when malformed."""
+        if value is None:
+            return None
+        try:
+            mean = np.asarray(value["mean"], dtype=np.float64)
+            std = np.asarray(value["std"], dtype=np.float64)
+        except (TypeError, KeyError, ValueError) as err:
+            raise BundleError(f"fine_tuning.input_statistics is malformed: {err}") from err
+        ok = mean.shape == std.shape == (channels,) and np.all(np.isfinite(mean))
+        if not (ok and np.all(np.isfinite(std)) and np.all(std > 0)):
+            raise BundleError(
+                f"fine_tuning.input_statistics needs {channels} finite means and positive "
+                f"standard deviations, got {mean.shape} / {std.shape}"
+            )
+        return cls(mean, std)
+
+
+@dataclass(frozen=True)
+class InputAlignment:
+    """A per-channel affine on raw examples `[n, C, ...]`: `x * scale + shift` (channel axis 1)."""
+
+    scale: np.ndarray  # [C] float32
+    shift: np.ndarray  # [C] float32
+
+    @classmethod
+    def fit(cls, x: np.ndarray, stats: InputStatistics) -> InputAlignment:
+        """The affine mapping the per-channel mean and spread of `x` onto `stats`' (closed form).
+
+        A channel whose spread is below `MIN_SPREAD` of the training data's is only shifted.
+        """
+        axes = (0, *range(2, x.ndim))
+        mean = x.mean(axis=axes, dtype=np.float64)
+        spread = x.std(axis=axes, dtype=np.float64)
+        flat = spread < MIN_SPREAD * stats.std
+        scale = np.where(flat, 1.0, stats.std / np.where(flat, 1.0, spread))
+        shift = stats.mean - mean * scale
+        return cls(scale.astype(np.float32), shift.astype(np.float32))
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """The aligned examples, float32, the shape of `x`."""
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        aligned = x * self.scale.reshape(shape) + self.shift.reshape(shape)
+        return np.ascontiguousarray(aligned, dtype=np.float32)
+
+
 @dataclass
 class Head:
-    """A linear classifier `logits = features @ weight.T + bias`."""
+    """A linear classifier `logits = features @ weight.T + bias`.
+
+    `alignment`, when set, is the input affine the features must come from (`Head.align`).
+    """
 
     weight: np.ndarray  # [C, D] float32
     bias: np.ndarray  # [C] float32
+    alignment: InputAlignment | None = None
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """Class scores for `[n, D]` features."""
         logits: np.ndarray = features @ self.weight.T + self.bias
         return logits
+
+    def align(self, x: np.ndarray) -> np.ndarray:
+        """Raw examples as this head's feature extractor input (aligned when it has an alignment)."""
+        return self.alignment.apply(x) if self.alignment is not None else x
 
     def accuracy(self, features: np.ndarray, labels: np.ndarray) -> float:
         """Share of rows whose top class is the label."""
@@ -112,8 +196,8 @@ class Head:
         return bool(np.all(np.isfinite(self.weight)) and np.all(np.isfinite(self.bias)))
 
     def copy(self) -> Head:
-        """An independent copy."""
-        return Head(self.weight.copy(), self.bias.copy())
+        """An independent copy (the alignment is immutable and shared)."""
+        return Head(self.weight.copy(), self.bias.copy(), self.alignment)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -235,6 +319,11 @@ def _epoch(
         idx = order[start : start + batch_size]
         losses.append(step(features[idx], labels[idx]))
     return float(np.mean(losses))
+
+
+def improves(before: float, after: float, heldout: int) -> bool:
+    """True when accuracy `after` gets `MIN_HELDOUT_GAIN` or more of `heldout` examples more right."""
+    return round((after - before) * heldout) >= MIN_HELDOUT_GAIN
 
 
 def holdout_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

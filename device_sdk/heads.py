@@ -13,7 +13,7 @@ import numpy as np
 
 from autohas_edge.common.fs import atomic_write_json, atomic_write_npz, file_stamp, read_json
 from autohas_edge.device_sdk.errors import BundleError
-from autohas_edge.device_sdk.finetune import Head
+from autohas_edge.device_sdk.finetune import Head, InputAlignment
 
 _VERSION_FILE = re.compile(r"^v(\d{6})\.npz$")
 CURRENT = "CURRENT.json"
@@ -54,7 +54,11 @@ class HeadStore:
         if version == 0:
             return self.base.copy()
         with np.load(self._path(version), allow_pickle=False) as data:
-            return Head(data["weight"].astype(np.float32), data["bias"].astype(np.float32))
+            alignment = None
+            if "align_scale" in data.files:  # fine-tuned with trainable "input+head"
+                alignment = InputAlignment(data["align_scale"], data["align_shift"])
+            weight, bias = data["weight"].astype(np.float32), data["bias"].astype(np.float32)
+            return Head(weight, bias, alignment)
 
     def metadata(self, version: int) -> dict[str, Any]:
         """What was recorded when `version` was saved (empty for version 0)."""
@@ -90,6 +94,9 @@ class HeadStore:
             "bias": head.bias,
             "meta": np.array(json.dumps(meta, sort_keys=True)),
         }
+        if head.alignment is not None:
+            arrays["align_scale"] = head.alignment.scale
+            arrays["align_shift"] = head.alignment.shift
         if classes is not None:
             arrays["labels"] = np.array(classes.labels, dtype=np.str_)
             arrays["class_x"] = np.asarray(classes.x, dtype=np.float32)

@@ -24,7 +24,9 @@ from autohas_edge.device_sdk.errors import InvalidInputError, SDKError
 from autohas_edge.device_sdk.finetune import (
     Head,
     HeadHyperparameters,
+    InputAlignment,
     holdout_split,
+    improves,
     softmax,
     train_head,
 )
@@ -156,7 +158,7 @@ class Model:
         with self._lock:
             self._sync()
             engine, head = self._engine, self._head
-        out = head.logits(engine.embed(batch))
+        out = head.logits(engine.embed(head.align(batch)))
         return out[0] if single else out
 
     def predict_label(self, x: Any) -> str | list[str]:
@@ -165,11 +167,14 @@ class Model:
         with self._lock:
             self._sync()
             engine, head, names = self._engine, self._head, self._label_names()
-        names_out = [names[i] for i in head.logits(engine.embed(batch)).argmax(1)]
+        names_out = [names[i] for i in head.logits(engine.embed(head.align(batch))).argmax(1)]
         return names_out[0] if single else names_out
 
     def embed(self, x: Any) -> np.ndarray:
-        """Feature vectors from the exported feature extractor: `[D]` or `[n, D]`."""
+        """Feature vectors from the exported feature extractor: `[D]` or `[n, D]`.
+
+        Of the examples as given: a head fine-tuned with trainable "input+head" sees them aligned.
+        """
         batch, single = as_examples(x, self.input_shape)
         out = self._current().embed(batch)
         return out[0] if single else out
@@ -188,8 +193,12 @@ class Model:
         """Train the head on the user's examples; keep it only if held-out accuracy improves.
 
         `holdout` of the examples (stratified by label) are kept out of training and decide: the new
-        head is saved as a new version only if it classifies more of them correctly than the current
-        one. `hyperparameters` override the manifest's `fine_tuning.hyperparameters`. A head with
+        head is saved as a new version only if it classifies at least `finetune.MIN_HELDOUT_GAIN`
+        (2) more of them correctly than the current one (one more is within noise).
+        `hyperparameters` override the manifest's `fine_tuning.hyperparameters`; their
+        `trainable` says what is personalised: "head", or "input+head" (a per-channel input
+        affine fitted to the training part of the examples, `finetune.InputAlignment`, then the
+        head on the aligned examples; "head" where the bundle has no `input_statistics`). A head with
         classes added by `add_class` also trains on (and checks with) their stored examples, so that
         a fine-tune on the other classes does not make it forget them.
         """
@@ -202,14 +211,16 @@ class Model:
             batch, labels = self._with_stored(batch, labels)
             train, held = holdout_split(labels, holdout, seed)
             previous, current = self._version, self._head
-            features = self._engine.embed(batch)
+            features = self._engine.embed(current.align(batch))
+            initial = self._start_head(current, batch[train], hp)
+            tuned = features if initial is current else self._engine.embed(initial.align(batch))
             trained, losses = train_head(
-                current, features[train], labels[train], hp, seed, self._engine.trainer
+                initial, tuned[train], labels[train], hp, seed, self._engine.trainer
             )
             before = current.accuracy(features[held], labels[held])
             diverged = not trained.finite() or not np.isfinite(losses[-1])
-            after = -1.0 if diverged else trained.accuracy(features[held], labels[held])
-            accepted = after > before
+            after = -1.0 if diverged else trained.accuracy(tuned[held], labels[held])
+            accepted = improves(before, after, len(held))
             meta = _check_meta(before, after, len(train), len(held))
             version = self._save(trained, hp, meta, self._classes) if accepted else previous
         return FineTuneResult(
@@ -268,7 +279,7 @@ class Model:
             previous, engine = self._version, self._engine
             growth = grow_head(
                 self._head,
-                engine.embed(batch),
+                engine.embed(self._head.align(batch)),
                 self._embed_rows(known[0]),
                 known[1],
                 hp,
@@ -319,7 +330,15 @@ class Model:
     def _embed_rows(self, batch: np.ndarray) -> np.ndarray:
         if len(batch) == 0:
             return np.zeros((0, self.manifest.fine_tuning.feature_dim), np.float32)
-        return self._engine.embed(batch)
+        return self._engine.embed(self._head.align(batch))
+
+    def _start_head(self, current: Head, x: np.ndarray, hp: HeadHyperparameters) -> Head:
+        """The head a fine-tune starts from: `current`, with a new input alignment fitted to `x`
+        when `hp.trainable` is "input+head" and the bundle has the training data's statistics."""
+        stats = self._engine.input_statistics
+        if hp.trainable != "input+head" or stats is None:
+            return current
+        return Head(current.weight, current.bias, InputAlignment.fit(x, stats))
 
     def _keep_class(
         self, name: str, batch: np.ndarray, growth: Growth, hp: HeadHyperparameters, own: bool

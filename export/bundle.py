@@ -29,7 +29,11 @@ from autohas_edge.export.manifest import (
     write_manifest,
 )
 from autohas_edge.export.runtimes import load_runner
-from autohas_edge.export.train_step import export_train_steps
+from autohas_edge.export.train_step import (
+    export_train_steps,
+    fine_tuning_hyperparameters,
+    input_statistics,
+)
 from autohas_edge.export.verify import (
     FLOAT_TOLERANCE,
     INT8_MAX_ACCURACY_DROP,
@@ -408,6 +412,7 @@ def _manifest(
 ) -> dict[str, Any]:
     """manifest.json as docs/architecture.md §5 describes it."""
     spec = ctx.spec
+    statistics = input_statistics(ctx.model)
     return {
         "schema_version": SCHEMA_VERSION,
         "name": name,
@@ -441,8 +446,9 @@ def _manifest(
             "head_file": HEAD_FILE,
             "feature_dim": spec.feature_dim,
             "num_classes": spec.num_classes,
-            "hyperparameters": spec.fine_tuning,
+            "hyperparameters": fine_tuning_hyperparameters(spec.fine_tuning, statistics),
             "train_step": ctx.train_step,
+            "input_statistics": statistics,
         },
         "conversion": {"batch_norm_folded": ctx.folded},
         "reference": {

@@ -26,6 +26,7 @@ import torch
 
 from autohas_edge.device_sdk.finetune import (
     ADAM_BETAS,
+    DEFAULT_TRAINABLE,
     EPS,
     MOMENTUM,
     OPTIMIZERS,
@@ -578,3 +579,39 @@ def contract(graphs: dict[str, Any], num_classes: int, feature_dim: int) -> dict
         "equations": list(EQUATIONS),
         "reference": "autohas_edge.device_sdk.finetune (numpy): train_head, loss_and_grads, _Optimizer",
     }
+
+
+# -- what a fine-tune personalises ------------------------------------------------------------------
+
+
+def input_statistics(model: torch.nn.Module) -> dict[str, Any] | None:
+    """The training data's per-channel mean and std (the model's normalisation buffers), or None.
+
+    The manifest's `fine_tuning.input_statistics`: the SDK's input alignment
+    (`finetune.InputAlignment`) maps a user's examples onto them. None for a model without the
+    buffers (then the bundle personalises the head only).
+    """
+    mean, std = getattr(model, "norm_mean", None), getattr(model, "norm_std", None)
+    if not (isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor)):
+        return None
+    return {
+        "mean": [float(v) for v in mean.detach().flatten()],
+        "std": [float(v) for v in std.detach().flatten()],
+        "axis": "per channel (axis 1 of [n, C, ...]; per feature for tabular [n, F])",
+        "alignment": (
+            "x_aligned = x * scale + shift per channel, scale = std / s_user, "
+            "shift = mean - m_user * scale, m_user / s_user: the mean / std of the user's training "
+            "examples over every axis but the channel (scale 1 where s_user < 1e-3 std)"
+        ),
+    }
+
+
+def fine_tuning_hyperparameters(
+    hyperparameters: dict[str, Any], statistics: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The manifest's `fine_tuning.hyperparameters`: the search's, plus what trains by default.
+
+    `trainable` is `DEFAULT_TRAINABLE` ("input+head") when the bundle carries the input statistics,
+    else "head".
+    """
+    return {**hyperparameters, "trainable": DEFAULT_TRAINABLE if statistics else "head"}

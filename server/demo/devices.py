@@ -95,7 +95,8 @@ def personalise(device: Device) -> None:
         raise RuntimeError(f"{device.user.user_id}: the two apps do not share one model")
     x_eval, y_eval = device.user.x[device.evaluation], device.user.y[device.evaluation]
     device.outcome.accuracy_before = _accuracy(model.predict(x_eval), y_eval)
-    result = model.fine_tune(device.user.x[device.local], device.user.y[device.local])
+    # on examples collected after the model shipped: the global model trained on the uploaded ones
+    result = model.fine_tune(device.user.x_fresh, device.user.y_fresh)
     device.outcome.accuracy_after = _accuracy(model.predict(x_eval), y_eval)
     device.outcome.fine_tune_seconds = result.seconds
     device.outcome.kept_previous = not result.accepted

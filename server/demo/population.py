@@ -5,7 +5,8 @@ Two kinds, one per consumer:
 - the demo's population (`make_population`): each user has a personal "style" (the MNIST-1D signal
   scaled, offset and shifted in time), draws mostly from a few favourite classes (label skew), and a
   few have a personal label convention (two gestures swapped), which a global model cannot know and
-  local fine-tuning can learn;
+  local fine-tuning can learn; besides the examples a device may upload, each user has `x_fresh`,
+  collected after the model shipped (other examples in the same style), to fine-tune on;
 - the benchmarks' and the SDK tests' users (`make_user`): label skew plus one named shift of the
   signal (gain, offset, time reversal or a circular shift), with separate tuning and evaluation
   examples, drawn from the test split of a dataset the server searches on (`global_test_split`).
@@ -40,12 +41,20 @@ class UserStyle:
 
 @dataclass(frozen=True)
 class SimulatedUser:
-    """One simulated person: id, style, and their own examples (x: [n, 1, 40] float32, y: int64)."""
+    """One simulated person: id, style, and their own examples (x: [n, 1, 40] float32, y: int64).
+
+    `x`/`y`: the examples the device may upload and its evaluation data; `x_fresh`/`y_fresh`: other
+    examples in the same style, collected after the global model shipped. The device fine-tunes on
+    these: the global model was trained on the uploaded ones (where the user consented), so a
+    held-out check on those would find little to improve.
+    """
 
     user_id: str
     style: UserStyle
     x: np.ndarray
     y: np.ndarray
+    x_fresh: np.ndarray
+    y_fresh: np.ndarray
 
 
 def random_style(rng: np.random.Generator, swap_labels: bool) -> UserStyle:
@@ -83,10 +92,15 @@ def make_population(
     examples_per_user: int = 240,
     seed: int = 0,
     swap_fraction: float = 0.3,
+    fresh_per_user: int = 120,
 ) -> list[SimulatedUser]:
-    """Simulate `num_users` users, each with their own shifted, label-skewed MNIST-1D examples."""
-    if num_users < 1 or examples_per_user < 10:
-        raise ValueError("need at least 1 user and 10 examples per user")
+    """Simulate `num_users` users, each with their own shifted, label-skewed MNIST-1D examples.
+
+    `fresh_per_user` more examples each (`x_fresh`), drawn apart: the first `examples_per_user`
+    are the same whatever `fresh_per_user` is.
+    """
+    if num_users < 1 or examples_per_user < 10 or fresh_per_user < 10:
+        raise ValueError("need at least 1 user and 10 examples (and 10 fresh ones) per user")
     x_train, y_train, x_test, y_test = mnist1d_arrays(seed)
     x = np.concatenate([x_train, x_test])
     y = np.concatenate([y_train, y_test])
@@ -96,8 +110,23 @@ def make_population(
         style = random_style(rng, swap_labels=rng.random() < swap_fraction)
         idx = skewed_indices(y, style, examples_per_user, rng)
         ux, uy = apply_style(x[idx], y[idx], style)
-        users.append(SimulatedUser(f"user-{i:02d}", style, ux, uy))
+        fx, fy = _fresh_examples(x, y, idx, style, fresh_per_user, np.random.default_rng([seed, i]))
+        users.append(SimulatedUser(f"user-{i:02d}", style, ux, uy, fx, fy))
     return users
+
+
+def _fresh_examples(
+    x: np.ndarray,
+    y: np.ndarray,
+    taken: np.ndarray,
+    style: UserStyle,
+    n: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`n` more examples in `style`, none of them among `taken`, with the same label skew."""
+    rest = np.setdiff1d(np.arange(len(y)), taken)
+    pick = rest[skewed_indices(y[rest], style, n, rng)]
+    return apply_style(x[pick], y[pick], style)
 
 
 # -- the benchmarks' and the SDK tests' users ------------------------------------------------------

@@ -21,13 +21,12 @@ from autohas_edge.device_sdk import (
 from autohas_edge.device_sdk.finetune import (
     Head,
     HeadHyperparameters,
-    holdout_split,
     numpy_step,
     train_head,
 )
 from autohas_edge.device_sdk.train_graph import StepState, TrainStepGraph, open_train_step
 from autohas_edge.server.demo.population import User
-from tests.device_sdk.helpers import TASK
+from tests.device_sdk.helpers import TASK, fine_tune_inputs
 
 RUNTIMES = ("onnx", "tflite")
 TOLERANCE = 1e-5
@@ -105,12 +104,10 @@ def test_a_whole_fine_tune_matches_numpy(
         assert not np.array_equal(got.weight, want.weight)  # the steps did run in the graph
 
 
-def _like_fine_tune(model: Model, user: User, bundle: Path, trainer: TrainStepGraph | None) -> Head:
+def _like_fine_tune(model: Model, user: User, trainer: TrainStepGraph | None) -> Head:
     """What `Model.fine_tune` trains (its split, seed 0, the manifest's hyper-parameters)."""
-    features, labels = model.embed(user.x_tune), np.asarray(user.y_tune)
-    train, _ = holdout_split(labels, 0.25, 0)
-    hp = HeadHyperparameters.from_mapping(Manifest.load(bundle).fine_tuning.hyperparameters)
-    return train_head(_head(bundle), features[train], labels[train], hp, 0, trainer)[0]
+    start, features, labels, hp = fine_tune_inputs(model, user.x_tune, user.y_tune)
+    return train_head(start, features, labels, hp, 0, trainer)[0]
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "tflite", "tflite-int8"])
@@ -120,19 +117,24 @@ def test_model_fine_tune_goes_through_the_graph_by_default(
     """The model's new head is, bit for bit, the graph's (run as the hub runs it, default threads)."""
     model = hub.model(TASK, app_id=f"com.{fmt}", private=True, format=fmt)
     graph = _graph(bundle_dir, fmt.split("-")[0], threads=None)
-    graph_head = _like_fine_tune(model, skewed_user, bundle_dir, graph)
-    numpy_head = _like_fine_tune(model, skewed_user, bundle_dir, None)
+    graph_head = _like_fine_tune(model, skewed_user, graph)
+    numpy_head = _like_fine_tune(model, skewed_user, None)
     result = model.fine_tune(skewed_user.x_tune, skewed_user.y_tune)
     assert result.accepted and model.version == 1
-    features = model.embed(skewed_user.x_eval)
+    assert graph_head.alignment is not None  # the manifest's default: input+head
+    features = model.embed(graph_head.align(skewed_user.x_eval))
     np.testing.assert_array_equal(model.logits(skewed_user.x_eval), graph_head.logits(features))
     assert _close(graph_head.weight, numpy_head.weight) <= TOLERANCE
     assert not np.array_equal(graph_head.weight, numpy_head.weight)  # so not the numpy path
 
 
 def _strip_train_steps(bundle: Path) -> None:
-    """Turn a bundle into one exported before train-step graphs existed."""
+    """Turn a bundle into one exported before train-step graphs (and input statistics) existed."""
     manifest = json.loads((bundle / MANIFEST).read_text())
+    del (
+        manifest["fine_tuning"]["input_statistics"],
+        manifest["fine_tuning"]["hyperparameters"]["trainable"],
+    )
     contract = manifest["fine_tuning"].pop("train_step")
     for graph in contract["graphs"].values():
         (bundle / graph["file"]).unlink()
@@ -149,7 +151,8 @@ def test_an_old_bundle_still_fine_tunes_with_numpy(
     hub = Hub(tmp_path / "old-hub", allow_unsigned=True)  # the edit broke the signature
     hub.install(bundle_copy, TASK)
     model = hub.model(TASK, app_id="com.old", format=fmt)
-    numpy_head = _like_fine_tune(model, skewed_user, bundle_copy, None)
+    numpy_head = _like_fine_tune(model, skewed_user, None)
+    assert numpy_head.alignment is None  # no input statistics: the head only
     assert model.fine_tune(skewed_user.x_tune, skewed_user.y_tune).accepted
     features = model.embed(skewed_user.x_eval)
     np.testing.assert_array_equal(model.logits(skewed_user.x_eval), numpy_head.logits(features))

@@ -71,7 +71,8 @@ def test_manifest_follows_the_contract(tiny_bundle: Path, tiny_run: Path) -> Non
     assert (
         fine["head_file"] == "head.npz" and fine["num_classes"] == result["dataset"]["num_classes"]
     )
-    assert fine["hyperparameters"] == result["fine_tuning"]
+    # the search's, plus what trains by default (the bundle has the training data's statistics)
+    assert fine["hyperparameters"] == {**result["fine_tuning"], "trainable": "input+head"}
     assert {"torch", "onnx", "onnxruntime", "litert-torch", "ai-edge-quantizer"} <= set(
         manifest["tool_versions"]
     )
