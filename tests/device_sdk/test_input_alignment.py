@@ -101,9 +101,9 @@ def test_trainable_head_trains_the_head_alone(hub: Hub, gain_user: User) -> None
 
 
 def test_the_alignment_is_kept_with_the_version_and_reset_drops_it(
-    tmp_path: Path, bundle_dir: Path, gain_user: User
+    tmp_path: Path, bundle_dir: Path, gain_user: User, trusted_key: str
 ) -> None:
-    hub = Hub(tmp_path / "hub")
+    hub = Hub(tmp_path / "hub", trusted_keys=[trusted_key])
     hub.install(bundle_dir, TASK)
     model = hub.model(TASK, app_id="com.keep", private=True)
     base = model.logits(gain_user.x_eval)
@@ -114,7 +114,9 @@ def test_the_alignment_is_kept_with_the_version_and_reset_drops_it(
         assert {"align_scale", "align_shift"} <= set(data.files)
         meta = json.loads(str(data["meta"]))
     assert meta["hyperparameters"]["trainable"] == "input+head"
-    reopened = Hub(tmp_path / "hub").model(TASK, app_id="com.keep", private=True)
+    reopened = Hub(tmp_path / "hub", trusted_keys=[trusted_key]).model(
+        TASK, app_id="com.keep", private=True
+    )
     np.testing.assert_array_equal(reopened.logits(gain_user.x_eval), tuned)
     reopened.reset(0)
     np.testing.assert_array_equal(reopened.logits(gain_user.x_eval), base)

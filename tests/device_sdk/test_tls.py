@@ -86,6 +86,7 @@ def start(tmp_path: Path) -> Iterator[object]:
             host=host,
             port=0,
             engine=FAKE_ENGINE,
+            insecure=True,  # a plaintext server on the network: what the client must refuse
             **tls,
         )
         handle = make_server(config)
