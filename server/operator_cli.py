@@ -71,8 +71,20 @@ class Command:
 
 def _connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=DEFAULT_ADDRESS, help="the server's host:port")
-    parser.add_argument(
-        "--tls", action="store_true", help="TLS with the system's root certificates"
+    security = parser.add_mutually_exclusive_group()
+    security.add_argument(
+        "--tls",
+        action="store_const",
+        const=True,
+        default=None,
+        help="TLS even on loopback (default: TLS unless the address is this machine)",
+    )
+    security.add_argument(
+        "--plaintext",
+        dest="tls",
+        action="store_const",
+        const=False,
+        help="no TLS, even to another machine (development only)",
     )
     parser.add_argument(
         "--tls-root-cert",

@@ -16,10 +16,20 @@ from autohas_edge.proto.autohas.v1 import personalization_pb2_grpc as pb_grpc
 MODES = {"joint": pb.SEARCH_MODE_JOINT, "nas": pb.SEARCH_MODE_NAS, "hpo": pb.SEARCH_MODE_HPO}
 
 
-def open_channel(address: str, tls: bool = False, root_cert: Path | None = None) -> grpc.Channel:
-    """A channel to `address`: TLS when `tls` or a `root_cert` (PEM of the CA that signed the
-    server's certificate; the system's roots without it), else plaintext."""
-    if not (tls or root_cert):
+def open_channel(
+    address: str, tls: bool | None = None, root_cert: Path | None = None
+) -> grpc.Channel:
+    """A channel to `address`: TLS with `root_cert` (PEM of the CA that signed the server's
+    certificate; the system's roots without it) unless the server is on this machine (a loopback
+    address, `localhost`, a `unix:` socket) or `tls` is False; `tls=True` forces it on loopback.
+    `tls=False` with a `root_cert` is a contradiction and a ValueError."""
+    from autohas_edge.device_sdk.client import is_loopback
+
+    if tls is False and root_cert is not None:
+        raise ValueError("a root certificate was given with TLS turned off")
+    if tls is None:
+        tls = root_cert is not None or not is_loopback(address)
+    if not tls:
         return grpc.insecure_channel(address)
     roots = root_cert.read_bytes() if root_cert else None
     return grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=roots))
@@ -34,7 +44,7 @@ class OperatorClient:
         token: str,
         timeout: float = 30.0,
         *,
-        tls: bool = False,
+        tls: bool | None = None,
         root_cert: Path | None = None,
     ) -> None:
         self._channel = open_channel(address, tls, root_cert)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import secrets
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from autohas_edge.device_sdk import ClientConfigError, ServerClient, ServerUnava
 from autohas_edge.device_sdk.client import is_loopback
 from autohas_edge.server.app import ServerHandle, make_server
 from autohas_edge.server.config import ServerConfig
+from tests.fixtures.network import outward_ip
 from tests.fixtures.server_fixtures import FAKE_ENGINE
 
 APP = "com.example.keyboard"
@@ -59,19 +59,6 @@ def self_signed(directory: Path, hosts: list[str]) -> tuple[Path, Path]:
     )
     key_path.chmod(0o600)
     return cert_path, key_path
-
-
-def outward_ip() -> str:
-    """An address of this machine that is not loopback (a UDP connect sends nothing)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: only routing is consulted
-        except OSError:
-            pytest.skip("this machine has no non-loopback IPv4 address")
-        ip = str(probe.getsockname()[0])
-    if ipaddress.ip_address(ip).is_loopback:
-        pytest.skip("this machine has no non-loopback IPv4 address")
-    return ip
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import pytest
 from autohas_edge.export.verify import verify_bundle
 from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
 from autohas_edge.server.cli import main
+from tests.fixtures.network import outward_ip
 from tests.fixtures.server_fixtures import PURPOSE, RunningServer, example_batch
 from tests.server import pki
 
@@ -121,3 +122,20 @@ def test_tls_with_a_root_certificate(
     plaintext = ["tasks", "--address", address, "list"]
     assert main(plaintext) == 2  # a plaintext client cannot talk to a TLS server
     assert "UNAVAILABLE" in capsys.readouterr().err
+
+
+def test_tls_is_the_default_off_loopback(
+    server_factory: Callable[..., RunningServer],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    ip = outward_ip()
+    s = server_factory(host=ip, insecure=True)  # a plaintext server on the network
+    monkeypatch.setenv("AUTOHAS_OPERATOR_TOKEN", s.operator_token)
+    address = f"{ip}:{s.address.rsplit(':', 1)[1]}"
+    assert main(["tasks", "--address", address, "list"]) == 2  # never spoken to in plaintext
+    assert "UNAVAILABLE" in capsys.readouterr().err
+    assert main(["tasks", "--address", address, "--plaintext", "list"]) == 0
+    with pytest.raises(SystemExit) as refused:  # argparse: one usage line, exit code 2
+        main(["tasks", "--address", address, "--plaintext", "--tls", "list"])
+    assert refused.value.code == 2
