@@ -20,9 +20,14 @@ from typing import Any
 
 import torch
 
-from autohas_edge.server.search.defaults import default_space
-from autohas_edge.server.search.models import LAYOUTS, build_model, count_params, model_args_for
-from autohas_edge.server.search.retraining import retrain
+from autohas_edge.server.search import (
+    LAYOUTS,
+    build_model,
+    count_params,
+    default_space,
+    model_args_for,
+    retrain,
+)
 from bench.results import markdown_table, write_section
 
 SHAPE, CLASSES, BATCH = (1, 40), 10, 128

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from autohas_edge.device_sdk import Model
@@ -14,6 +16,8 @@ from autohas_edge.device_sdk.finetune import (
 )
 
 TASK = "signals"
+#: the app the SDK tests install for
+APP = "com.example.keyboard"
 
 
 def fine_tune_inputs(
@@ -35,3 +39,13 @@ def fine_tune_inputs(
     base = model._engine.base_head
     start = Head(base.weight, base.bias, alignment)
     return start, model.embed(start.align(x))[train], labels[train], hp
+
+
+def create_bundle_task(server: Any, manifest_json: dict[str, Any]) -> None:
+    """The SDK tests' task (`TASK`, for `APP`) on a test server, shaped like the bundle."""
+    server.create_task(
+        TASK,
+        app_ids=(APP,),
+        input_shape=tuple(manifest_json["input"]["shape"][1:]),
+        num_classes=manifest_json["fine_tuning"]["num_classes"],
+    )

@@ -26,11 +26,10 @@ from autohas_edge.device_sdk import (
     ServerUnavailableError,
 )
 from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
-from tests.device_sdk.helpers import TASK
+from tests.device_sdk.helpers import APP, TASK, create_bundle_task
 from tests.fixtures.bundle_edits import rehash
 from tests.fixtures.server_fixtures import RunningServer
 
-APP = "com.example.keyboard"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -40,12 +39,7 @@ def server(
 ) -> RunningServer:
     """A real server with the SDK's task (the bundle's input shape and classes)."""
     server = server_factory(data_dir=tmp_path / "server-data", download_chunk_bytes=8192)
-    server.create_task(
-        TASK,
-        app_ids=(APP,),
-        input_shape=tuple(manifest_json["input"]["shape"][1:]),
-        num_classes=manifest_json["fine_tuning"]["num_classes"],
-    )
+    create_bundle_task(server, manifest_json)
     return server
 
 

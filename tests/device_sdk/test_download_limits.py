@@ -22,10 +22,9 @@ from autohas_edge.common.filetable import MANIFEST, files_table, table_to_json
 from autohas_edge.device_sdk import DownloadError, DownloadLimits, Hub, ServerClient
 from autohas_edge.proto.autohas.v1 import personalization_pb2 as pb
 from autohas_edge.proto.autohas.v1 import personalization_pb2_grpc as pb_grpc
-from tests.device_sdk.helpers import TASK
+from tests.device_sdk.helpers import APP, TASK, create_bundle_task
 from tests.fixtures.server_fixtures import RunningServer
 
-APP = "com.example.keyboard"
 MODEL = "model-lies"
 CHUNK = 1 << 20
 #: stream(path, offset) -> the chunks' data the server sends for one DownloadModel call
@@ -186,12 +185,7 @@ def test_stale_partial_downloads_are_cleaned(
     trusted_key: str,
 ) -> None:
     server = server_factory(data_dir=tmp_path / "server")
-    server.create_task(
-        TASK,
-        app_ids=(APP,),
-        input_shape=tuple(manifest_json["input"]["shape"][1:]),
-        num_classes=manifest_json["fine_tuning"]["num_classes"],
-    )
+    create_bundle_task(server, manifest_json)
     model_id = server.handle.app.models.import_bundle(TASK, "import", bundle_dir).model_id
     hub = Hub(tmp_path / "hub", trusted_keys=[trusted_key])
     downloads = hub.root / "downloads"

@@ -10,11 +10,10 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.device_sdk.helpers import TASK
+from tests.device_sdk.helpers import APP, TASK, create_bundle_task
 from tests.fixtures.server_fixtures import RunningServer
 
 ROOT = Path(__file__).resolve().parents[2]
-APP = "com.example.keyboard"
 
 SCRIPT = textwrap.dedent("""
     import importlib.abc, json, sys
@@ -73,12 +72,7 @@ def test_the_sdk_runs_with_torch_blocked(
     from autohas_edge.export.signing import public_key_path
 
     server = server_factory(data_dir=tmp_path / "server")
-    server.create_task(
-        TASK,
-        app_ids=(APP,),
-        input_shape=tuple(manifest_json["input"]["shape"][1:]),
-        num_classes=manifest_json["fine_tuning"]["num_classes"],
-    )
+    create_bundle_task(server, manifest_json)
     server.handle.app.models.import_bundle(TASK, "import", bundle_dir)
     user = skewed_user
     data = tmp_path / "user.npz"

@@ -20,11 +20,9 @@ from autohas_edge.device_sdk import (
 )
 from autohas_edge.device_sdk.signing import SCHEME, SIGNATURE_FILE, key_id, signed_payload
 from autohas_edge.export.signing import generate_key, load_private_key, sign_bundle
-from tests.device_sdk.helpers import TASK
+from tests.device_sdk.helpers import APP, TASK, create_bundle_task
 from tests.fixtures.bundle_edits import always_class_zero, rehash
 from tests.fixtures.server_fixtures import RunningServer
-
-APP = "com.example.keyboard"
 
 
 def sign_without_manifest(bundle: Path, key_file: Path) -> None:
@@ -133,12 +131,7 @@ def signing_server(
     shutil.copyfile(signing_key_file, key)
     key.chmod(0o600)
     server = server_factory(data_dir=tmp_path / "server", signing_key=key)
-    server.create_task(
-        TASK,
-        app_ids=(APP,),
-        input_shape=tuple(manifest_json["input"]["shape"][1:]),
-        num_classes=manifest_json["fine_tuning"]["num_classes"],
-    )
+    create_bundle_task(server, manifest_json)
     return server
 
 
@@ -170,12 +163,7 @@ def test_an_unsigned_bundle_from_a_server_is_refused(
     trusted_key: str,
 ) -> None:
     server = server_factory(data_dir=tmp_path / "server")  # no --signing-key: a compromised server
-    server.create_task(
-        TASK,
-        app_ids=(APP,),
-        input_shape=tuple(manifest_json["input"]["shape"][1:]),
-        num_classes=manifest_json["fine_tuning"]["num_classes"],
-    )
+    create_bundle_task(server, manifest_json)
     server.handle.app.models.import_bundle(TASK, "import", evil_bundle)
     hub = Hub(tmp_path / "hub", trusted_keys=[trusted_key])
     with _client(server, tmp_path) as client:
