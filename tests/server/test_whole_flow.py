@@ -293,6 +293,7 @@ def test_bring_your_own_three_axis_data_from_the_cli_to_a_fine_tune_on_the_devic
     `autohas search`, `export`, `verify`; then a server task of the same shape, uploads through the
     SDK, a job and an export through the operator CLI, a download, and a fine-tune on the device."""
     from autohas_edge.device_sdk import Hub, ServerClient
+    from autohas_edge.export.signing import public_key_path
     from autohas_edge.server.cli import main
 
     x, y = toy_examples(240, 3)  # [n, 3, 16], classes 0..2
@@ -310,11 +311,15 @@ def test_bring_your_own_three_axis_data_from_the_cli_to_a_fine_tune_on_the_devic
         "2",
         "3",
     ]
-    assert main(["export", str(run), "--formats", "onnx,tflite", "--out", str(dist)]) == 0
+    key = tmp_path / "keys" / "bundles.pem"  # the release engineer's signing key
+    key.parent.mkdir()
+    assert main(["keygen", str(key)]) == 0
+    export = ["export", str(run), "--formats", "onnx,tflite", "--out", str(dist)]
+    assert main([*export, "--signing-key", str(key)]) == 0
     assert main(["verify", str(dist / "accel")]) == 0
     capsys.readouterr()
 
-    s = real_server(server_factory)
+    s = server_factory(engine="autohas_edge.server.engine", search_device="cpu", signing_key=key)
     monkeypatch.setenv("AUTOHAS_OPERATOR_TOKEN", s.operator_token)
     op = ["--address", s.address]
     task = ["create", TASK, "--app-id", APP_ID, "--purpose", PURPOSE, "--input-shape", "3,16"]
@@ -336,7 +341,7 @@ def test_bring_your_own_three_axis_data_from_the_cli_to_a_fine_tune_on_the_devic
     assert main(["models", *op, "download", "--task-id", TASK, "--out", str(bundle)]) == 0
     assert main(["verify", str(bundle)]) == 0
 
-    hub = Hub(tmp_path / "hub")
+    hub = Hub(tmp_path / "hub", trusted_keys=[public_key_path(key).read_text()])
     hub.install(bundle, TASK)
     model = hub.model(TASK, app_id=APP_ID)
     assert model.predict(x[:5]).shape == (5, 3)
