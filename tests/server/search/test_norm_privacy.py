@@ -1,10 +1,13 @@
-"""The normalisation statistics every artifact carries: exact for public data, noised on people's data."""
+"""The normalisation statistics every artifact carries: exact for public data and for a cohort of
+several people, noised for fewer."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from autohas_edge.server.engine import NORM_NOISE, search_config
+from autohas_edge.server.engine import EXACT_STATS_USERS, NORM_NOISE, search_config
 from autohas_edge.server.search.runner import norm_stats
 
 
@@ -33,6 +36,25 @@ def test_noise_hides_exact_values_and_is_the_same_for_every_model_of_a_search() 
     assert not np.array_equal(mean, other[0])
 
 
-def test_the_server_trains_with_noised_statistics() -> None:
-    config = search_config({"task_id": "t", "steps": 10}, "data.npz", "cpu")
-    assert config.norm_noise == NORM_NOISE > 0
+def _snapshot(path: Path, users: int) -> str:
+    """A job snapshot's arrays: examples and the (app, user) that owns each row."""
+    x = _profiled()
+    np.savez(
+        path,
+        x=x,
+        y=np.arange(len(x)) % 2,
+        owner_app=np.array(["app"] * users),
+        owner_user=np.array([f"user-{i}" for i in range(users)]),
+        row_owner=np.arange(len(x)) % users,
+    )
+    return str(path)
+
+
+def test_the_server_noises_the_statistics_of_a_small_cohort_only(tmp_path: Path) -> None:
+    spec = {"task_id": "t", "steps": 10}
+    one = search_config(spec, _snapshot(tmp_path / "one.npz", 1), "cpu")
+    assert one.norm_noise == NORM_NOISE > 0  # one person's statistics
+    few = search_config(spec, _snapshot(tmp_path / "few.npz", EXACT_STATS_USERS - 1), "cpu")
+    assert few.norm_noise == NORM_NOISE
+    cohort = search_config(spec, _snapshot(tmp_path / "many.npz", EXACT_STATS_USERS), "cpu")
+    assert cohort.norm_noise == 0.0  # a cohort's statistics
