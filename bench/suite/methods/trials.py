@@ -9,6 +9,7 @@ test accuracy, measured with the meter paused (the method never sees it).
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,14 +74,14 @@ class _Search:
 def run_trials(ctx: Context, propose: Proposer, rungs: tuple[int, ...] = ()) -> Outcome:
     """Train proposals until the search budget is spent; `rungs`: steps that report to a pruner."""
     search, streak = _Search(ctx), 0
-    while ctx.meter.read().cpu < ctx.search_budget and streak < MAX_REJECTIONS:
-        proposal = propose()
+    while (began := ctx.meter.read().cpu) < ctx.search_budget and streak < MAX_REJECTIONS:
+        proposal = propose()  # part of the trial: a sampler's proposal costs CPU too
         if proposal.config is None:
             search.rejected, streak = search.rejected + 1, streak + 1
             proposal.finish(None)
             continue
         streak = 0
-        search.starts.append(round(ctx.meter.read().cpu, 3))
+        search.starts.append(math.floor(began * 1000) / 1000)  # ms, never after the budget
         done = _trial(ctx, proposal, proposal.config, len(search.starts) - 1, rungs)
         if done is None:
             search.pruned += 1
