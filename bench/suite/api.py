@@ -24,6 +24,7 @@ from autohas_edge.server.search import (
     load_dataset,
     measure_latency_ms,
     model_args_for,
+    recalibrate_batchnorm,
     retrain,
     run_search,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "load_dataset",
     "measure_latency_ms",
     "model_args_for",
+    "recalibrate_batchnorm",
     "retrain",
     "run_search",
 ]

@@ -44,6 +44,7 @@ _EXPORTS = {
     "feasible": "derive",
     "retrain": "retraining",
     "accuracy": "retraining",
+    "recalibrate_batchnorm": "batchnorm",
     "SuperNet": "supernet",
     "SubModel": "supernet",
     "autocast": "weights",
@@ -90,6 +91,7 @@ __all__ = [
     "mnist1d_arrays",
     "model_args_for",
     "prepare_environment",
+    "recalibrate_batchnorm",
     "register_strategy",
     "retrain",
     "run_search",
@@ -97,6 +99,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from autohas_edge.server.search.batchnorm import recalibrate as recalibrate_batchnorm
     from autohas_edge.server.search.config import DEVICES, MODES, STRATEGIES, SearchConfig
     from autohas_edge.server.search.costs import count_flops
     from autohas_edge.server.search.data import Dataset, load_dataset, mnist1d_arrays

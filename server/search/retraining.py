@@ -2,7 +2,8 @@
 
 The update is the same functional one the search used (same optimizer directions, decoupled weight
 decay, loss and augmentation bases), so a derived hyper-parameter means exactly what it meant during
-the search; the derived learning rate is the peak of a warm-up + cosine schedule.
+the search; the derived learning rate is the peak of a warm-up + cosine schedule. A finished
+training's batch-norm statistics are re-estimated on the final weights (`batchnorm`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch.profiler import record_function
 
 from autohas_edge.server.search import hparams as hp
 from autohas_edge.server.search.augment import augment
+from autohas_edge.server.search.batchnorm import recalibrate, spaced_batches
 from autohas_edge.server.search.weights import FlatWeights, autocast, clip, iterate
 
 StepCallback = Callable[[int, float, float], None]
@@ -38,6 +40,8 @@ def retrain(
 
     The rate follows warm-up + cosine around `hparams["learning_rate"]`, or, given `schedule` (a
     searched trajectory of rates), that trajectory stretched to `steps` under the same envelope.
+    At the end the batch-norm statistics are re-estimated on unaugmented training examples (the
+    model's mode is left as training left it).
     """
     flat = FlatWeights(model)
     optimizer, policy, loss_name = (
@@ -66,6 +70,8 @@ def retrain(
             flat.set(w - lr * d - lr * wd * w)
         if on_step is not None:
             on_step(t, float(loss.detach()), lr)
+    if steps > 0:
+        recalibrate(model, spaced_batches(x, batch_size))
 
 
 def stretched(trajectory: list[float], step: int, steps: int) -> float:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.suite.api import LAYOUTS, SubModel, SuperNet, default_space
+from bench.suite.api import LAYOUTS, SubModel, SuperNet, default_space, recalibrate_batchnorm
 from bench.suite.methods.base import Context, Outcome
 from bench.suite.recipe import set_norm
 from bench.suite.space import Config, random_feasible
@@ -90,12 +90,7 @@ def _decay(net: SuperNet, amount: float) -> None:
 @torch.no_grad()
 def shared_accuracy(ctx: Context, net: SuperNet, sub: SubModel, batches: list) -> float:
     """Validation accuracy of `sub` on the shared weights, batch-norm statistics re-estimated."""
-    for bn in (m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):
-        bn.reset_running_stats()
-        bn.momentum = None  # a cumulative average over the calibration batches
-    net.train()
-    for xb in batches:
-        net(xb, sub)
+    recalibrate_batchnorm(net, batches, lambda xb: net(xb, sub))
     net.eval()
     x, y = torch.as_tensor(ctx.data.x_val), torch.as_tensor(ctx.data.y_val)
     return float((net(x, sub).argmax(1) == y).float().mean())
