@@ -169,22 +169,44 @@ def train(
     return model
 
 
-def seconds_per_step(
+@dataclass(frozen=True)
+class Timing:
+    """What a race training costs in wall-clock seconds: per step, and once per training
+    (building and seeding the model, re-estimating its batch-norm statistics, validating it)."""
+
+    per_step: float
+    per_training: float = 0.0
+
+
+def time_trainings(
     new_model: Callable[[], nn.Module], hparams: dict[str, Any], split: Split, recipe: Recipe
-) -> float:
-    """Wall-clock seconds of one race training step, timed over a few steps after a first one."""
-    probe = replace(recipe, steps=1)
-    train(new_model, hparams, split, probe)  # first call: allocations, kernel selection
-    start = time.perf_counter()
-    train(new_model, hparams, split, replace(recipe, steps=PROBE_STEPS))
-    return (time.perf_counter() - start) / PROBE_STEPS
+) -> Timing:
+    """Time a race training of 1 and of `1 + PROBE_STEPS` steps (validation included), after an
+    untimed first one: their difference gives the cost per step, the rest the cost per training."""
+    one = replace(recipe, steps=1)
+    train(new_model, hparams, split, one)  # first call: allocations, kernel selection
+    seconds = []
+    for probe in (one, replace(recipe, steps=1 + PROBE_STEPS)):
+        start = time.perf_counter()
+        validate(train(new_model, hparams, split, probe), split)
+        seconds.append(time.perf_counter() - start)
+    per_step = max(1e-9, (seconds[1] - seconds[0]) / PROBE_STEPS)
+    return Timing(per_step, max(0.0, seconds[0] - per_step))
 
 
-def fitted_steps(steps: int, pairs: int, per_step: float, seconds: float) -> int:
-    """The longest race length, at most `steps`, whose rungs fit `seconds` (0 when not even
-    `MIN_STEPS` fit: too short a training says nothing about a longer one)."""
+def fitted_steps(
+    steps: int, pairs: int, per_step: float, seconds: float, per_training: float = 0.0
+) -> int:
+    """The longest race length, at most `steps`, whose rungs fit `seconds` at `per_step` seconds a
+    step and `per_training` seconds a training (0 when not even `MIN_STEPS` fit: too short a
+    training says nothing about a longer one)."""
+
+    def cost(length: int) -> float:
+        plan = rungs(pairs, length)
+        return cost_in_steps(pairs, length) * per_step + sum(n for n, _ in plan) * per_training
+
     fit = steps
-    while fit >= MIN_STEPS and cost_in_steps(pairs, fit) * per_step > seconds:
+    while fit >= MIN_STEPS and cost(fit) > seconds:
         fit -= 1
     return fit if fit >= MIN_STEPS else 0
 

@@ -369,11 +369,12 @@ class _Run:
         start = time.perf_counter()
         split, recipe = self.race_split(), self.race_recipe(config.race_length)
         if config.max_race_seconds:
-            per_step = race.seconds_per_step(new_model, hparams, split, recipe)
+            timing = race.time_trainings(new_model, hparams, split, recipe)
             left = config.max_race_seconds - (time.perf_counter() - start)
-            recipe = replace(
-                recipe, steps=race.fitted_steps(recipe.steps, len(pairs), per_step, left)
+            fit = race.fitted_steps(
+                recipe.steps, len(pairs), timing.per_step, left, timing.per_training
             )
+            recipe = replace(recipe, steps=fit)
             if not recipe.steps:
                 return [], 0, time.perf_counter() - start
         entries = race.run_race(new_model, pairs, hparams, split, recipe, self.on_race_entry)

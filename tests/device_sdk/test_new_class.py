@@ -116,7 +116,9 @@ def test_versions_rollback_and_reset_keep_working_with_a_grown_head(
     # the stored examples of the class trained with the user's: the class is not forgotten
     assert _share_of(model, waves[10:], "square") >= 0.9
     second = model.add_class("inverted", square_waves(20, seed=1, sign=-1.0))
-    assert second.accepted and second.method == "imprint+fine-tune"  # square's stored examples
+    # square's stored examples give the new class others to train against: a fine-tune runs (and
+    # the held-out check keeps it or the imprint alone, whichever does better)
+    assert second.accepted and second.losses and second.method in ("imprint", "imprint+fine-tune")
     assert model.added_classes == ("square", "inverted") and model.versions() == [0, 1, 2, 3]
     model.reset(first.version)
     assert model.added_classes == ("square",) and model.num_classes == 11

@@ -22,6 +22,7 @@ from autohas_edge.server.search.race import (
     fitted_steps,
     run_race,
     rungs,
+    time_trainings,
     winner,
 )
 from autohas_edge.server.search.space import CONTINUOUS, Choice, SearchSpace
@@ -141,6 +142,25 @@ def test_fitted_steps_shorten_the_race_to_its_budget() -> None:
     assert fitted_steps(40, 10, per_step=0.01, seconds=2.0) == 20  # one rung of 20 steps: 2 s
     assert fitted_steps(40, 10, per_step=0.01, seconds=0.5) == 0  # under MIN_STEPS: no race
     assert MIN_STEPS == 10
+    # 14 trainings (10 at 10 steps, 4 at 40) at 0.1 s each on top of 2.6 s of steps: 4 s
+    assert fitted_steps(40, 10, per_step=0.01, seconds=4.0, per_training=0.1) == 40
+    # under it, no halving (a first rung under MIN_STEPS): ten trainings of 29 steps, 3.9 s
+    assert fitted_steps(40, 10, per_step=0.01, seconds=3.9, per_training=0.1) == 29
+    assert fitted_steps(40, 10, per_step=0.01, seconds=1.0, per_training=0.1) == 0
+
+
+def test_race_trainings_are_timed_per_step_and_per_training() -> None:
+    arch = {c.name: c.candidates[0] for c in _space((0.1,), ("sgd",)).arch}
+    args = model_args_for(LAYOUTS["mlp"], (6,), 3, arch)
+    split = Split(*_blobs(300, 0), *_blobs(150, 1), scale=1.0)
+    recipe = Recipe(steps=30, batch_size=32, grad_clip=5.0, seed=0)
+    timing = time_trainings(
+        lambda: build_model(args),
+        {**HPARAMS, "optimizer": "sgd", "learning_rate": 0.1},
+        split,
+        recipe,
+    )
+    assert 0 < timing.per_step < 1.0 and 0 <= timing.per_training < 1.0
 
 
 def test_a_race_that_cannot_fit_its_time_budget_does_not_run(
