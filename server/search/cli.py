@@ -404,9 +404,9 @@ class _ProgressBar:
         bar = self.bar
         assert bar is not None  # opened when the stage began
         bar.update(event.step - bar.n)
-        postfix = {"loss": f"{event.train_loss:.3f}", "lr": f"{event.learning_rate:.3g}"}
-        if event.val_loss == event.val_loss:  # not NaN
-            postfix["val"] = f"{event.val_loss:.3f}"
+        figures = {"loss": event.train_loss, "lr": event.learning_rate, "val": event.val_loss}
+        # figures a stage does not report are NaN (a race training reports none): left out
+        postfix = {k: f"{v:.3g}" if k == "lr" else f"{v:.3f}" for k, v in figures.items() if v == v}
         bar.set_postfix(postfix, refresh=False)
 
     def close(self) -> None:
