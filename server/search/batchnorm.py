@@ -7,8 +7,9 @@ the average has caught up; after a short one it has not: on the benchmark suite'
 chance), and 61-73% once the statistics were re-estimated; at 40 steps, re-estimating added up to 20
 points (e.g. 86% -> 98.5%). Short trainings are what the training race and a quick study run, so
 every trained model gets its statistics re-estimated once, from a forward pass over a few training
-batches with the weights fixed: the statistics the deployed model normalises with are then those
-of the weights it ships with. The cost is a few forward passes (`EXAMPLES` examples).
+batches (under the training's augmentation: `retraining`) with the weights fixed: the statistics
+the deployed model normalises with are then those of the weights it ships with. The cost is a few
+forward passes (`EXAMPLES` examples).
 """
 
 from __future__ import annotations

@@ -40,8 +40,8 @@ def retrain(
 
     The rate follows warm-up + cosine around `hparams["learning_rate"]`, or, given `schedule` (a
     searched trajectory of rates), that trajectory stretched to `steps` under the same envelope.
-    At the end the batch-norm statistics are re-estimated on unaugmented training examples (the
-    model's mode is left as training left it).
+    At the end the batch-norm statistics are re-estimated on the final weights, from training
+    examples under the training's augmentation (the model's mode is left as training left it).
     """
     flat = FlatWeights(model)
     optimizer, policy, loss_name = (
@@ -71,7 +71,16 @@ def retrain(
         if on_step is not None:
             on_step(t, float(loss.detach()), lr)
     if steps > 0:
-        recalibrate(model, spaced_batches(x, batch_size))
+        recalibrate(model, _augmented(spaced_batches(x, batch_size), policy, scale))
+
+
+def _augmented(batches: list[torch.Tensor], policy: str, scale: float) -> list[torch.Tensor]:
+    """`batches` under the training's augmentation (what its batch statistics were trained on),
+    drawn from a generator of their own: the training's generator is left where training left it."""
+    if not batches:
+        return []
+    gen = torch.Generator(batches[0].device).manual_seed(0)
+    return [augment(b, policy, scale, gen) for b in batches]
 
 
 def stretched(trajectory: list[float], step: int, steps: int) -> float:
