@@ -13,6 +13,11 @@ class ExportError(Exception):
         self.problem = one_line(problem)
         super().__init__(f"{self.path}: {self.problem}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # rebuilt from (path, problem) when it crosses a process boundary (an export worker's
+        # error reaches the server as itself, not as a broken process pool)
+        return type(self), (self.path, self.problem)
+
 
 class VerificationError(ExportError):
     """An artifact did not reproduce the reference outputs (or lost too much accuracy)."""

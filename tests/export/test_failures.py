@@ -92,3 +92,16 @@ def test_model_breaking_the_contract_is_refused(
             model.eval(), toy_result(), tmp_path, "onnx", x, x, y, source="runs/x/model.pt"
         )
     assert str(info.value).startswith(f"runs/x/model.pt: {problem}")
+
+
+def test_export_errors_cross_a_process_boundary_as_themselves() -> None:
+    """An export worker's error reaches the server's process pool intact (an error that cannot be
+    unpickled there breaks the pool, and the user reads "terminated abruptly" instead)."""
+    import pickle
+
+    from autohas_edge.export.errors import ExportError, VerificationError
+
+    for cls in (ExportError, VerificationError):
+        error = cls("/tmp/model_int8.onnx", "int8 test accuracy 58.6% is 1.6 points below")
+        again = pickle.loads(pickle.dumps(error))
+        assert type(again) is cls and str(again) == str(error) and again.path == error.path
