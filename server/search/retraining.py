@@ -35,13 +35,15 @@ def retrain(
     grad_clip: float,
     on_step: StepCallback | None = None,
     schedule: list[float] | None = None,
+    reestimate_bn: bool = True,
 ) -> None:
     """Train `model` in place for `steps` steps; `on_step(step, loss, lr)` after each.
 
     The rate follows warm-up + cosine around `hparams["learning_rate"]`, or, given `schedule` (a
     searched trajectory of rates), that trajectory stretched to `steps` under the same envelope.
-    At the end the batch-norm statistics are re-estimated on the final weights, from training
-    examples under the training's augmentation (the model's mode is left as training left it).
+    At the end (unless `reestimate_bn` is False) the batch-norm statistics are re-estimated on the
+    final weights, from training examples under the training's augmentation (the model's mode is
+    left as training left it).
     """
     flat = FlatWeights(model)
     optimizer, policy, loss_name = (
@@ -70,7 +72,7 @@ def retrain(
             flat.set(w - lr * d - lr * wd * w)
         if on_step is not None:
             on_step(t, float(loss.detach()), lr)
-    if steps > 0:
+    if steps > 0 and reestimate_bn:
         recalibrate(model, _augmented(spaced_batches(x, batch_size), policy, scale))
 
 
