@@ -6,9 +6,9 @@ the average has caught up; after a short one it has not: on the benchmark suite'
 10-step training evaluated with its running statistics predicted one class for every example (19%,
 chance), and 61-73% once the statistics were re-estimated; at 40 steps, re-estimating added up to 20
 points (e.g. 86% -> 98.5%). Short trainings are what the training race and a quick study run, so
-every trained model gets its statistics re-estimated once, from a forward pass over a few training
-batches (under the training's augmentation: `retraining`) with the weights fixed: the statistics
-the deployed model normalises with are then those of the weights it ships with. The cost is a few
+those get their statistics re-estimated once (`retrain(..., reestimate_bn=True)`; a final
+retraining only under `runner.REESTIMATE_BELOW_STEPS` steps), from a forward pass over a few
+training batches (under the training's augmentation) with the weights fixed. The cost is a few
 forward passes (`EXAMPLES` examples).
 """
 
