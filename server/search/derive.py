@@ -92,18 +92,28 @@ def derive_within(
     max_skips: int,
 ) -> tuple[dict[str, Any], int]:
     """name -> value for every architecture choice: argmax, then the skip cap, then the budgets;
-    also how many changes the budgets forced (0: the argmax met them)."""
+    also how many changes the budgets forced (0: the argmax met them).
+
+    Each change lowers the cheap cost of the budgets `arch` breaks, raises none of a budget it meets
+    above that budget's limit, and leads to an architecture not tried before: a measured budget
+    (`Limit.actual`) can disagree with its cheap cost, and two budgets can pull opposite ways, so
+    without these rules the changes could cycle for ever."""
     arch = {c.name: c.derive(list(encodings[c.name].values())) for c in space.arch}
     _cap_skips(space.arch, encodings, arch, max_skips)
-    moves = 0
+    tried = {_key(arch)}
     while over := [limit for limit in limits if limit.over(arch)]:
-        move = _cheapest_move(space.arch, encodings, arch, over, max_skips)
+        met = [limit for limit in limits if limit not in over]
+        move = _cheapest_move(space.arch, encodings, arch, (over, met), max_skips, tried)
         if move is None:
             names = ", ".join(f"{lim.name}={lim.limit:g}" for lim in over)
             raise ValueError(f"no architecture in the search space fits {names}")
         arch[move[0]] = move[1]
-        moves += 1
-    return arch, moves
+        tried.add(_key(arch))
+    return arch, len(tried) - 1
+
+
+def _key(arch: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((name, str(value)) for name, value in arch.items()))
 
 
 def _cap_skips(
@@ -118,12 +128,16 @@ def _cheapest_move(
     choices: tuple[Choice, ...],
     encodings: Encodings,
     arch: dict[str, Any],
-    over: list[Limit],
+    limits: tuple[list[Limit], list[Limit]],
     max_skips: int,
+    tried: set[tuple[tuple[str, str], ...]],
 ) -> tuple[str, Any] | None:
     """The change that gives up the least log-probability per relative cost saved (summed over the
-    budgets `arch` breaks)."""
+    budgets `arch` breaks, `limits[0]`), among those to an untried architecture that keep the cheap
+    cost of every budget it meets (`limits[1]`) within its limit (or no higher than now)."""
+    over, met = limits
     current = [limit.cost(arch) for limit in over]
+    kept = [limit.cost(arch) for limit in met]
     skips = sum(v == "skip" for v in arch.values())
     best, best_score = None, math.inf
     for choice in choices:
@@ -132,6 +146,10 @@ def _cheapest_move(
             if value == arch[choice.name] or (value == "skip" and skips >= max_skips):
                 continue
             changed = {**arch, choice.name: value}
+            if _key(changed) in tried or any(
+                lim.cost(changed) > max(lim.limit, now) for lim, now in zip(met, kept, strict=True)
+            ):
+                continue
             saved = sum(
                 (now - limit.cost(changed)) / limit.limit
                 for now, limit in zip(current, over, strict=True)

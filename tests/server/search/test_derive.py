@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from autohas_edge.server.search.defaults import default_space
+from autohas_edge.server.search.defaults import default_space, hparam_choices
 from autohas_edge.server.search.derive import (
+    Limit,
     derive_arch,
     derive_hparams,
+    derive_within,
     fine_tuning,
     smallest_params,
 )
 from autohas_edge.server.search.models import LAYOUTS, count_params, model_args_for
+from autohas_edge.server.search.space import Choice, SearchSpace
 
 LAYOUT = LAYOUTS["conv1d"]
 SPACE = default_space(LAYOUT, "signal", "joint")
@@ -92,3 +95,27 @@ def test_impossible_budget_is_named() -> None:
     )
     with pytest.raises(ValueError, match="no architecture in the search space fits max_params"):
         derive_arch(SPACE, enc, LAYOUT, (1, 40), 10, max_params=smallest - 1, max_skips=2)
+
+
+def _one_choice(values: tuple[int, ...], probs: tuple[float, ...]) -> tuple[SearchSpace, dict]:
+    space = SearchSpace((Choice("b0.expansion", values),), hparam_choices("signal", fixed=True))
+    encodings = {c.name: {lab: 1.0 for lab in c.labels} for c in space.hparams}
+    encodings["b0.expansion"] = dict(zip(space.arch[0].labels, probs, strict=True))
+    return space, encodings
+
+
+def test_two_budgets_pulling_opposite_ways_settle_on_the_candidate_that_meets_both() -> None:
+    # 6 breaks "a"; the move "a" prefers (to 1) breaks "b"; only 3 meets both
+    space, enc = _one_choice((1, 3, 6), (0.3, 0.05, 0.65))
+    a = Limit("a", 5, lambda arch: float(arch["b0.expansion"]))
+    b = Limit("b", 5, lambda arch: 7.0 - arch["b0.expansion"])
+    arch, moves = derive_within(space, enc, [a, b], max_skips=0)
+    assert arch["b0.expansion"] == 3 and moves == 1
+
+
+def test_budgets_no_architecture_meets_raise_instead_of_cycling() -> None:
+    space, enc = _one_choice((1, 6), (0.4, 0.6))
+    a = Limit("a", 3, lambda arch: float(arch["b0.expansion"]))
+    b = Limit("b", 3, lambda arch: 7.0 - arch["b0.expansion"])
+    with pytest.raises(ValueError, match="no architecture in the search space fits a=3"):
+        derive_within(space, enc, [a, b], max_skips=0)
