@@ -57,6 +57,11 @@ _FLAGS: dict[str, tuple[type, str]] = {
         "or 'one-step' (one temporary step every step: the patent's form)",
     ),
     "horizon": (int, "window length in steps: the encodings move once per window"),
+    "augment_examples": (
+        str,
+        "which examples the augmentation bases see in a step: 'same' (each basis the same "
+        "part of the batch, the default) or 'split' (each its own part)",
+    ),
     "lr_derivation": (
         str,
         "derived learning rate: the searched schedule's 'peak' (default) or the final "

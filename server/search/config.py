@@ -18,6 +18,10 @@ WEIGHT_PATHS = ("fast", "explicit")
 #: along W's own trajectory (`window`), or one temporary step from W every step (`one-step`, the
 #: patent's literal form, kept as the ablation)
 HP_SIGNALS = ("window", "one-step")
+#: which examples the augmentation bases see in a step: the same ones, each basis applying itself to
+#: them (`same`: their signals differ by the augmentation alone), or a part of the batch each
+#: (`split`: every example once per step, but each basis judged on other examples)
+AUGMENT_EXAMPLES = ("same", "split")
 DEVICES = ("auto", "cpu", "cuda")
 #: how retraining moves the learning rate: warm-up + cosine around the derived rate, or the
 #: trajectory of E[lr] the search recorded (claim: a searched schedule), stretched to the retraining
@@ -54,6 +58,7 @@ class SearchConfig:
     steps: int = 300  # search steps, warm-up included
     hp_signal: str = "window"
     horizon: int = 8  # window length in steps (see `window_steps`): one encoding update per window
+    augment_examples: str = "same"
     warmup_fraction: float = 0.25  # first iterations only (W), before encodings move
     batch_size: int = 128  # first iterations and retraining
     encoding_batch_size: int = 64  # second iterations: temporary-weight step and validation loss
@@ -103,6 +108,7 @@ class SearchConfig:
         _one_of("device", self.device, DEVICES)
         _one_of("weights_path", self.weights_path, WEIGHT_PATHS)
         _one_of("hp_signal", self.hp_signal, HP_SIGNALS)
+        _one_of("augment_examples", self.augment_examples, AUGMENT_EXAMPLES)
         _one_of("lr_derivation", self.lr_derivation, LR_DERIVATIONS)
         _one_of("retrain_schedule", self.retrain_schedule, SCHEDULES)
         check_layout(self.layout, self.channels)

@@ -147,11 +147,12 @@ class Searcher:
         return {c.name: probs[c.name] for c in self.space.arch}
 
     def chunks(self, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """A training batch split into one augmented chunk per augmentation basis."""
+        """A training batch as one augmented chunk per augmentation basis (`augment_examples`)."""
         with record_function("search.data_and_augmentation"):
             x, y = self.batches.train(size)
             policies = tuple(str(p) for p in self.space.hparam("augment").candidates)
-            return augmented_chunks(x, y, policies, self.batches.scale, self.batches.gen)
+            same = self.config.augment_examples == "same"
+            return augmented_chunks(x, y, policies, self.batches.scale, self.batches.gen, same)
 
     def step(self) -> StepStats:
         """One first iteration, then (after warm-up) one second iteration, worker sync, the record.

@@ -2,7 +2,8 @@
 
 First iteration: forward the combined model (architecture mixed by P^A) on a training batch, and update
 W with the hyper-parameters combined by P^H: ``W -= E[lr] * sum_o P_o d_o(g) + E[lr] E[wd] W`` where g is
-the gradient of ``sum_a P_a sum_l P_l loss_l`` (augmentation basis a acts on its own chunk of the batch).
+the gradient of ``sum_a P_a sum_l P_l loss_l`` (augmentation basis a acts on its own chunk; by
+default every chunk holds the same examples).
 
 Second iteration: temporary weights ``W_b = W - lr_b d_{o_b}(g_{l_b, a_b}) - lr_b wd_b W``, one step per
 HP basis set b of the Cartesian product, combined as ``W' = sum_b P_b W_b``. Gradients depend only on
@@ -68,9 +69,19 @@ class HPMix:
 
 
 def augmented_chunks(
-    x: torch.Tensor, y: torch.Tensor, policies: tuple[str, ...], scale: float, gen: torch.Generator
+    x: torch.Tensor,
+    y: torch.Tensor,
+    policies: tuple[str, ...],
+    scale: float,
+    gen: torch.Generator,
+    same: bool = False,
 ) -> Chunks:
-    """Split a batch into one chunk per augmentation basis and apply that basis to its chunk."""
+    """One chunk per augmentation basis, that basis applied to it: the batch split into as many
+    parts, or (`same`) its first part under every basis, so the bases differ only by augmentation.
+    Either way the chunks hold the batch's size in all."""
+    if same:
+        xc, yc = x[: max(1, len(x) // len(policies))], y[: max(1, len(y) // len(policies))]
+        return [(augment(xc, policy, scale, gen), yc) for policy in policies]
     return [
         (augment(xc, policy, scale, gen), yc)
         for policy, xc, yc in zip(

@@ -110,7 +110,9 @@ def test_versions_rollback_and_reset_keep_working_with_a_grown_head(
     model = hub.model(TASK, app_id="com.a", private=True)
     base = model.predict(waves[10:])
     first = model.add_class("square", waves[:10], known_x=known[0], known_y=known[1])
-    assert first.accepted and first.method == "imprint+fine-tune" and not first.made_own
+    # with the known classes' examples a fine-tune runs; the held-out check keeps it or the imprint
+    assert first.accepted and first.losses and not first.made_own
+    assert first.method in ("imprint", "imprint+fine-tune")
     tuned = model.fine_tune(skewed_user.x_tune, skewed_user.y_tune)
     assert tuned.accepted and model.version == 2 and model.label_names[-1] == "square"
     # the stored examples of the class trained with the user's: the class is not forgotten

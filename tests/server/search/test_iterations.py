@@ -217,3 +217,16 @@ def test_flat_weights_round_trip() -> None:
     w = flat.get()
     flat.set(w * 2)
     torch.testing.assert_close(flat.get(), w * 2)
+
+
+def test_augmentation_bases_see_the_same_examples_or_a_part_each() -> None:
+    x = torch.arange(24, dtype=torch.float32).reshape(12, 1, 2)
+    y = torch.arange(12)
+    policies = ("none", "shift_noise", "none")
+    same = augmented_chunks(x, y, policies, 1.0, torch.Generator().manual_seed(0), same=True)
+    assert [len(c[1]) for c in same] == [4, 4, 4]
+    assert all(torch.equal(c[1], y[:4]) for c in same)  # the same examples, whatever the basis
+    assert torch.equal(same[0][0], x[:4]) and torch.equal(same[2][0], x[:4])
+    assert not torch.equal(same[1][0], x[:4])  # the middle basis augments them
+    split = augmented_chunks(x, y, policies, 1.0, torch.Generator().manual_seed(0))
+    assert torch.equal(torch.cat([c[1] for c in split]), y)  # every example once

@@ -91,5 +91,7 @@ def test_config_validation_and_round_trip() -> None:
         SearchConfig(steps=0)
     with pytest.raises(ValueError, match="warmup_fraction"):
         SearchConfig(warmup_fraction=1.0)
+    with pytest.raises(ValueError, match="augment_examples must be one of"):
+        SearchConfig(augment_examples="both")
     with pytest.raises(ValueError, match="unknown SearchConfig fields"):
         SearchConfig.from_json({"stepz": 3})
