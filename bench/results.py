@@ -18,8 +18,8 @@ _HEADER = (
 )
 
 
-def machine_description() -> str:
-    """One line naming the machine: CPU model, cores, memory, and GPU if any."""
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -27,6 +27,12 @@ def machine_description() -> str:
         cpu = names[0] if names else cpu
     except OSError:
         pass
+    return cpu
+
+
+def machine_description() -> str:
+    """One line naming the machine: CPU model, cores, memory, and GPU if any."""
+    cpu = cpu_model()
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (
         f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB RAM, Python {platform.python_version()}"

@@ -176,7 +176,9 @@ def _retract(path: Path, settings: dict[str, Any], methods: set[str]) -> None:
     unknown = sorted(methods - set(METHODS))
     if unknown:
         raise SystemExit(f"--rerun: unknown methods {unknown}; known: {sorted(METHODS)}")
-    results = store.retract(store.load(path), methods, settings)
+    results = store.load(path)
+    store.check_machine(path, results, store.this_machine())
+    results = store.retract(results, methods, settings)
     if methods - set(TRIAL_METHODS):
         for task, record in list(results.calibrations.items()):
             results.calibrations[task] = reprobe(record, task_path(task))

@@ -1,8 +1,10 @@
 """The results file: JSON lines, one record per calibrated task and per finished (task, method,
 seed, budget) cell, appended and flushed as each finishes, so a killed run resumes where it stopped.
 
-The first line is a header with the preset's settings; resuming under other settings is refused
-(their figures would not be comparable). A torn last line (a kill mid-write) is ignored.
+The first line is a header with the preset's settings and the machine; resuming under other
+settings, or on another machine, is refused (their figures would not be comparable: budgets are
+CPU seconds calibrated on the machine, and the same step costs ~1.5x more CPU seconds on one
+2-core machine than on another). A torn last line (a kill mid-write) is ignored.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from bench.results import cpu_model
 
 CellKey = tuple[str, str, int, float]  # task, method, seed, budget fraction
 
@@ -73,22 +77,43 @@ def compatible(saved: dict[str, Any], now: dict[str, Any]) -> bool:
     return strip(saved) == strip(now)
 
 
+def this_machine() -> str:
+    """The CPU model and core count: what a budget of CPU seconds depends on."""
+    return f"{cpu_model()}, {os.cpu_count()} cores"
+
+
+def check_machine(path: Path, results: Results, machine: str) -> None:
+    """SystemExit when `results` were measured on another machine than `machine` (a file from
+    before the header named its machine passes)."""
+    saved = (results.header or {}).get("machine")
+    if saved is not None and saved != machine:
+        raise SystemExit(
+            f"{path} was measured on {saved}, this is {machine}: its budgets are that machine's CPU"
+            " seconds; pass --restart to start over here or --results to use another file"
+        )
+
+
 def _last_byte(path: Path) -> bytes:
     with path.open("rb") as f:
         f.seek(-1, os.SEEK_END)
         return f.read(1)
 
 
-def open_results(path: Path, settings: dict[str, Any], restart: bool = False) -> Results:
-    """The file's results under `settings` (a header is written to a new file; `restart` empties it)."""
+def open_results(
+    path: Path, settings: dict[str, Any], restart: bool = False, machine: str = ""
+) -> Results:
+    """The file's results under `settings` on `machine` (default: this one); a header is written
+    to a new file; `restart` empties it."""
+    machine = machine or this_machine()
     if restart and path.exists():
         path.unlink()
     results = load(path)
     if results.header is None:
         if path.exists() and path.stat().st_size:
             raise SystemExit(f"{path} has no header line; move it away or pass --restart")
-        append(path, "header", {"settings": settings})
+        append(path, "header", {"settings": settings, "machine": machine})
         return load(path)
+    check_machine(path, results, machine)
     if not compatible(results.header["settings"], settings):
         raise SystemExit(
             f"{path} was written with other settings ({results.header['settings']}, now {settings});"
@@ -113,4 +138,5 @@ def retract(results: Results, methods: set[str], settings: dict[str, Any]) -> Re
     """`results` without the cells of `methods` and under the header `settings` (their method
     changed; every other cell stays valid)."""
     cells = {k: r for k, r in results.cells.items() if r["method"] not in methods}
-    return Results({"settings": settings}, dict(results.calibrations), cells)
+    header = {**(results.header or {}), "settings": settings}
+    return Results(header, dict(results.calibrations), cells)

@@ -276,6 +276,25 @@ def test_resuming_under_other_settings_is_refused(toy_task: None, tmp_path: Path
     assert not store.compatible(settings, changed)
 
 
+def test_a_file_measured_on_another_machine_is_neither_resumed_nor_rerun(
+    toy_task: None, tmp_path: Path
+) -> None:
+    preset = Preset("toy", **TOY)  # type: ignore[arg-type]
+    path = tmp_path / "r.jsonl"
+    store.open_results(path, preset.settings(1), machine="Some Other CPU, 2 cores")
+    assert store.load(path).header["machine"] == "Some Other CPU, 2 cores"  # type: ignore[index]
+    before = path.read_text()
+    with pytest.raises(SystemExit, match="measured on Some Other CPU, 2 cores, this is "):
+        store.open_results(path, preset.settings(1))
+    with pytest.raises(SystemExit, match="measured on Some Other CPU"):
+        runner.execute(preset, path, 1, runner=lambda *a: runner._key(a[0]), rerun=("random",))
+    assert path.read_text() == before  # nothing dropped
+    here = tmp_path / "here.jsonl"
+    store.open_results(here, preset.settings(1))
+    assert store.load(here).header["machine"] == store.this_machine()  # type: ignore[index]
+    store.open_results(here, preset.settings(1))  # the same machine resumes
+
+
 def test_rerun_drops_one_methods_cells_and_runs_only_them_again(
     toy_task: None, tmp_path: Path
 ) -> None:
