@@ -80,8 +80,8 @@ def augmented_chunks(
     parts, or (`same`) its first part under every basis, so the bases differ only by augmentation.
     Either way the chunks hold the batch's size in all."""
     if same:
-        xc, yc = x[: max(1, len(x) // len(policies))], y[: max(1, len(y) // len(policies))]
-        return [(augment(xc, policy, scale, gen), yc) for policy in policies]
+        part = max(1, len(x) // len(policies))
+        return [(augment(x[:part], policy, scale, gen), y[:part]) for policy in policies]
     return [
         (augment(xc, policy, scale, gen), yc)
         for policy, xc, yc in zip(
