@@ -127,10 +127,15 @@ def run_job(
     on_progress: ProgressFn,
     should_stop: Callable[[], bool],
     workers: int = 1,
+    rendezvous: Mapping[str, Any] | None = None,
+    threads: int = 0,
 ) -> dict[str, Any]:
     """Run a search into `out_dir` (resuming from its checkpoint); returns the run's `result.json` dict.
 
-    `workers` > 1 runs it in that many processes under torchrun (`run_search_workers`).
+    `workers` > 1 runs it in that many processes under torchrun (`run_search_workers`). `rendezvous`
+    (the fields of `launcher.Rendezvous`): this machine's `workers` are part of a search over several
+    machines; on any machine but node 0 the result is `{}`. `threads`: torch threads per worker (0: the
+    usable cores shared among this machine's workers).
     """
     from autohas_edge.server.search import (
         SearchCancelled,
@@ -138,14 +143,18 @@ def run_job(
         run_search,
         run_search_workers,
     )
+    from autohas_edge.server.search.launcher import Rendezvous
 
     config = search_config(spec, dataset, device)
-    if workers <= 1:
-        apply_threads(0)  # the launcher sets each rank's share when there are several
+    meeting = Rendezvous(**rendezvous) if rendezvous else None
+    if workers <= 1 and meeting is None:
+        apply_threads(threads)  # the launcher sets each rank's share when there are several
     report = lambda e: on_progress(progress_dict(e))  # noqa: E731
     try:
-        if workers > 1:
-            return dict(run_search_workers(config, out_dir, workers, report, should_stop))
+        if workers > 1 or meeting is not None:
+            return dict(
+                run_search_workers(config, out_dir, workers, report, should_stop, threads, meeting)
+            )
         result: dict[str, Any] = run_search(
             config, Path(out_dir), on_progress=report, should_stop=should_stop
         )

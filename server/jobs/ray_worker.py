@@ -86,6 +86,13 @@ class JobActor:
                 self._worker.stop.set()
         return node_info()
 
+    def endpoint(self) -> dict[str, Any]:
+        """Where the other ranks of a multi-node job meet this one: its node's address, a free port."""
+        with socket.socket() as probe:
+            probe.bind(("", 0))
+            port = probe.getsockname()[1]
+        return {**node_info(), "port": port}
+
     def poll(self, wait: float) -> tuple[list[Message], dict[str, bytes], bool]:
         """The worker's new messages, the files changed since the last poll, and whether it ended.
 

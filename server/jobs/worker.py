@@ -26,7 +26,9 @@ class WorkerArgs:
     run_dir: str
     device: str
     parent_pid: int
-    workers: int = 1  # search worker processes (torchrun ranks)
+    workers: int = 1  # search worker processes (torchrun ranks) on this machine
+    rendezvous: dict[str, Any] | None = None  # a search over several machines (launcher.Rendezvous)
+    threads: int = 0  # torch threads per search worker (0: this machine's cores shared among them)
 
 
 def run_job(args: WorkerArgs, messages: Any, stop: Any) -> None:
@@ -43,6 +45,8 @@ def run_job(args: WorkerArgs, messages: Any, stop: Any) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     engine = importlib.import_module(args.engine)
+    # engines that cannot span machines (or pin threads) need not take these
+    extra = {"rendezvous": args.rendezvous, "threads": args.threads} if args.rendezvous else {}
     try:
         result = engine.run_job(
             args.spec,
@@ -52,6 +56,7 @@ def run_job(args: WorkerArgs, messages: Any, stop: Any) -> None:
             on_progress=lambda p: messages.put(("progress", p)),
             should_stop=stop.is_set,
             workers=args.workers,
+            **extra,
         )
     except Cancelled:
         messages.put(("cancelled", None))

@@ -6,6 +6,10 @@ The caller (`run`) starts ``python -m torch.distributed.run --standalone --nproc
 directory: rank 0 appends one JSON progress line per step, the job worker creates the stop file to
 cancel (rank 0 polls it and every rank stops at the same step), and rank 0 writes the outcome. Every
 rank exits when the job worker is gone, so a killed server never leaves ranks running.
+
+A job that spans several machines (the Ray executor's multi-node jobs) calls `run` once on each with
+a `Rendezvous`: torchrun's static rendezvous at node 0's address instead of `--standalone`. Node 0
+holds rank 0 and reports as above; the other nodes only compute (their `run` returns `{}`).
 """
 
 from __future__ import annotations
@@ -42,6 +46,31 @@ class WorkersFailed(RuntimeError):
     """The search workers exited without a result."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Rendezvous:
+    """Where the nodes of one multi-node search meet: torchrun's static rendezvous at node 0."""
+
+    nnodes: int
+    node_rank: int
+    master_addr: str
+    master_port: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.node_rank < self.nnodes:
+            raise ValueError(f"node_rank {self.node_rank} is not in [0, {self.nnodes})")
+        if not 0 < self.master_port < 65536:
+            raise ValueError(f"master_port {self.master_port} is not a TCP port")
+
+    def torchrun_args(self) -> list[str]:
+        """torchrun's options for this node."""
+        return [
+            f"--nnodes={self.nnodes}",
+            f"--node-rank={self.node_rank}",
+            f"--master-addr={self.master_addr}",
+            f"--master-port={self.master_port}",
+        ]
+
+
 def run(
     config: SearchConfig,
     out_dir: str | Path,
@@ -49,13 +78,16 @@ def run(
     on_progress: Callable[[ProgressEvent], None],
     should_stop: Callable[[], bool],
     threads: int = 0,
+    rendezvous: Rendezvous | None = None,
 ) -> dict[str, Any]:
     """Run `config` in `workers` processes; rank 0's result.json dict.
 
     torchrun runs in its own session, so a terminal's Ctrl-C reaches the caller only, whose
     `should_stop()` then stops every rank at the same step after a checkpoint. `threads`: torch threads
-    per worker (0: the usable cores shared among the workers). Raises `SearchCancelled` when stopped,
-    `WorkersFailed` when the workers end without a result.
+    per worker (0: the usable cores shared among the workers). `rendezvous`: this machine's place in a
+    search over several (`workers` is then the workers on this machine); on any node but node 0 the
+    result is `{}` (rank 0 has the run). Raises `SearchCancelled` when stopped, `WorkersFailed` when
+    the workers end without a result.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,7 +98,7 @@ def run(
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--standalone",
+        *(rendezvous.torchrun_args() if rendezvous else ["--standalone"]),
         f"--nproc-per-node={workers}",
         "-m",
         "autohas_edge.server.search.launcher",
@@ -98,6 +130,8 @@ def run(
         time.sleep(POLL_S)
     for event in progress.read():
         on_progress(ProgressEvent(**event))
+    if rendezvous and rendezvous.node_rank > 0:
+        return _follower_outcome(process.returncode, workers, out)
     outcome = _read_json(out / OUTCOME) or {}
     if outcome.get("status") == "cancelled":
         raise SearchCancelled(outcome.get("message", "cancelled"))
@@ -112,6 +146,15 @@ def run(
 
 #: the public name (`autohas_edge.server.search.run_search_workers`)
 run_search_workers = run
+
+
+def _follower_outcome(returncode: int, workers: int, out: Path) -> dict[str, Any]:
+    """A node other than node 0: nothing to report when its ranks ended well (stopped ones too)."""
+    if returncode != 0:
+        raise WorkersFailed(
+            f"{workers} search workers failed: exit code {returncode}; see {out / LOG}"
+        )
+    return {}
 
 
 class _Tail:

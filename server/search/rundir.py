@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from autohas_edge.common.fs import atomic_write_json
+from autohas_edge.common.fs import atomic_write_json, sha256_file
 from autohas_edge.server.search.config import RETRAIN_ONLY, SearchConfig
 from autohas_edge.server.search.models import ModelArgs, build_model
 from autohas_edge.server.search.plot import plot_search
@@ -36,6 +36,7 @@ def save_checkpoint(
     """
     state = {
         "config": config.to_json(),
+        "dataset_sha256": dataset_digest(config.dataset),
         "searcher": searcher.state_dict(),
         "search_seconds": seconds,
         "done": done,
@@ -44,6 +45,12 @@ def save_checkpoint(
     tmp = out / (CHECKPOINT + ".tmp")
     torch.save(state, tmp)
     tmp.replace(out / CHECKPOINT)
+
+
+def dataset_digest(dataset: str) -> str:
+    """The SHA-256 of a dataset file ("" for a built-in dataset's name): what a resume must match."""
+    path = Path(dataset)
+    return sha256_file(path) if path.is_file() else ""
 
 
 def read_checkpoint(out: Path, config: SearchConfig) -> dict[str, Any] | None:
@@ -59,7 +66,11 @@ def read_checkpoint(out: Path, config: SearchConfig) -> dict[str, Any] | None:
         path, map_location="cpu", weights_only=True
     )  # generator states must stay on CPU
     saved = {k: v for k, v in state["config"].items() if k not in RETRAIN_ONLY}
-    if saved != config.search_part():
+    wanted = config.search_part()
+    # the same data at another path (a moved data dir, another Ray node) resumes
+    if state.get("dataset_sha256") and state["dataset_sha256"] == dataset_digest(config.dataset):
+        saved["dataset"] = wanted["dataset"]
+    if saved != wanted:
         raise ValueError(
             f"{path} holds a search with a different config; use a new output directory "
             f"(only {', '.join(RETRAIN_ONLY)} may change)"

@@ -265,3 +265,54 @@ def test_a_two_worker_real_search_runs_under_torchrun_on_one_node_with_two_cpus(
         assert (s.handle.app.jobs.run_dir(job.job_id) / "model.pt").exists()  # came back
     finally:
         cluster.remove_node(big)
+
+
+def test_a_two_worker_search_spans_the_two_one_cpu_nodes_as_one_group(
+    cluster: Cluster, ray_server: Callable[..., RunningServer]
+) -> None:
+    s = ray_server(engine="autohas_edge.server.engine", search_workers=2)
+    seed(s)
+    device = s.register(user_id="dave")
+    device.stub.GrantConsent(
+        pb.GrantConsentRequest(purpose=PURPOSE, consent_text_version="v1"), metadata=device.md
+    )
+    device.stub.UploadExamples(iter([example_batch("b8", n=240, seed=5)]), metadata=device.md)
+    job = start(s, steps=4, retrain_steps=4, seed=0)
+    assert watch(s, job.job_id, timeout=240)[-1].state == pb.JOB_STATE_SUCCEEDED
+    placement = get(s, job.job_id).placement
+    worker_nodes = [n.node_id[:8] for n in cluster.worker_nodes]
+    assert placement.startswith("nodes ") and all(n in placement for n in worker_nodes), placement
+    result = result_json(s, job.job_id)
+    assert result["workers"]["world_size"] == 2 and result["workers"]["backend"] == "gloo"
+    assert (s.handle.app.jobs.run_dir(job.job_id) / "model.pt").exists()  # rank 0's run came back
+    assert (s.handle.app.jobs.job_dir(job.job_id) / "ranks" / "1").is_dir()  # rank 1's logs too
+
+
+def test_a_two_worker_job_that_loses_its_second_workers_node_resumes_on_others(
+    cluster: Cluster, ray_server: Callable[..., RunningServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    spare = cluster.add_node(**NODE)  # three 1-CPU nodes: two for the job, one to resume on
+    cluster.wait_for_nodes()
+    s = ray_server(engine="autohas_edge.server.engine", search_workers=2)
+    seed(s)
+    device = s.register(user_id="erin")
+    device.stub.GrantConsent(
+        pb.GrantConsentRequest(purpose=PURPOSE, consent_text_version="v1"), metadata=device.md
+    )
+    device.stub.UploadExamples(iter([example_batch("b7", n=240, seed=6)]), metadata=device.md)
+    job = start(s, steps=200, retrain_steps=4, seed=0)
+    wait_for(lambda: get(s, job.job_id).progress.step >= 3, timeout=180)
+    placement = get(s, job.job_id).placement  # "nodes <rank 0> (ip), <rank 1> (ip)"
+    second = placement.split(", ")[1].split()[0]
+    victim = next(n for n in cluster.worker_nodes if n.node_id.startswith(second))
+    cluster.remove_node(victim, allow_graceful=False)
+    try:
+        final = watch(s, job.job_id, timeout=300)[-1]
+        assert final.state == pb.JOB_STATE_SUCCEEDED, get(s, job.job_id).error
+        assert second not in get(s, job.job_id).placement
+        assert result_json(s, job.job_id)["workers"]["world_size"] == 2
+        assert "search worker 1: The actor died because its node has died" in caplog.text
+        assert "resuming it on other nodes" in caplog.text
+    finally:
+        if spare in cluster.worker_nodes and len(cluster.worker_nodes) > 2:
+            cluster.remove_node(spare)  # the next tests find the module's two nodes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -115,6 +116,29 @@ def test_resume_refuses_a_different_config(tmp_path: Path, toy_signal_npz: Path)
     run_search(toy_config(toy_signal_npz, steps=2, retrain_steps=1), tmp_path)
     with pytest.raises(ValueError, match="different config"):
         run_search(toy_config(toy_signal_npz, steps=3, retrain_steps=1), tmp_path)
+
+
+def test_resume_follows_the_same_data_to_another_path_but_not_other_data(
+    tmp_path: Path, toy_signal_npz: Path
+) -> None:
+    """A resumed job's snapshot may sit elsewhere (another Ray node, a moved data dir)."""
+    run, calls = tmp_path / "run", iter(range(100))
+    stop_after_one = lambda: next(calls) == 2  # noqa: E731
+    with pytest.raises(SearchCancelled, match="step 2"):
+        run_search(
+            toy_config(toy_signal_npz, steps=3, retrain_steps=1), run, should_stop=stop_after_one
+        )
+    moved = tmp_path / "elsewhere.npz"
+    moved.write_bytes(toy_signal_npz.read_bytes())
+    events: list[ProgressEvent] = []
+    run_search(toy_config(moved, steps=3, retrain_steps=1), run, on_progress=events.append)
+    steps = [e.step for e in events if e.stage == "search"]
+    assert steps and steps[0] > 1  # it went on from the checkpoint
+    other = tmp_path / "other.npz"
+    with np.load(toy_signal_npz) as data:
+        np.savez(other, **{k: data[k] for k in data.files}, extra=np.zeros(1))
+    with pytest.raises(ValueError, match="different config"):
+        run_search(toy_config(other, steps=3, retrain_steps=1), tmp_path / "run")
 
 
 def test_progress_events_cover_every_stage(tmp_path: Path, toy_signal_npz: Path) -> None:
