@@ -38,9 +38,12 @@ TRAINABLE = ("head", "input+head")
 DEFAULT_TRAINABLE = "input+head"
 #: a user's channel whose spread is below this share of the training data's is only shifted
 MIN_SPREAD = 1e-3
-#: a fine-tune is kept only when it classifies at least this many more held-out examples right: one
-#: more is within the noise of a few dozen (bench/RESULTS.md, "device SDK: input alignment")
-MIN_HELDOUT_GAIN = 2
+#: a fine-tune is kept only when its net gain on the held-out examples (right now, wrong before,
+#: minus the other way) is at least this many standard deviations of the net gain two equally good
+#: heads would show on the examples they disagree on (the square root of their number): a one-sided
+#: sign test at 95%. With none lost that asks 3 more right; 5 gained and 3 lost is not enough (a
+#: fine-tune kept on +2 of 30 lost 4 of a demo user's 80 evaluation examples)
+SIGN_TEST_Z = 1.645
 
 
 @dataclass(frozen=True)
@@ -187,9 +190,14 @@ class Head:
         """Raw examples as this head's feature extractor input (aligned when it has an alignment)."""
         return self.alignment.apply(x) if self.alignment is not None else x
 
+    def correct(self, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Per row: whether its top class is the label."""
+        right: np.ndarray = self.logits(features).argmax(1) == labels
+        return right
+
     def accuracy(self, features: np.ndarray, labels: np.ndarray) -> float:
         """Share of rows whose top class is the label."""
-        return float(np.mean(self.logits(features).argmax(1) == labels)) if len(labels) else 0.0
+        return float(np.mean(self.correct(features, labels))) if len(labels) else 0.0
 
     def finite(self) -> bool:
         """False when training diverged (NaN or infinite weights)."""
@@ -321,9 +329,14 @@ def _epoch(
     return float(np.mean(losses))
 
 
-def improves(before: float, after: float, heldout: int) -> bool:
-    """True when accuracy `after` gets `MIN_HELDOUT_GAIN` or more of `heldout` examples more right."""
-    return round((after - before) * heldout) >= MIN_HELDOUT_GAIN
+def improves(before_right: np.ndarray, after_right: np.ndarray) -> bool:
+    """Whether a new head (`after_right`: which held-out examples it gets right) beats the current one
+    (`before_right`) by a net gain that passes a one-sided sign test at `SIGN_TEST_Z` over the
+    examples on which the two heads disagree."""
+    gained = int(np.sum(after_right & ~before_right))
+    lost = int(np.sum(before_right & ~after_right))
+    net = gained - lost
+    return net > 0 and net >= SIGN_TEST_Z * math.sqrt(gained + lost)
 
 
 def holdout_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

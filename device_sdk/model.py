@@ -193,8 +193,9 @@ class Model:
         """Train the head on the user's examples; keep it only if held-out accuracy improves.
 
         `holdout` of the examples (stratified by label) are kept out of training and decide: the new
-        head is saved as a new version only if it classifies at least `finetune.MIN_HELDOUT_GAIN`
-        (2) more of them correctly than the current one (one more is within noise).
+        head is saved as a new version only if it classifies more of them correctly than the current
+        one by a margin a one-sided sign test over the examples the two heads disagree on accepts
+        (`finetune.improves`: 3 more right when none is lost).
         `hyperparameters` override the manifest's `fine_tuning.hyperparameters`; their
         `trainable` says what is personalised: "head", or "input+head" (a per-channel input
         affine fitted to the training part of the examples, `finetune.InputAlignment`, then the
@@ -217,10 +218,12 @@ class Model:
             trained, losses = train_head(
                 initial, tuned[train], labels[train], hp, seed, self._engine.trainer
             )
-            before = current.accuracy(features[held], labels[held])
+            before_right = current.correct(features[held], labels[held])
             diverged = not trained.finite() or not np.isfinite(losses[-1])
-            after = -1.0 if diverged else trained.accuracy(tuned[held], labels[held])
-            accepted = improves(before, after, len(held))
+            after_right = trained.correct(tuned[held], labels[held]) & (not diverged)
+            before = float(before_right.mean())
+            after = -1.0 if diverged else float(after_right.mean())
+            accepted = improves(before_right, after_right)
             meta = _check_meta(before, after, len(train), len(held))
             version = self._save(trained, hp, meta, self._classes) if accepted else previous
         return FineTuneResult(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.suite.gestures import GESTURES, make_gestures
+from autohas_edge.server.demo.gestures import GESTURES, make_gestures
 
 Arrays = dict[str, np.ndarray]
 #: where the task files go (ignored by git; regenerated on demand)

@@ -2,11 +2,13 @@
 
 Two kinds, one per consumer:
 
-- the demo's population (`make_population`): each user has a personal "style" (the MNIST-1D signal
-  scaled, offset and shifted in time), draws mostly from a few favourite classes (label skew), and a
-  few have a personal label convention (two gestures swapped), which a global model cannot know and
-  local fine-tuning can learn; besides the examples a device may upload, each user has `x_fresh`,
-  collected after the model shipped (other examples in the same style), to fine-tune on;
+- the demo's population (`make_population`): phones recording 3-axis accelerometer gestures
+  (`gestures`: six gestures, `[3, 48]` windows); each user has a personal motion style (per-axis
+  scale, sensor bias, a time shift and the device's tilt), draws mostly from a few favourite gestures
+  (label skew), and a few have a personal label convention (two gestures swapped), which a global
+  model cannot know and local fine-tuning can learn; besides the examples a device may upload, each
+  user has `x_fresh`, recorded after the model shipped (other examples in the same style), to
+  fine-tune on;
 - the benchmarks' and the SDK tests' users (`make_user`): label skew plus one named shift of the
   signal (gain, offset, time reversal or a circular shift), with separate tuning and evaluation
   examples, drawn from the test split of a dataset the server searches on (`global_test_split`).
@@ -18,11 +20,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autohas_edge.server.search import load_dataset, mnist1d_arrays
+from autohas_edge.server.demo import gestures
+from autohas_edge.server.search import load_dataset
 
-NUM_CLASSES = 10
-SIGNAL_LENGTH = 40
+NUM_CLASSES = len(gestures.GESTURES)
+CHANNELS, SIGNAL_LENGTH = 3, gestures.LENGTH
+LABEL_NAMES = tuple(gestures.GESTURES)
 SHIFTS = ("none", "gain", "offset", "reverse", "roll")
+FAVOURITES = 3  # gestures a user performs most (80% of their examples)
 
 
 # -- the demo's population ----------------------------------------------------------------------
@@ -32,19 +37,17 @@ SHIFTS = ("none", "gain", "offset", "reverse", "roll")
 class UserStyle:
     """How one user's data differs from the global distribution."""
 
-    scale: float
-    offset: float
-    shift: int
+    motion: gestures.Style
     favourite_classes: tuple[int, ...]
     swapped: tuple[int, int] | None
 
 
 @dataclass(frozen=True)
 class SimulatedUser:
-    """One simulated person: id, style, and their own examples (x: [n, 1, 40] float32, y: int64).
+    """One simulated person: id, style, and their own examples (x: [n, 3, 48] float32, y: int64).
 
     `x`/`y`: the examples the device may upload and its evaluation data; `x_fresh`/`y_fresh`: other
-    examples in the same style, collected after the global model shipped. The device fine-tunes on
+    examples in the same style, recorded after the global model shipped. The device fine-tunes on
     these: the global model was trained on the uploaded ones (where the user consented), so a
     held-out check on those would find little to improve.
     """
@@ -59,32 +62,28 @@ class SimulatedUser:
 
 def random_style(rng: np.random.Generator, swap_labels: bool) -> UserStyle:
     """Draw one user's style."""
-    favourites = tuple(int(c) for c in rng.choice(NUM_CLASSES, size=4, replace=False))
+    motion = gestures.random_style(rng)
+    favourites = tuple(int(c) for c in rng.choice(NUM_CLASSES, size=FAVOURITES, replace=False))
     swapped = (favourites[0], favourites[1]) if swap_labels else None
-    return UserStyle(
-        scale=float(rng.uniform(0.6, 1.5)),
-        offset=float(rng.uniform(-0.8, 0.8)),
-        shift=int(rng.integers(-4, 5)),
-        favourite_classes=favourites,
-        swapped=swapped,
-    )
+    return UserStyle(motion, favourites, swapped)
 
 
-def apply_style(x: np.ndarray, y: np.ndarray, style: UserStyle) -> tuple[np.ndarray, np.ndarray]:
-    """Transform global examples (x [n, 1, 40]) into this user's style; returns (x, labels)."""
-    # float64 arithmetic, then float32: the values of the float64 signals mnist1d generates
-    shifted = np.roll(x.astype(np.float64), style.shift, axis=-1) * style.scale + style.offset
-    labels = y.copy()
+def skewed_labels(style: UserStyle, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n gestures to record, 80% from the user's favourites."""
+    p = np.full(NUM_CLASSES, 0.2 / (NUM_CLASSES - FAVOURITES))
+    p[list(style.favourite_classes)] = 0.8 / FAVOURITES
+    return rng.choice(NUM_CLASSES, size=n, p=p)
+
+
+def record(style: UserStyle, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """n of this user's gesture windows and the labels they give them (swapped ones swapped)."""
+    performed = skewed_labels(style, n, rng)
+    x = np.stack([gestures.gesture_window(int(c), style.motion, rng) for c in performed])
+    labels = performed.copy()
     if style.swapped is not None:
         a, b = style.swapped
-        labels = np.where(y == a, b, np.where(y == b, a, y))
-    return shifted.astype(np.float32), labels.astype(np.int64)
-
-
-def skewed_indices(y: np.ndarray, style: UserStyle, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Pick n example indices, 80% from the user's favourite classes."""
-    weights = np.where(np.isin(y, style.favourite_classes), 0.8 / 4, 0.2 / (NUM_CLASSES - 4))
-    return rng.choice(len(y), size=n, replace=False, p=weights / weights.sum())
+        labels = np.where(performed == a, b, np.where(performed == b, a, performed))
+    return x.astype(np.float32), labels.astype(np.int64)
 
 
 def make_population(
@@ -94,39 +93,21 @@ def make_population(
     swap_fraction: float = 0.3,
     fresh_per_user: int = 120,
 ) -> list[SimulatedUser]:
-    """Simulate `num_users` users, each with their own shifted, label-skewed MNIST-1D examples.
+    """Simulate `num_users` users, each with their own styled, label-skewed gesture recordings.
 
-    `fresh_per_user` more examples each (`x_fresh`), drawn apart: the first `examples_per_user`
-    are the same whatever `fresh_per_user` is.
+    `fresh_per_user` more examples each (`x_fresh`), drawn from a generator of their own: the first
+    `examples_per_user` are the same whatever `fresh_per_user` is.
     """
     if num_users < 1 or examples_per_user < 10 or fresh_per_user < 10:
         raise ValueError("need at least 1 user and 10 examples (and 10 fresh ones) per user")
-    x_train, y_train, x_test, y_test = mnist1d_arrays(seed)
-    x = np.concatenate([x_train, x_test])
-    y = np.concatenate([y_train, y_test])
     rng = np.random.default_rng(seed)
     users = []
     for i in range(num_users):
         style = random_style(rng, swap_labels=rng.random() < swap_fraction)
-        idx = skewed_indices(y, style, examples_per_user, rng)
-        ux, uy = apply_style(x[idx], y[idx], style)
-        fx, fy = _fresh_examples(x, y, idx, style, fresh_per_user, np.random.default_rng([seed, i]))
+        ux, uy = record(style, examples_per_user, rng)
+        fx, fy = record(style, fresh_per_user, np.random.default_rng([seed, i]))
         users.append(SimulatedUser(f"user-{i:02d}", style, ux, uy, fx, fy))
     return users
-
-
-def _fresh_examples(
-    x: np.ndarray,
-    y: np.ndarray,
-    taken: np.ndarray,
-    style: UserStyle,
-    n: int,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray]:
-    """`n` more examples in `style`, none of them among `taken`, with the same label skew."""
-    rest = np.setdiff1d(np.arange(len(y)), taken)
-    pick = rest[skewed_indices(y[rest], style, n, rng)]
-    return apply_style(x[pick], y[pick], style)
 
 
 # -- the benchmarks' and the SDK tests' users ------------------------------------------------------

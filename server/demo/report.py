@@ -101,7 +101,9 @@ def plot_user_accuracy(outcomes: Sequence[UserOutcome], path: Path) -> None:
     ax.set_xticks(list(xs), [user for user, _, _ in rows], rotation=60, fontsize=7)
     ax.set_ylabel("held-out accuracy")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
+    ax.set_title("per user, before and after on-device fine-tuning", fontsize=9, loc="left")
+    # above the axes, so no bar hides behind it
+    ax.legend(fontsize=8, ncols=2, loc="lower right", bbox_to_anchor=(1.0, 1.06), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -26,7 +26,13 @@ from autohas_edge.server.demo.devices import (
     personalise,
     revoke,
 )
-from autohas_edge.server.demo.population import NUM_CLASSES, SIGNAL_LENGTH, make_population
+from autohas_edge.server.demo.population import (
+    CHANNELS,
+    LABEL_NAMES,
+    NUM_CLASSES,
+    SIGNAL_LENGTH,
+    make_population,
+)
 from autohas_edge.server.demo.report import EncodingHistory
 from autohas_edge.server.enrollment import mint_ticket
 from autohas_edge.server.jobs.files import write_json_atomic
@@ -123,10 +129,11 @@ def _flow(
             task_id=TASK_ID,
             app_ids=["com.example.gestures", "com.example.fitness"],
             purpose=PURPOSE,
-            input_shape=[1, SIGNAL_LENGTH],
+            input_shape=[CHANNELS, SIGNAL_LENGTH],
             input_dtype=pb.DTYPE_FLOAT32,
             num_classes=NUM_CLASSES,
-            label_names=[str(c) for c in range(NUM_CLASSES)],
+            label_names=list(LABEL_NAMES),
+            layout="signal",
         )
     )
     users = make_population(config.users, config.examples_per_user, seed=config.seed)

@@ -1,10 +1,11 @@
-"""An accelerometer-like gesture task `[n, 3, L]`: six gestures, each person moving in their own way.
+"""Accelerometer-like gestures `[n, 3, L]`: six gestures, each person moving in their own way.
 
 Every gesture is a smooth 3-axis acceleration template (a swipe, its reverse, a circle, a shake, a
 lift, a double tap). Each example is drawn at its own tempo and start time, with amplitude jitter,
 correlated and white sensor noise, and gravity on the device's tilted axis. Each simulated user has a
-personal style like the demo population's users (server/demo/population.py): per-axis scale, offset
-(sensor bias) and a time shift, so the same gesture looks different from one person to the next.
+personal style: per-axis scale, offset (sensor bias), a time shift and a device tilt, so the same
+gesture looks different from one person to the next. The demo's phones (`population`) and the
+benchmark suite's sensor task (`bench.suite.tasks`) both draw from here.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def random_style(rng: np.random.Generator) -> Style:
     )
 
 
-def _example(label: int, style: Style, rng: np.random.Generator) -> np.ndarray:
+def gesture_window(label: int, style: Style, rng: np.random.Generator) -> np.ndarray:
     """One window [3, LENGTH] of gesture `label` performed by a user with `style`."""
     tempo, start = rng.uniform(0.8, 1.25), rng.uniform(-0.12, 0.12)
     t = (np.linspace(0.0, 1.0, LENGTH) - 0.5) * tempo + 0.5 + start
@@ -105,5 +106,5 @@ def make_gestures(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     styles = [random_style(rng) for _ in range(NUM_USERS)]
     y = rng.integers(0, len(GESTURES), n)
     users = rng.integers(0, NUM_USERS, n)
-    x = np.stack([_example(int(c), styles[u], rng) for c, u in zip(y, users, strict=True)])
+    x = np.stack([gesture_window(int(c), styles[u], rng) for c, u in zip(y, users, strict=True)])
     return x.astype(np.float32), y.astype(np.int64)
