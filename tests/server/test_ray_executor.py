@@ -244,19 +244,28 @@ def test_revoking_consent_mid_job_leaves_none_of_the_users_rows_on_any_node(
         assert len(snapshot["x"]) == 12 and "bob" not in snapshot["owner_user"].tolist()
 
 
+def two_worker_server(
+    ray_server: Callable[..., RunningServer], user: str, batch_seed: int
+) -> RunningServer:
+    """A server running real 2-worker searches, with one more user's 240 consented examples."""
+    s = ray_server(engine="autohas_edge.server.engine", search_workers=2)
+    seed(s)
+    device = s.register(user_id=user)
+    device.stub.GrantConsent(
+        pb.GrantConsentRequest(purpose=PURPOSE, consent_text_version="v1"), metadata=device.md
+    )
+    batch = example_batch(f"b{batch_seed}", n=240, seed=batch_seed)
+    device.stub.UploadExamples(iter([batch]), metadata=device.md)
+    return s
+
+
 def test_a_two_worker_real_search_runs_under_torchrun_on_one_node_with_two_cpus(
     cluster: Cluster, ray_server: Callable[..., RunningServer]
 ) -> None:
     big = cluster.add_node(**{**NODE, "num_cpus": 2})  # the only node with 2 CPUs
     cluster.wait_for_nodes()
     try:
-        s = ray_server(engine="autohas_edge.server.engine", search_workers=2)
-        seed(s)
-        device = s.register(user_id="carol")
-        device.stub.GrantConsent(
-            pb.GrantConsentRequest(purpose=PURPOSE, consent_text_version="v1"), metadata=device.md
-        )
-        device.stub.UploadExamples(iter([example_batch("b9", n=240, seed=3)]), metadata=device.md)
+        s = two_worker_server(ray_server, "carol", 3)
         job = start(s, steps=4, retrain_steps=4, seed=0)
         assert watch(s, job.job_id, timeout=240)[-1].state == pb.JOB_STATE_SUCCEEDED
         assert job_node(s, job.job_id) == big.node_id[:8]
@@ -270,13 +279,7 @@ def test_a_two_worker_real_search_runs_under_torchrun_on_one_node_with_two_cpus(
 def test_a_two_worker_search_spans_the_two_one_cpu_nodes_as_one_group(
     cluster: Cluster, ray_server: Callable[..., RunningServer]
 ) -> None:
-    s = ray_server(engine="autohas_edge.server.engine", search_workers=2)
-    seed(s)
-    device = s.register(user_id="dave")
-    device.stub.GrantConsent(
-        pb.GrantConsentRequest(purpose=PURPOSE, consent_text_version="v1"), metadata=device.md
-    )
-    device.stub.UploadExamples(iter([example_batch("b8", n=240, seed=5)]), metadata=device.md)
+    s = two_worker_server(ray_server, "dave", 5)
     job = start(s, steps=4, retrain_steps=4, seed=0)
     assert watch(s, job.job_id, timeout=240)[-1].state == pb.JOB_STATE_SUCCEEDED
     placement = get(s, job.job_id).placement
@@ -293,13 +296,7 @@ def test_a_two_worker_job_that_loses_its_second_workers_node_resumes_on_others(
 ) -> None:
     spare = cluster.add_node(**NODE)  # three 1-CPU nodes: two for the job, one to resume on
     cluster.wait_for_nodes()
-    s = ray_server(engine="autohas_edge.server.engine", search_workers=2)
-    seed(s)
-    device = s.register(user_id="erin")
-    device.stub.GrantConsent(
-        pb.GrantConsentRequest(purpose=PURPOSE, consent_text_version="v1"), metadata=device.md
-    )
-    device.stub.UploadExamples(iter([example_batch("b7", n=240, seed=6)]), metadata=device.md)
+    s = two_worker_server(ray_server, "erin", 6)
     job = start(s, steps=200, retrain_steps=4, seed=0)
     wait_for(lambda: get(s, job.job_id).progress.step >= 3, timeout=180)
     placement = get(s, job.job_id).placement  # "nodes <rank 0> (ip), <rank 1> (ip)"
