@@ -38,7 +38,6 @@ from autohas_edge.device_sdk.finetune import Head, HeadHyperparameters
 from autohas_edge.server.search import mnist1d_arrays
 from bench.results import markdown_table
 
-ROOT = Path(__file__).resolve().parents[1]
 SHOTS = (5, 10, 20)
 KNOWN_PER_CLASS = 5
 SEEDS = (0, 1, 2)
@@ -203,15 +202,13 @@ def _accuracy(model: Model, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def find_bundle() -> Path:
-    """A trained MNIST-1D bundle: bench_sdk's, else `make demo`'s, else one built like bench_sdk's."""
+    """A trained MNIST-1D bundle: bench_sdk's, else one built like it (`make demo`'s bundle is of
+    3-axis gestures, not MNIST-1D)."""
     from bench import bench_sdk
 
     built = bench_sdk.OUT / "dist" / "run"
-    demo = sorted((ROOT / "var" / "demo" / "server" / "models").glob("*/manifest.json"))
     if (built / "manifest.json").is_file():
         return built
-    if demo:
-        return demo[-1].parent
     return bench_sdk.build_bundle(bench_sdk.OUT, 200, 1500)
 
 

@@ -144,6 +144,7 @@ class JobSpec:
     retrain_steps: int = 0
     max_flops: int = 0
     max_latency_ms: float = 0.0
+    within_points: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""

@@ -31,6 +31,7 @@ _SPEC_TO_CONFIG = {
     "max_latency_ms": "max_latency_ms",
     "seed": "seed",
     "retrain_steps": "retrain_steps",
+    "within_points": "within_points",
 }
 #: JobSpec fields this engine has no setting for: it splits the data itself (10% validation, 20% test)
 _UNSUPPORTED = ("validation_fraction", "test_fraction")

@@ -208,6 +208,7 @@ def _add_job_actions(actions: Any) -> None:
         ("max-params", int),
         ("max-flops", int),
         ("max-latency-ms", float),
+        ("within-points", float),
         ("seed", int),
     ):
         start.add_argument(f"--{name}", type=kind, default=0, help="(default 0: the server's own)")
@@ -242,6 +243,7 @@ def _start_job(client: Any, args: argparse.Namespace) -> int:
         max_params=args.max_params,
         max_flops=args.max_flops,
         max_latency_ms=args.max_latency_ms,
+        within_points=args.within_points,
         seed=args.seed,
     )
     print(f"started job {job.job_id}")

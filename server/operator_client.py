@@ -89,6 +89,7 @@ class OperatorClient:
         strategy: str = "",
         max_flops: int = 0,
         max_latency_ms: float = 0.0,
+        within_points: float = 0.0,
     ) -> pb.Job:
         """Start a search over the task's consented data (0 / "": the server's default)."""
         spec = pb.JobSpec(
@@ -101,6 +102,7 @@ class OperatorClient:
             strategy=strategy,
             max_flops=max_flops,
             max_latency_ms=max_latency_ms,
+            within_points=within_points,
         )
         job: pb.Job = self._stub.StartJob(
             pb.StartJobRequest(spec=spec), metadata=self._metadata, timeout=self.timeout

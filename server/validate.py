@@ -137,6 +137,10 @@ def check_spec(spec: JobSpec) -> JobSpec:
         raise InvalidArgument(
             "spec.max_latency_ms", f"{spec.max_latency_ms} is not in [0, {MAX_LATENCY_MS:g}]"
         )
+    if not (math.isfinite(spec.within_points) and 0.0 <= spec.within_points <= 100.0):
+        raise InvalidArgument(
+            "spec.within_points", f"{spec.within_points} accuracy points is not in [0, 100]"
+        )
     for name in ("validation_fraction", "test_fraction"):
         value = getattr(spec, name)
         if not (math.isfinite(value) and 0.0 <= value < 1.0):

@@ -208,6 +208,7 @@ def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
         retrain_steps=spec.retrain_steps,
         max_flops=spec.max_flops,
         max_latency_ms=spec.max_latency_ms,
+        within_points=spec.within_points,
     )
 
 
@@ -227,6 +228,7 @@ def spec_from_proto(msg: pb.JobSpec) -> JobSpec:
         msg.retrain_steps,
         msg.max_flops,
         msg.max_latency_ms,
+        msg.within_points,
     )
 
 

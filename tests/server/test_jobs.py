@@ -119,6 +119,11 @@ def test_list_jobs_filters_by_task(seeded_server: SeededServer) -> None:
             "spec.max_latency_ms",
         ),
         (
+            {"task_id": TASK_ID, "within_points": 101.0},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "spec.within_points",
+        ),
+        (
             {"task_id": TASK_ID, "validation_fraction": 1.5},
             grpc.StatusCode.INVALID_ARGUMENT,
             "spec.validation_fraction",

@@ -142,9 +142,11 @@ def test_the_adapter_matches_the_engines_config() -> None:
     assert (config.dataset, config.mode, config.steps, config.seed) == ("/data/x.npz", "nas", 7, 0)
     assert config.max_params == SearchConfig().max_params  # 0 = the engine's default
     budgets = engine.search_config(
-        {"task_id": "t", "max_flops": 40_000, "max_latency_ms": 0.5}, "/data/x.npz", "cpu"
+        {"task_id": "t", "max_flops": 40_000, "max_latency_ms": 0.5, "within_points": 2.0},
+        "/data/x.npz",
+        "cpu",
     )
-    assert (budgets.max_flops, budgets.max_latency_ms) == (40_000, 0.5)
+    assert (budgets.max_flops, budgets.max_latency_ms, budgets.within_points) == (40_000, 0.5, 2.0)
     with pytest.raises(ValueError, match=r"spec\.test_fraction"):
         engine.search_config({"test_fraction": 0.3}, "/data/x.npz", "cpu")
 

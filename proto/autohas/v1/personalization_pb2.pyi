@@ -212,7 +212,7 @@ class UploadSummary(_message.Message):
     def __init__(self, stored_batch_ids: _Optional[_Iterable[str]] = ..., duplicate_batch_ids: _Optional[_Iterable[str]] = ..., examples_stored: _Optional[int] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("task_id", "mode", "strategy", "steps", "max_params", "seed", "validation_fraction", "test_fraction", "retrain_steps", "max_flops", "max_latency_ms")
+    __slots__ = ("task_id", "mode", "strategy", "steps", "max_params", "seed", "validation_fraction", "test_fraction", "retrain_steps", "max_flops", "max_latency_ms", "within_points")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
@@ -224,6 +224,7 @@ class JobSpec(_message.Message):
     RETRAIN_STEPS_FIELD_NUMBER: _ClassVar[int]
     MAX_FLOPS_FIELD_NUMBER: _ClassVar[int]
     MAX_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    WITHIN_POINTS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     mode: SearchMode
     strategy: str
@@ -235,7 +236,8 @@ class JobSpec(_message.Message):
     retrain_steps: int
     max_flops: int
     max_latency_ms: float
-    def __init__(self, task_id: _Optional[str] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., strategy: _Optional[str] = ..., steps: _Optional[int] = ..., max_params: _Optional[int] = ..., seed: _Optional[int] = ..., validation_fraction: _Optional[float] = ..., test_fraction: _Optional[float] = ..., retrain_steps: _Optional[int] = ..., max_flops: _Optional[int] = ..., max_latency_ms: _Optional[float] = ...) -> None: ...
+    within_points: float
+    def __init__(self, task_id: _Optional[str] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., strategy: _Optional[str] = ..., steps: _Optional[int] = ..., max_params: _Optional[int] = ..., seed: _Optional[int] = ..., validation_fraction: _Optional[float] = ..., test_fraction: _Optional[float] = ..., retrain_steps: _Optional[int] = ..., max_flops: _Optional[int] = ..., max_latency_ms: _Optional[float] = ..., within_points: _Optional[float] = ...) -> None: ...
 
 class EncodingValue(_message.Message):
     __slots__ = ("name", "candidates", "probabilities")

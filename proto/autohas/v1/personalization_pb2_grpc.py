@@ -5,7 +5,7 @@ import warnings
 
 from autohas_edge.proto.autohas.v1 import personalization_pb2 as autohas__edge_dot_proto_dot_autohas_dot_v1_dot_personalization__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

@@ -54,7 +54,19 @@ tasks = st.builds(
 )
 consents = st.builds(Consent, st.just(""), ids, ids, ids, times, maybe_time)
 specs = st.builds(
-    JobSpec, ids, st.sampled_from(SEARCH_MODES), ids, i32, i64, i64, reals, reals, i32, i64, reals
+    JobSpec,
+    ids,
+    st.sampled_from(SEARCH_MODES),
+    ids,
+    i32,
+    i64,
+    i64,
+    reals,
+    reals,
+    i32,
+    i64,
+    reals,
+    reals,
 )
 encodings = st.builds(Encoding, ids, st.tuples(ids, ids), st.tuples(reals, reals))
 progresses = st.builds(JobProgress, ids, i32, i32, reals, reals, reals, st.tuples(encodings), times)
