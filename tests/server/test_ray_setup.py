@@ -100,3 +100,23 @@ def test_a_job_record_written_before_placement_existed_still_loads() -> None:
     assert Job.from_dict(record) == job
     del record["placement"]
     assert Job.from_dict(record).placement == ""
+
+
+def test_a_multi_worker_job_fits_when_the_nodes_together_hold_its_workers() -> None:
+    from autohas_edge.server.jobs.ray_executor import _workers_fitting
+
+    bundle = {"CPU": 1.0, "GPU": 0.0}
+    assert _workers_fitting({"CPU": 2.0}, bundle) == 2  # a node of 2 CPUs holds two 1-CPU workers
+    assert _workers_fitting({"CPU": 0.0}, bundle) == 0  # a head without CPUs holds none
+    gpu = {"CPU": 1.0, "GPU": 1.0}
+    assert _workers_fitting({"CPU": 8.0, "GPU": 2.0}, gpu) == 2  # the scarcer resource decides
+    assert _workers_fitting({"CPU": 8.0}, gpu) == 0
+
+
+def test_where_a_job_runs_names_each_node_once() -> None:
+    from autohas_edge.server.jobs.ray_executor import where
+
+    a = {"node_id": "1a2b3c4d5e6f", "ip": "10.0.0.5"}
+    b = {"node_id": "5e6f7a8b9c0d", "ip": "10.0.0.6"}
+    assert where([a]) == where([a, a]) == "node 1a2b3c4d (10.0.0.5)"
+    assert where([a, b, a]) == "nodes 1a2b3c4d (10.0.0.5) x2, 5e6f7a8b (10.0.0.6)"
