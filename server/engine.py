@@ -139,12 +139,12 @@ def run_job(
     usable cores shared among this machine's workers).
     """
     from autohas_edge.server.search import (
+        Rendezvous,
         SearchCancelled,
         apply_threads,
         run_search,
         run_search_workers,
     )
-    from autohas_edge.server.search.launcher import Rendezvous
 
     config = search_config(spec, dataset, device)
     meeting = Rendezvous(**rendezvous) if rendezvous else None

@@ -25,6 +25,7 @@ _EXPORTS = {
     "run_search": "runner",
     "run_search_workers": "launcher",
     "WorkersFailed": "launcher",
+    "Rendezvous": "launcher",
     "ProgressEvent": "progress",
     "SearchCancelled": "progress",
     "load_model": "rundir",
@@ -69,6 +70,7 @@ __all__ = [
     "Dataset",
     "Layout",
     "ProgressEvent",
+    "Rendezvous",
     "SearchCancelled",
     "SearchConfig",
     "SearchSpace",
@@ -106,7 +108,7 @@ if TYPE_CHECKING:
     from autohas_edge.server.search.defaults import default_space
     from autohas_edge.server.search.derive import feasible
     from autohas_edge.server.search.latency import measure_latency_ms
-    from autohas_edge.server.search.launcher import WorkersFailed, run_search_workers
+    from autohas_edge.server.search.launcher import Rendezvous, WorkersFailed, run_search_workers
     from autohas_edge.server.search.models import (
         LAYOUTS,
         ChildNet,
