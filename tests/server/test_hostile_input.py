@@ -348,6 +348,7 @@ def check_still_sound(h: Hostile) -> None:
     assert unconsented == 0
 
 
+@pytest.mark.slow  # 25 s: over the default run's ~20 s a test (make test stays under 10 minutes)
 def test_two_thousand_hostile_messages_get_answers_and_change_nothing_unaccepted(
     attacked: Hostile,
 ) -> None:
