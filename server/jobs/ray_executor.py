@@ -154,9 +154,9 @@ class RayExecutor:
         except ConnectionError as e:
             raise RuntimeError(f"--ray-address {config.ray_address!r}: {e}") from e
 
-    def resources(self, workers: int) -> dict[str, float]:
-        """What `workers` search workers ask Ray for (a multi-worker job asks for one bundle each)."""
-        return {"CPU": self.cpus_per_worker * workers, "GPU": self.gpus_per_worker * workers}
+    def worker_bundle(self) -> dict[str, float]:
+        """What one search worker asks Ray for (a job of N workers asks for N such bundles)."""
+        return {"CPU": self.cpus_per_worker, "GPU": self.gpus_per_worker}
 
     def start(self, args: WorkerArgs) -> StartedWorker:
         """Submit the job; FailedPrecondition if no node could ever hold it."""
@@ -202,7 +202,7 @@ class RayJob:
         self._executor, self._args = executor, args
         self._job_dir = Path(args.run_dir).parent
         self._ranks = max(1, args.workers)
-        self._bundle = executor.resources(1)
+        self._bundle = executor.worker_bundle()
         self._buffer: deque[tuple[str, Any]] = deque()
         self._lock = threading.Lock()
         self._ended = threading.Event()
@@ -212,9 +212,8 @@ class RayJob:
         self._actors: list[Any] = []  # JobActor handles, in rank order
         self._group: Any = None  # the placement group of a multi-worker job
         self._ready: list[Any] | None = None  # pending placement calls, until the job is placed
-        self._data: tuple[Any, Any] | None = (
-            None  # snapshot and run files, until all actors hold them
-        )
+        # the snapshot and run files in the object store, until every rank's actor holds them
+        self._data: tuple[Any, Any] | None = None
         self._watch: dict[int, Any] = {}  # rank -> its pending poll (ranks > 0)
         self.exitcode: int | None = None
         self._place()

@@ -3,6 +3,7 @@ result.json and the plot."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,9 +49,20 @@ def save_checkpoint(
 
 
 def dataset_digest(dataset: str) -> str:
-    """The SHA-256 of a dataset file ("" for a built-in dataset's name): what a resume must match."""
+    """The SHA-256 of a dataset file ("" for a built-in dataset's name): what a resume must match.
+
+    Hashed once per version of the file, not at every checkpoint."""
     path = Path(dataset)
-    return sha256_file(path) if path.is_file() else ""
+    if not path.is_file():
+        return ""
+    stat = path.stat()
+    return _sha256(str(path), (stat.st_ino, stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, stamp: tuple[int, int, int]) -> str:
+    """`sha256_file`, remembered per (path, stamp): a changed file has another stamp."""
+    return sha256_file(path)
 
 
 def read_checkpoint(out: Path, config: SearchConfig) -> dict[str, Any] | None:
